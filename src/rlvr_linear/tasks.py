@@ -1,0 +1,358 @@
+"""Verifiable tasks: a prompt builder, an answer extractor and a verifier, reproducible from a seed.
+
+Registry (``get_task(name)``):
+
+* ``arithmetic`` — built-in integer arithmetic with adjustable difficulty (digits, operators, terms);
+  options are given as ``arithmetic:digits=2,terms=2,ops=+-``.
+* ``rg:<dataset>`` — any ``reasoning-gym`` dataset, scored with its ``score_answer``.
+* a path to a ``.jsonl`` / ``.parquet`` file with ``problem`` and ``answer`` fields (AIME style),
+  graded with ``math-verify`` on the ``\\boxed{}`` answer.
+
+Splits never share a problem: train, validation and test are drawn from disjoint hash buckets of the
+problem text (generators) or disjoint slices of the file (user benchmarks).
+
+Reward functions follow TRL's signature: ``reward(prompts, completions, **columns) -> list[float]``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import RlvrLinearError
+
+SPLITS = ("train", "validation", "test")
+#: share of the problem space given to each split (by a stable hash of the problem text)
+_SPLIT_BUCKETS = {"train": (0, 80), "validation": (80, 90), "test": (90, 100)}
+
+
+@dataclass(frozen=True)
+class Problem:
+    id: str
+    prompt: str  # the bare question; Task.render() adds chat templates / instructions
+    answer: str
+    meta: dict = field(default_factory=dict, compare=False, hash=False)
+
+
+def _bucket(text: str) -> int:
+    return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) % 100
+
+
+def _in_split(text: str, split: str) -> bool:
+    lo, hi = _SPLIT_BUCKETS[split]
+    return lo <= _bucket(text) < hi
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise RlvrLinearError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+
+
+_INT_RE = re.compile(r"-?\d+")
+
+
+def extract_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` (brace-matched), or None."""
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return None
+    i, depth = start + len("\\boxed{"), 1
+    j = i
+    while j < len(text) and depth:
+        if text[j] == "{":
+            depth += 1
+        elif text[j] == "}":
+            depth -= 1
+        j += 1
+    return text[i : j - 1] if depth == 0 else None
+
+
+class Task:
+    """Base class. Subclasses implement :meth:`problems` and :meth:`score`."""
+
+    name: str = "task"
+    #: instruction appended for chat models
+    instruction: str = ""
+
+    def problems(self, split: str, n: int, seed: int = 0) -> list[Problem]:
+        raise NotImplementedError
+
+    def extract(self, completion: str) -> str | None:
+        return completion.strip()
+
+    def score(self, completion: str, problem: Problem) -> float:
+        raise NotImplementedError
+
+    def render(self, problem: Problem, tokenizer=None) -> str:
+        """The text fed to the model: the bare prompt, or the chat template for chat models."""
+        if tokenizer is not None and getattr(tokenizer, "chat_template", None):
+            content = problem.prompt + (" " + self.instruction if self.instruction else "")
+            return tokenizer.apply_chat_template(
+                [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+            )
+        return problem.prompt
+
+    # TRL reward-function signature -----------------------------------------------------------------
+    def reward_function(self) -> Callable[..., list[float]]:
+        task = self
+
+        def correctness(prompts, completions, answer, problem_id=None, **kw):
+            out = []
+            for i, (c, a) in enumerate(zip(completions, answer)):
+                text = c[-1]["content"] if isinstance(c, list) else c
+                pid = problem_id[i] if problem_id is not None else ""
+                out.append(float(task.score(text, Problem(pid, "", str(a)))))
+            return out
+
+        correctness.__name__ = f"{self.name}_correct"
+        return correctness
+
+
+# --------------------------------------------------------------------------------------------------
+# Built-in integer arithmetic
+
+
+_OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+
+
+@dataclass
+class ArithmeticTask(Task):
+    """Integer arithmetic: ``terms`` operands of ``digits`` digits joined by operators from ``ops``.
+
+    The prompt is ``"12+34="``; the reply must be the integer on its first line (for chat models:
+    the last integer, or the ``\\boxed{}`` content). Difficulty grows with ``digits``, ``terms`` and ``ops``.
+    """
+
+    digits: int = 2
+    terms: int = 2
+    ops: str = "+"
+    min_digits: int = 1
+    name: str = "arithmetic"
+    instruction: str = "Reply with only the number."
+
+    def __post_init__(self):
+        if self.digits < 1 or self.terms < 2 or not self.ops or any(o not in _OPS for o in self.ops):
+            raise RlvrLinearError(f"bad arithmetic options: digits={self.digits} terms={self.terms} ops={self.ops!r}")
+
+    def _sample(self, rng: random.Random) -> tuple[str, int]:
+        lo = 0 if self.min_digits <= 1 else 10 ** (self.min_digits - 1)
+        nums = [rng.randint(lo, 10**self.digits - 1) for _ in range(self.terms)]
+        ops = [rng.choice(self.ops) for _ in range(self.terms - 1)]
+        expr = str(nums[0]) + "".join(o + str(n) for o, n in zip(ops, nums[1:]))
+        return expr, int(eval(expr, {"__builtins__": {}}))  # noqa: S307 - digits and + - * only
+
+    def space_size(self) -> int:
+        lo = 0 if self.min_digits <= 1 else 10 ** (self.min_digits - 1)
+        return (10**self.digits - lo) ** self.terms * len(self.ops) ** (self.terms - 1)
+
+    def problems(self, split: str, n: int, seed: int = 0) -> list[Problem]:
+        _check_split(split)
+        lo, hi = _SPLIT_BUCKETS[split]
+        cap = self.space_size() * (hi - lo) // 100
+        if n > cap:
+            raise RlvrLinearError(f"asked for {n} {split} problems but this arithmetic space holds about {cap}")
+        rng = random.Random(f"{self.name}-{split}-{seed}")
+        seen: set[str] = set()
+        out: list[Problem] = []
+        tries = 0
+        while len(out) < n:
+            tries += 1
+            if tries > 200 * n + 10000:
+                raise RlvrLinearError(f"could not draw {n} distinct {split} problems")
+            expr, val = self._sample(rng)
+            if expr in seen or not _in_split(expr, split):
+                continue
+            seen.add(expr)
+            out.append(Problem(id=expr, prompt=f"{expr}=", answer=str(val)))
+        return out
+
+    def extract(self, completion: str) -> str | None:
+        boxed = extract_boxed(completion)
+        if boxed is not None:
+            m = _INT_RE.findall(boxed)
+            return m[-1] if m else None
+        first = completion.strip().split("\n", 1)[0].strip() if completion.strip() else ""
+        if re.fullmatch(r"-?\d+", first):
+            return first
+        ints = _INT_RE.findall(completion)  # chat models answer in a sentence ("23 + 45 = 68")
+        return ints[-1] if ints else None
+
+    def score(self, completion: str, problem: Problem) -> float:
+        got = self.extract(completion)
+        return 1.0 if got is not None and int(got) == int(problem.answer) else 0.0
+
+
+# --------------------------------------------------------------------------------------------------
+# reasoning-gym adapter
+
+
+@dataclass
+class ReasoningGymTask(Task):
+    """Any ``reasoning-gym`` dataset by name, scored with its own ``score_answer``."""
+
+    dataset: str = "basic_arithmetic"
+    config: dict = field(default_factory=dict)
+    name: str = "rg"
+    instruction: str = "Give only the final answer."
+
+    def __post_init__(self):
+        import reasoning_gym
+
+        try:
+            reasoning_gym.create_dataset(self.dataset, size=1, seed=0, **self.config)
+        except Exception as e:  # noqa: BLE001
+            raise RlvrLinearError(f"reasoning-gym dataset {self.dataset!r}: {e}") from None
+        self.name = f"rg:{self.dataset}"
+        self._scorers: dict = {}
+
+    def problems(self, split: str, n: int, seed: int = 0) -> list[Problem]:
+        import reasoning_gym
+
+        _check_split(split)
+        out: list[Problem] = []
+        size = max(4 * n, 64)
+        base_seed = seed * 1000
+        seen: set[str] = set()
+        for attempt in range(20):
+            ds = reasoning_gym.create_dataset(self.dataset, size=size, seed=base_seed + attempt, **self.config)
+            for i, item in enumerate(ds):
+                q = item["question"]
+                if q in seen or not _in_split(q, split):
+                    continue
+                seen.add(q)
+                pid = hashlib.sha256(q.encode()).hexdigest()[:12]
+                self._scorers[pid] = (ds, item)
+                out.append(Problem(id=pid, prompt=q, answer=str(item["answer"]), meta={"index": i}))
+                if len(out) == n:
+                    return out
+        raise RlvrLinearError(f"reasoning-gym {self.dataset!r}: could not draw {n} {split} problems")
+
+    def extract(self, completion: str) -> str | None:
+        boxed = extract_boxed(completion)
+        if boxed is not None:
+            return boxed.strip()
+        lines = [x.strip() for x in completion.strip().splitlines() if x.strip()]
+        return lines[-1] if lines else None
+
+    def score(self, completion: str, problem: Problem) -> float:
+        got = self.extract(completion)
+        if got is None:
+            return 0.0
+        entry = self._scorers.get(problem.id)
+        if entry is None:  # problem built elsewhere: exact match on the answer
+            return 1.0 if got == problem.answer.strip() else 0.0
+        ds, item = entry
+        return float(ds.score_answer(got, item))
+
+
+# --------------------------------------------------------------------------------------------------
+# User benchmark files (AIME style)
+
+
+@dataclass
+class FileTask(Task):
+    """Problems from a JSONL or parquet file with ``problem`` and ``answer`` fields, graded by math-verify."""
+
+    path: str = ""
+    name: str = "file"
+    instruction: str = "Let's think step by step and output the final answer within \\boxed{}."
+
+    def __post_init__(self):
+        p = Path(self.path)
+        if not p.exists():
+            raise RlvrLinearError(f"{p}: benchmark file not found")
+        rows = _read_rows(p)
+        if not rows:
+            raise RlvrLinearError(f"{p}: the benchmark file holds no problems")
+        for i, r in enumerate(rows):
+            if "problem" not in r or "answer" not in r:
+                raise RlvrLinearError(f"{p}: row {i} lacks a 'problem' or 'answer' field (has {sorted(r)})")
+        self.rows = rows
+        self.name = p.stem
+
+    def problems(self, split: str, n: int | None = None, seed: int = 0) -> list[Problem]:
+        """User benchmarks are used whole for ``test``; train/validation take disjoint hash buckets."""
+        _check_split(split)
+        rows = self.rows if split == "test" else [r for r in self.rows if _in_split(str(r["problem"]), split)]
+        probs = [
+            Problem(id=str(r.get("id", i)), prompt=str(r["problem"]), answer=str(r["answer"]))
+            for i, r in enumerate(rows)
+        ]
+        return probs if n is None else probs[:n]
+
+    def extract(self, completion: str) -> str | None:
+        return extract_boxed(completion)
+
+    def score(self, completion: str, problem: Problem) -> float:
+        from math_verify import parse, verify
+
+        got = self.extract(completion)
+        if got is None:
+            return 0.0
+        try:
+            gold = parse(f"${problem.answer}$")
+            pred = parse(f"${got}$")
+            return 1.0 if verify(gold, pred) else 0.0
+        except Exception:  # noqa: BLE001 - a malformed answer is a wrong answer
+            return 0.0
+
+
+def _read_rows(p: Path) -> list[dict]:
+    if p.suffix == ".jsonl":
+        rows = []
+        with p.open() as f:
+            for ln, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        raise RlvrLinearError(f"{p}:{ln}: not valid JSON ({e.msg})") from None
+        return rows
+    if p.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(p).to_pylist()
+    raise RlvrLinearError(f"{p}: benchmark files must be .jsonl or .parquet")
+
+
+# --------------------------------------------------------------------------------------------------
+# Registry
+
+
+def _parse_opts(spec: str) -> dict:
+    out: dict = {}
+    for part in filter(None, spec.split(",")):
+        if "=" not in part:
+            raise RlvrLinearError(f"bad task option {part!r} (expected key=value)")
+        k, v = part.split("=", 1)
+        out[k.strip()] = int(v) if v.strip().lstrip("-").isdigit() else v.strip()
+    return out
+
+
+TASKS: dict[str, Callable[..., Task]] = {"arithmetic": ArithmeticTask}
+
+
+def get_task(name: str | Task, **kw) -> Task:
+    """Build a task from a name: ``arithmetic[:k=v,...]``, ``rg:<dataset>[:k=v,...]``, or a file path."""
+    if isinstance(name, Task):
+        return name
+    if name.endswith((".jsonl", ".parquet")) or Path(name).is_file():
+        return FileTask(path=name)
+    if name.startswith("rg:"):
+        parts = name.split(":", 2)
+        cfg = _parse_opts(parts[2]) if len(parts) > 2 else {}
+        return ReasoningGymTask(dataset=parts[1], config={**cfg, **kw})
+    base, _, opts = name.partition(":")
+    if base not in TASKS:
+        raise RlvrLinearError(
+            f"unknown task {name!r}; built in: {', '.join(TASKS)}, rg:<reasoning-gym dataset>, or a .jsonl/.parquet file"
+        )
+    try:
+        return TASKS[base](**{**_parse_opts(opts), **kw})
+    except TypeError as e:
+        raise RlvrLinearError(f"task {name!r}: {e}") from None
