@@ -267,9 +267,7 @@ class Trajectory:
                 cfg = r.config()
                 for field in ("model_type", "architectures", "hidden_size", "num_hidden_layers", "vocab_size"):
                     if field in ref_cfg and field in cfg and cfg[field] != ref_cfg[field]:
-                        raise RlvrLinearError(
-                            f"{name}: config {field}={cfg[field]!r} differs from {ref_cfg[field]!r}"
-                        )
+                        raise RlvrLinearError(f"{name}: config {field}={cfg[field]!r} differs from {ref_cfg[field]!r}")
 
     def stack(self, name: str, index: torch.Tensor | slice | None = None, dtype=torch.float64) -> torch.Tensor:
         """Values of tensor ``name`` (flattened, optionally at ``index``) at every step: shape (T, n)."""

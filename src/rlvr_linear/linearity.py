@@ -1,0 +1,1594 @@
+"""Trajectory linearity: how straight do weights, token log-probs and activations move across checkpoints?
+
+One *row* is the trajectory ``y_1 .. y_T`` of one scalar (a weight, the log-prob of one response token, one
+activation) at training steps ``x_1 .. x_T``. With ``x̄, ȳ`` the means,
+
+    S_xx = Σ (x_t - x̄)²,   S_yy = Σ (y_t - ȳ)²,   S_xy = Σ (x_t - x̄)(y_t - ȳ)
+    slope b = S_xy / S_xx,  intercept a = ȳ - b x̄
+    R² = S_xy² / (S_xx S_yy)      (squared Pearson r = coefficient of determination of the OLS line)
+
+computed in float64 and clamped to [0, 1]. A constant row (max == min) has no defined R²; it gets R² = 0 and
+is flagged. Rescaling the steps does not change R².
+
+**Null baseline.** A high R² is only meaningful next to what noise alone gives: a driftless random walk of
+T = 14 points has median R² ≈ 0.45 and ≈ 27% of its rows above 0.7. For every kept row we build a null
+trajectory with the same start and the same step sizes but random signs (drift removed):
+
+    y⁰_1 = y_1,   y⁰_t = y_1 + Σ_{s<t} ε_s (y_{s+1} - y_s),   ε_s = ±1 fair coin flips
+
+and report its R² next to the observed one. The coin flips come from a counter-based hash of
+``(seed, tensor name, flat index)``, so a row gets the same null whatever the chunking or sampling. The
+per-row drift-to-noise ratio ``|y_T - y_1| / sqrt(Σ (y_{t+1} - y_t)²)`` is ``sqrt(T - 1)`` for a straight line
+with equal steps and ≈ 0.7 (median) for a random walk.
+
+Analyses (each streams tensors, never whole checkpoints, and returns a result object with ``to_json()`` and
+``save(out_dir)``): :func:`analyze_weights`, :func:`analyze_logprobs`, :func:`analyze_activations`,
+:func:`forecast`. Paper reference: arXiv 2601.04537 §1 (sampling 0.1% per tensor, ≥ 50 per tensor, seed 42,
+filters ``range > 1e-4`` in bf16 and ``≥ 4 distinct values``; log-prob positions with ``|Δ| > 0.2``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import re
+import tempfile
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoints import Trajectory
+from .errors import RlvrLinearError
+from .io import write_json, write_text
+
+#: "strong linearity" threshold used throughout the paper
+THRESHOLD = 0.7
+#: paper sampling: fraction of each tensor, minimum per tensor, seed
+PAPER_FRACTION = 0.001
+PAPER_MIN_SAMPLES = 50
+PAPER_SEED = 42
+#: paper filter 1 for bf16 weights (range over the trajectory must exceed it)
+MIN_ABS_CHANGE_BF16 = 1e-4
+#: paper filter 2: distinct values along the trajectory
+MIN_UNIQUE = 4
+#: paper filter for token log-probs: |logp_last - logp_first| must exceed it
+MIN_LOGPROB_CHANGE = 0.2
+MAX_POSITIONS = 100_000
+#: heatmap columns (module short names)
+MODULE_COLUMNS = ["Q", "K", "V", "O", "gate", "up", "down", "input_layernorm", "post_attention_layernorm"]
+EXTRA_ROWS = ["embedding", "final_norm", "lm_head"]
+_HIST_BINS = 10_000
+
+# --------------------------------------------------------------------------------------------------
+# Math
+
+
+@dataclass
+class LinearFit:
+    """Per-row least-squares line of value vs step: ``value ≈ intercept + slope * step``."""
+
+    r2: np.ndarray  #: (n,) squared Pearson r, in [0, 1]; 0 for constant rows
+    slope: np.ndarray  #: (n,) per unit step
+    intercept: np.ndarray  #: (n,) value at step 0
+    constant: np.ndarray  #: (n,) bool, rows with max == min (R² undefined, reported as 0)
+
+
+def _fit_tn(y: np.ndarray, x: np.ndarray) -> LinearFit:
+    """:func:`linear_fit` on a (T, n) array (time along axis 0, the layout of ``Trajectory.stack``)."""
+    y = np.asarray(y, dtype=np.float64)
+    x = np.asarray(x, dtype=np.float64)
+    if y.ndim != 2 or y.shape[0] != x.shape[0]:
+        raise ValueError(f"values of shape {y.shape} do not match {x.shape[0]} steps")
+    if x.shape[0] < 2:
+        raise RlvrLinearError(f"a line needs at least 2 checkpoints, got {x.shape[0]}")
+    xc = x - x.mean()
+    sxx = float(xc @ xc)
+    if sxx == 0:
+        raise RlvrLinearError("all checkpoints have the same step; cannot fit a line")
+    ym = y.mean(axis=0)
+    yc = y - ym
+    sxy = xc @ yc
+    syy = np.einsum("tn,tn->n", yc, yc)
+    constant = y.max(axis=0) == y.min(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r2 = sxy * sxy / (sxx * syy)
+    r2 = np.where(constant | ~np.isfinite(r2), 0.0, np.clip(r2, 0.0, 1.0))
+    slope = np.where(constant, 0.0, sxy / sxx)
+    intercept = ym - slope * x.mean()
+    return LinearFit(r2=r2, slope=slope, intercept=intercept, constant=constant)
+
+
+def linear_fit(values: np.ndarray, steps: Sequence[float] | np.ndarray) -> LinearFit:
+    """Vectorised per-row OLS line and R² (see the module docstring for the formulas).
+
+    ``values`` is (n, T): one row per scalar, one column per checkpoint (a 1-D array is one row).
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim == 1:
+        v = v[None, :]
+    return _fit_tn(v.T, np.asarray(steps, dtype=np.float64))
+
+
+def r2_score(values: np.ndarray, steps: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Per-row R² of value vs step, (n, T) -> (n,)."""
+    return linear_fit(values, steps).r2
+
+
+def _dnr_tn(y: np.ndarray) -> np.ndarray:
+    d = np.diff(y, axis=0)
+    ss = np.sqrt(np.einsum("tn,tn->n", d, d))
+    net = np.abs(y[-1] - y[0])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(ss > 0, net / ss, 0.0)
+
+
+def drift_to_noise(values: np.ndarray) -> np.ndarray:
+    """Per-row ``|y_T - y_1| / sqrt(Σ_t (y_{t+1} - y_t)²)`` for (n, T) values; in [0, sqrt(T-1)], 0 if constant."""
+    v = np.asarray(values, dtype=np.float64)
+    return _dnr_tn((v[None, :] if v.ndim == 1 else v).T)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        z = x + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def stable_key(name: str, seed: int = PAPER_SEED) -> int:
+    """A 64-bit key from ``(seed, name)`` that does not depend on the Python hash seed."""
+    return (int(seed) * 0x1_0000_0001 + zlib.crc32(name.encode())) & 0xFFFF_FFFF_FFFF_FFFF
+
+
+def null_signs(index: np.ndarray, n_increments: int, key: int) -> np.ndarray:
+    """±1.0 coin flips of shape (n_increments, n): flip ``t`` of row ``index[j]`` is bit ``t`` of a hash.
+
+    Counter-based (SplitMix64 of ``key``, block and index), so it depends only on the row's index,
+    never on how rows are chunked or ordered.
+    """
+    idx = np.asarray(index, dtype=np.int64).astype(np.uint64)
+    out = np.empty((n_increments, idx.shape[0]), dtype=np.float64)
+    for block in range(0, n_increments, 64):
+        base = _splitmix64(np.array([key + block // 64], dtype=np.uint64))[0]
+        h = _splitmix64(idx ^ base)
+        m = min(64, n_increments - block)
+        bits = (h[None, :] >> np.arange(m, dtype=np.uint64)[:, None]) & np.uint64(1)
+        out[block : block + m] = 1.0 - 2.0 * bits.astype(np.float64)
+    return out
+
+
+def _null_tn(y: np.ndarray, index: np.ndarray, key: int) -> np.ndarray:
+    d = np.diff(y, axis=0)
+    d *= null_signs(index, d.shape[0], key)
+    out = np.empty_like(y)
+    out[0] = y[0]
+    np.cumsum(d, axis=0, out=out[1:])
+    out[1:] += y[0]
+    return out
+
+
+def sign_flip_null(values: np.ndarray, index: np.ndarray | None = None, key: int = 0) -> np.ndarray:
+    """Null trajectories for (n, T) values: same start and step sizes, random signs (see the module docstring).
+
+    ``index`` (n,) identifies each row for the coin flips (default ``arange(n)``).
+    """
+    v = np.asarray(values, dtype=np.float64)
+    v = v[None, :] if v.ndim == 1 else v
+    idx = np.arange(v.shape[0]) if index is None else np.asarray(index)
+    return _null_tn(v.T, idx, key).T
+
+
+def n_unique(values_tn: np.ndarray) -> np.ndarray:
+    """Distinct values per column of a (T, n) array."""
+    if values_tn.shape[1] == 0:
+        return np.zeros(0, dtype=np.int64)
+    s = np.sort(values_tn, axis=0)
+    return 1 + (np.diff(s, axis=0) != 0).sum(axis=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# A streaming summary of a distribution
+
+
+class Dist:
+    """Running summary of values in ``[0, hi]``.
+
+    Count, mean and the share above :data:`THRESHOLD` are exact. Quantiles are exact when ``keep=True``
+    (values are kept), otherwise read from a 10,000-bin histogram (error below ``hi / 10,000``).
+    """
+
+    def __init__(self, hi: float = 1.0, keep: bool = False, bins: int = _HIST_BINS):
+        self.hi, self.bins = float(hi), bins
+        self.counts = np.zeros(bins, dtype=np.int64)
+        self.n, self.total, self.n_gt = 0, 0.0, 0
+        self.values: list[np.ndarray] | None = [] if keep else None
+
+    def add(self, v: np.ndarray) -> None:
+        v = np.asarray(v, dtype=np.float64).ravel()
+        if v.size == 0:
+            return
+        self.n += v.size
+        self.total += float(v.sum())
+        self.n_gt += int((v > THRESHOLD).sum())
+        b = np.clip((v * (self.bins / self.hi)).astype(np.int64), 0, self.bins - 1)
+        self.counts += np.bincount(b, minlength=self.bins)
+        if self.values is not None:
+            self.values.append(v)
+
+    def merge(self, other: Dist) -> None:
+        self.n += other.n
+        self.total += other.total
+        self.n_gt += other.n_gt
+        self.counts += other.counts
+        if self.values is not None:
+            if other.values is None:
+                self.values = None
+            else:
+                self.values.extend(other.values)
+
+    def array(self) -> np.ndarray | None:
+        if self.values is None:
+            return None
+        return np.concatenate(self.values) if self.values else np.zeros(0)
+
+    def quantile(self, q: float) -> float:
+        if self.n == 0:
+            return math.nan
+        vals = self.array()
+        if vals is not None:
+            return float(np.quantile(vals, q))
+        # numpy's "linear" quantile on order statistics, each placed evenly inside its histogram bin
+        cum = np.cumsum(self.counts)
+
+        def order_stat(k: int) -> float:
+            i = int(np.searchsorted(cum, k + 1, side="left"))
+            prev = cum[i - 1] if i > 0 else 0
+            return (i + (k - prev + 0.5) / self.counts[i]) * self.hi / self.bins
+
+        h = q * (self.n - 1)
+        lo = int(math.floor(h))
+        v = order_stat(lo)
+        if lo + 1 < self.n and h > lo:
+            v += (h - lo) * (order_stat(lo + 1) - v)
+        return float(v)
+
+    def histogram(self, bins: int = 50) -> tuple[np.ndarray, np.ndarray]:
+        """``(counts, edges)`` over ``[0, hi]`` with ``bins`` bins (must divide 10,000)."""
+        if self.bins % bins:
+            raise ValueError(f"bins must divide {self.bins}")
+        return self.counts.reshape(bins, -1).sum(axis=1), np.linspace(0.0, self.hi, bins + 1)
+
+    def summary(self, share: bool = True) -> dict:
+        q1, med, q3 = (self.quantile(q) for q in (0.25, 0.5, 0.75))
+        out = {
+            "n": self.n,
+            "mean": self.total / self.n if self.n else math.nan,
+            "median": med,
+            "q1": q1,
+            "q3": q3,
+            "iqr": q3 - q1,
+        }
+        if share:
+            out["share_gt_0.7"] = self.n_gt / self.n if self.n else math.nan
+        return out
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-safe copy: NaN/Inf -> None, numpy scalars -> Python."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _clean(obj.tolist())
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        f = float(obj)
+        return f if math.isfinite(f) else None
+    return obj
+
+
+def _r(x: float, nd: int = 4) -> float:
+    return round(x, nd) if isinstance(x, float) and math.isfinite(x) else x
+
+
+def _above_null(obs: dict, null: dict) -> dict:
+    return {k: obs[k] - null[k] for k in ("median", "mean", "share_gt_0.7")}
+
+
+def _save_npz(path: Path, **arrays) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "wb") as f:
+        np.savez_compressed(f, **arrays)
+    os.replace(tmp, path)
+
+
+def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: "" if v is None or (isinstance(v, float) and not math.isfinite(v)) else v for k, v in r.items()})
+    write_text(path, buf.getvalue())
+
+
+# --------------------------------------------------------------------------------------------------
+# Sampling, filters, names
+
+
+def paper_sample_size(numel: int, fraction: float = PAPER_FRACTION, min_samples: int = PAPER_MIN_SAMPLES) -> int:
+    """``k = min(max(min_samples, floor(fraction * numel)), numel)`` (the paper's per-tensor sample size)."""
+    return min(max(min_samples, int(math.floor(fraction * numel))), numel)
+
+
+def tensor_seed(name: str, seed: int = PAPER_SEED) -> int:
+    """``seed`` plus a stable per-tensor offset (CRC-32 of the name)."""
+    return int(seed) + zlib.crc32(name.encode())
+
+
+def sample_indices(numel: int, k: int, seed: int) -> np.ndarray:
+    """``k`` distinct flat indices in ``[0, numel)``, sorted; deterministic in ``seed``.
+
+    ``torch.randperm(numel)[:k]`` with a generator seeded ``seed`` (the paper's draw) when ``numel <= 2**24``
+    or ``k > numel / 4``; otherwise a seeded rejection draw (``torch.randint``, first occurrences kept), which
+    avoids randperm's 8 bytes per element on large embeddings.
+    """
+    if k < 0 or k > numel:
+        raise ValueError(f"cannot draw {k} of {numel} indices")
+    g = torch.Generator().manual_seed(int(seed))
+    if numel <= 2**24 or 4 * k > numel:
+        idx = torch.randperm(numel, generator=g)[:k].numpy()
+    else:
+        idx = np.zeros(0, dtype=np.int64)
+        while idx.size < k:
+            cand = torch.randint(0, numel, (2 * (k - idx.size) + 16,), generator=g).numpy()
+            allv = np.concatenate([idx, cand])
+            _, first = np.unique(allv, return_index=True)
+            idx = allv[np.sort(first)][:k]
+    return np.sort(idx.astype(np.int64))
+
+
+def default_min_abs_change(dtype: torch.dtype) -> float:
+    """Filter-1 threshold for a storage dtype.
+
+    The paper's 1e-4 is for bf16, where it is about one ULP at typical weight magnitudes (|w| ≈ 0.02: ULP
+    2^-6 · 2^-7 ≈ 1.2e-4), i.e. it drops parameters that moved by rounding only. Other float dtypes keep that
+    meaning by scaling with the machine epsilon: ``1e-4 · eps(dtype) / eps(bf16)`` = 1.25e-5 for fp16
+    (2^-3), 1e-4 · 2^-16 ≈ 1.5e-9 for fp32, ≈ 2.8e-18 for fp64.
+    """
+    if not dtype.is_floating_point:
+        return 0.0
+    return MIN_ABS_CHANGE_BF16 * torch.finfo(dtype).eps / torch.finfo(torch.bfloat16).eps
+
+
+_MODULE_PARTS = {
+    "q_proj": "Q",
+    "k_proj": "K",
+    "v_proj": "V",
+    "o_proj": "O",
+    "gate_proj": "gate",
+    "up_proj": "up",
+    "down_proj": "down",
+    "input_layernorm": "input_layernorm",
+    "post_attention_layernorm": "post_attention_layernorm",
+}
+_LAYER_RE = re.compile(r"(?:^|\.)layers\.(\d+)\.(.+)$")
+
+
+def parse_param_name(name: str) -> tuple[int | None, str]:
+    """``(layer, module)`` for Llama/Qwen2-style names.
+
+    ``model.layers.3.self_attn.q_proj.weight`` -> ``(3, "Q")``; ``model.embed_tokens.weight`` -> ``(None,
+    "embedding")``; ``model.norm.weight`` -> ``(None, "final_norm")``; ``lm_head.weight`` -> ``(None, "lm_head")``;
+    anything else -> the name without its last part (``other`` outside layers).
+    """
+    m = _LAYER_RE.search(name)
+    if m:
+        parts = m.group(2).split(".")
+        for p in parts:
+            if p in _MODULE_PARTS:
+                return int(m.group(1)), _MODULE_PARTS[p]
+        return int(m.group(1)), ".".join(parts[:-1]) or parts[0]
+    parts = name.split(".")
+    if "embed_tokens" in parts or "wte" in parts:
+        return None, "embedding"
+    if "lm_head" in parts:
+        return None, "lm_head"
+    if len(parts) >= 2 and parts[-2] in ("norm", "final_layernorm", "ln_f"):
+        return None, "final_norm"
+    return None, "other"
+
+
+def weight_keys(traj: Trajectory) -> list[str]:
+    """Floating tensors whose name ends in ``.weight`` (the paper's selection; biases excluded)."""
+    r = traj.reader(0)
+    return [k for k in r.keys() if k.endswith(".weight") and r.dtype(k).is_floating_point]
+
+
+def float_keys(traj: Trajectory) -> list[str]:
+    r = traj.reader(0)
+    return [k for k in r.keys() if r.dtype(k).is_floating_point]
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading
+
+
+def _check_finite(y: np.ndarray, steps: Sequence[int], name: str) -> None:
+    ok = np.isfinite(y).all(axis=1)
+    if not ok.all():
+        i = int(np.argmin(ok))
+        raise RlvrLinearError(f"checkpoint step {steps[i]}: tensor {name!r} contains NaN or Inf values")
+
+
+class _RowSource:
+    """Rows ``[a, b)`` (first dimension) of a tensor from one checkpoint, without reading the rest.
+
+    safetensors: ``safe_open(...).get_slice(name)[a:b]`` reads only those bytes; pickled weights (memory
+    mapped by ``torch.load(mmap=True)``) are sliced in memory.
+    """
+
+    def __init__(self, reader):
+        self.reader = reader
+        self._handles: dict[str, Any] = {}
+
+    def read(self, name: str, a: int, b: int) -> torch.Tensor:
+        r = self.reader
+        if r.kind != "safetensors":
+            t = r.get(name)
+            return t.reshape(-1) if t.dim() == 0 else t[a:b].reshape(-1)
+        from safetensors import safe_open
+
+        fname = r.file_of(name)
+        h = self._handles.get(fname)
+        if h is None:
+            h = self._handles[fname] = safe_open(str(r.path / fname), framework="pt")
+        sl = h.get_slice(name)
+        if len(sl.get_shape()) == 0:
+            return h.get_tensor(name).reshape(-1)
+        return sl[a:b].reshape(-1)
+
+
+def _row_chunks(shape: tuple[int, ...], chunk: int) -> tuple[int, list[tuple[int, int]]]:
+    rows = shape[0] if shape else 1
+    numel = math.prod(shape) if shape else 1
+    row_len = numel // rows if rows else 0
+    per = max(1, chunk // max(row_len, 1))
+    return row_len, [(a, min(rows, a + per)) for a in range(0, rows, per)]
+
+
+def _read_rows(sources: list[_RowSource], name: str, a: int, b: int, n: int) -> np.ndarray:
+    y = np.empty((len(sources), n), dtype=np.float64)
+    for i, s in enumerate(sources):
+        y[i] = s.read(name, a, b).to(torch.float64).numpy()
+    return y
+
+
+# --------------------------------------------------------------------------------------------------
+# Weights
+
+
+@dataclass
+class TensorStats:
+    """Per-tensor counts and R² summaries (one CSV row)."""
+
+    name: str
+    layer: int | None
+    module: str
+    dtype: str
+    numel: int
+    sampled: int
+    kept: int
+    filtered_small_change: int
+    filtered_few_unique: int
+    never_moved: int
+    r2: dict
+    null: dict
+    dnr: dict
+
+    def row(self) -> dict:
+        return {
+            "name": self.name,
+            "layer": "" if self.layer is None else self.layer,
+            "module": self.module,
+            "dtype": self.dtype,
+            "numel": self.numel,
+            "sampled": self.sampled,
+            "kept": self.kept,
+            "filtered_small_change": self.filtered_small_change,
+            "filtered_few_unique": self.filtered_few_unique,
+            "never_moved": self.never_moved,
+            "mean": _r(self.r2["mean"], 6),
+            "median": _r(self.r2["median"], 6),
+            "q1": _r(self.r2["q1"], 6),
+            "q3": _r(self.r2["q3"], 6),
+            "share_gt_0.7": _r(self.r2["share_gt_0.7"], 6),
+            "null_median": _r(self.null["median"], 6),
+            "null_share_gt_0.7": _r(self.null["share_gt_0.7"], 6),
+            "dnr_median": _r(self.dnr["median"], 6),
+        }
+
+
+TENSOR_CSV_COLUMNS = [
+    "name", "layer", "module", "dtype", "numel", "sampled", "kept", "filtered_small_change", "filtered_few_unique",
+    "never_moved", "mean", "median", "q1", "q3", "share_gt_0.7", "null_median", "null_share_gt_0.7", "dnr_median",
+]  # fmt: skip
+
+
+@dataclass
+class _Block:
+    """Filter + R² + null of one (T, n) block of one tensor."""
+
+    n: int
+    never: int
+    small: int
+    few: int
+    keep: np.ndarray
+    fit: LinearFit
+    null_r2: np.ndarray
+    dnr: np.ndarray
+    null_dnr: np.ndarray
+    y_kept: np.ndarray
+
+
+def _analyze_block(
+    y: np.ndarray, x: np.ndarray, index: np.ndarray, key: int, min_abs_change: float, min_unique: int
+) -> _Block:
+    rng = y.max(axis=0) - y.min(axis=0)
+    never = int((rng == 0).sum())
+    big = rng > min_abs_change
+    few_mask = n_unique(y[:, big]) < min_unique
+    keep = big.copy()
+    keep[np.flatnonzero(big)[few_mask]] = False
+    yk = y[:, keep]
+    fit = _fit_tn(yk, x)
+    null = _null_tn(yk, index[keep], key)
+    return _Block(
+        n=y.shape[1],
+        never=never,
+        small=int((~big).sum()),
+        few=int(few_mask.sum()),
+        keep=keep,
+        fit=fit,
+        null_r2=_fit_tn(null, x).r2,
+        dnr=_dnr_tn(yk),
+        null_dnr=_dnr_tn(null),
+        y_kept=yk,
+    )
+
+
+@dataclass
+class WeightLinearity:
+    """Result of :func:`analyze_weights`. ``save(out_dir)`` writes JSON, CSV, npz and PNGs."""
+
+    steps: list[int]
+    mode: str
+    config: dict
+    tensors: list[TensorStats]
+    r2: Dist
+    null: Dist
+    dnr: Dist
+    null_dnr: Dist
+    examples: list[dict] = field(default_factory=list)
+    #: paper mode only: per kept parameter, its tensor (index into ``tensors``) and flat index
+    tensor_id: np.ndarray | None = None
+    flat_index: np.ndarray | None = None
+
+    def counts(self) -> dict:
+        c = {k: sum(getattr(t, k) for t in self.tensors) for k in ("numel", "sampled", "kept")}
+        for k in ("filtered_small_change", "filtered_few_unique", "never_moved"):
+            c[k] = sum(getattr(t, k) for t in self.tensors)
+        c["tensors"] = len(self.tensors)
+        return c
+
+    def by_module(self) -> dict:
+        acc: dict[str, list[float]] = {}
+        for t in self.tensors:
+            if t.kept:
+                s = acc.setdefault(t.module, [0.0, 0])
+                s[0] += t.r2["mean"] * t.kept
+                s[1] += t.kept
+        return {m: {"mean": s / n, "kept": n} for m, (s, n) in acc.items()}
+
+    def summary(self) -> dict:
+        c = self.counts()
+        r2, null = self.r2.summary(), self.null.summary()
+        T = len(self.steps)
+        return {
+            "kind": "weights",
+            "mode": self.mode,
+            "steps": self.steps,
+            "n_checkpoints": T,
+            "config": self.config,
+            "quantiles": "exact" if self.r2.values is not None else "histogram (10,000 bins, error < 1e-4)",
+            "counts": c,
+            "share_kept": c["kept"] / c["sampled"] if c["sampled"] else math.nan,
+            "share_never_moved": c["never_moved"] / c["sampled"] if c["sampled"] else math.nan,
+            "r2": r2,
+            "null": null,
+            "above_null": _above_null(r2, null),
+            "drift_to_noise": {
+                **self.dnr.summary(share=False),
+                "null_median": self.null_dnr.quantile(0.5),
+                "straight_line": math.sqrt(T - 1),
+            },
+            "by_module": self.by_module(),
+        }
+
+    def to_json(self) -> dict:
+        return _clean(self.summary())
+
+    def heatmap(self) -> tuple[np.ndarray, list[str], list[str]]:
+        """Mean R² per (layer, module) cell (kept-weighted), plus rows for embedding / final norm / lm_head."""
+        cells: dict[tuple[str, str], list[float]] = {}
+        layers = sorted({t.layer for t in self.tensors if t.layer is not None})
+        for t in self.tensors:
+            if not t.kept:
+                continue
+            if t.layer is not None and t.module in MODULE_COLUMNS:
+                key = (str(t.layer), t.module)
+            elif t.layer is None and t.module in EXTRA_ROWS:
+                key = (t.module, MODULE_COLUMNS[0])
+            else:
+                continue
+            s = cells.setdefault(key, [0.0, 0])
+            s[0] += t.r2["mean"] * t.kept
+            s[1] += t.kept
+        present = {t.module for t in self.tensors if t.layer is None}
+        rows = [str(i) for i in layers] + [m for m in EXTRA_ROWS if m in present]
+        mat = np.full((len(rows), len(MODULE_COLUMNS)), np.nan)
+        for (r, c), (s, n) in cells.items():
+            if r in rows:
+                mat[rows.index(r), MODULE_COLUMNS.index(c)] = s / n
+        labels = [f"layer {r}" if r.isdigit() else r for r in rows]
+        return mat, labels, list(MODULE_COLUMNS)
+
+    def save(self, out_dir: str | Path) -> None:
+        from . import plots
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        s = self.to_json()
+        write_json(out / "weights.json", s)
+        _write_csv(out / "weights_per_tensor.csv", [t.row() for t in self.tensors], TENSOR_CSV_COLUMNS)
+        if self.r2.values is not None:
+            _save_npz(
+                out / "weights_r2.npz",
+                steps=np.asarray(self.steps),
+                tensor_names=np.asarray([t.name for t in self.tensors]),
+                tensor_id=self.tensor_id,
+                flat_index=self.flat_index,
+                r2=self.r2.array().astype(np.float32),
+                null_r2=self.null.array().astype(np.float32),
+                drift_to_noise=self.dnr.array().astype(np.float32),
+            )
+        obs = self.r2.array() if self.r2.values is not None else self.r2.histogram()
+        nul = self.null.array() if self.null.values is not None else self.null.histogram()
+        plots.plot_r2_histogram(
+            out / "weights_r2_hist.png",
+            obs,
+            nul,
+            title=f"Weight R² ({self.mode} mode, {len(self.steps)} checkpoints)",
+            summary=_summary_text(s["r2"], s["null"]),
+        )
+        mat, rows, cols = self.heatmap()
+        if mat.size:
+            plots.plot_heatmap(out / "weights_heatmap.png", mat, rows, cols, title="Mean weight R² per layer / module")
+        if self.examples:
+            plots.plot_trajectories(
+                out / "weights_examples.png",
+                self.steps,
+                self.examples,
+                title="Sampled parameter trajectories and fitted lines",
+                ylabel="weight value",
+            )
+
+    def summary_line(self) -> str:
+        s = self.to_json()
+        return _summary_line("weights", s["r2"], s["null"], s["counts"]["kept"], s["counts"]["sampled"])
+
+
+def _summary_text(r2: dict, null: dict) -> str:
+    def f(v):
+        return "n/a" if v is None else f"{v:.3f}"
+
+    lines = [
+        f"n = {r2['n']}",
+        f"median R² {f(r2['median'])} (null {f(null['median'])})",
+        f"share > 0.7: {f(r2['share_gt_0.7'])} (null {f(null['share_gt_0.7'])})",
+    ]
+    if r2["median"] is not None and null["median"] is not None:
+        lines.append(f"median - null median: {r2['median'] - null['median']:+.3f}")
+    return "\n".join(lines)
+
+
+def _summary_line(what: str, r2: dict, null: dict, kept: int, total: int) -> str:
+    def f(v):
+        return "n/a" if v is None else f"{v:.3f}"
+
+    return (
+        f"{what}: {kept}/{total} kept; median R² {f(r2['median'])}, share > 0.7 {f(r2['share_gt_0.7'])}; "
+        f"null median {f(null['median'])}, null share > 0.7 {f(null['share_gt_0.7'])}"
+    )
+
+
+def analyze_weights(
+    trajectory: Trajectory,
+    sample: str = "paper",
+    fraction: float = PAPER_FRACTION,
+    min_samples: int = PAPER_MIN_SAMPLES,
+    min_abs_change: float | None = None,
+    min_unique: int = MIN_UNIQUE,
+    seed: int = PAPER_SEED,
+    chunk: int = 1 << 20,
+    keys: Sequence[str] | None = None,
+    n_examples: int = 9,
+    progress: bool = False,
+) -> WeightLinearity:
+    """Per-parameter R² of weight vs step, streamed one tensor at a time.
+
+    ``sample="paper"``: per tensor, ``k = min(max(min_samples, floor(fraction * numel)), numel)`` flat indices
+    (:func:`sample_indices`, seed ``tensor_seed(name, seed)``), read with ``Trajectory.stack(name, index)``;
+    peak memory is one tensor plus T x k float64. ``sample="all"``: every element, read ``chunk`` elements
+    (whole rows) at a time from every checkpoint; peak memory about 3 x T x chunk x 8 bytes.
+
+    Filters (paper, in order): 1. ``max_t w - min_t w > min_abs_change`` — default
+    :func:`default_min_abs_change` of the tensor's dtype (1e-4 for bf16); 2. at least ``min(min_unique, T)``
+    distinct values. Kept parameters get R², the sign-flip null R² and the drift-to-noise ratio.
+    ``keys`` defaults to every floating ``*.weight`` tensor. Needs >= 3 checkpoints.
+    """
+    if sample not in ("paper", "all"):
+        raise RlvrLinearError(f"sample must be 'paper' or 'all', got {sample!r}")
+    if chunk < 1:
+        raise RlvrLinearError(f"chunk must be >= 1, got {chunk}")
+    trajectory.validate(min_checkpoints=3)
+    steps = trajectory.steps
+    x = np.asarray(steps, dtype=np.float64)
+    T = len(steps)
+    eff_unique = min(min_unique, T)
+    explicit_keys = keys is not None
+    keys = list(keys) if keys is not None else weight_keys(trajectory)
+    if not keys:
+        raise RlvrLinearError(f"{trajectory.paths[0]}: no floating '*.weight' tensors to analyse")
+    r0 = trajectory.reader(0)
+    for k in keys:
+        if k not in r0:
+            raise RlvrLinearError(f"{r0.path}: tensor {k!r} is missing from this checkpoint")
+    paper = sample == "paper"
+    glob = {"r2": Dist(keep=paper), "null": Dist(keep=paper), "dnr": Dist(hi=math.sqrt(T - 1), keep=paper)}
+    glob["null_dnr"] = Dist(hi=math.sqrt(T - 1))
+    tensors: list[TensorStats] = []
+    candidates: list[dict] = []
+    tids: list[np.ndarray] = []
+    fidx: list[np.ndarray] = []
+    thresholds: dict[str, float] = {}
+    sources = [_RowSource(trajectory.reader(i)) for i in range(T)] if not paper else []
+    for name in tqdm(keys, desc="weights R²", disable=not progress):
+        dtype = r0.dtype(name)
+        thr = default_min_abs_change(dtype) if min_abs_change is None else float(min_abs_change)
+        thresholds[str(dtype).replace("torch.", "")] = thr
+        numel = r0.numel(name)
+        key = stable_key(name, seed)
+        loc = {"r2": Dist(keep=paper), "null": Dist(keep=paper), "dnr": Dist(hi=math.sqrt(T - 1), keep=paper)}
+        loc["null_dnr"] = Dist(hi=math.sqrt(T - 1))
+        cnt = {"sampled": 0, "kept": 0, "small": 0, "few": 0, "never": 0}
+        if paper:
+            idx = sample_indices(numel, paper_sample_size(numel, fraction, min_samples), tensor_seed(name, seed))
+            y = trajectory.stack(name, torch.from_numpy(idx)).numpy()
+            blocks = [(y, idx)]
+        else:
+            row_len, spans = _row_chunks(r0.shape(name), chunk)
+            blocks = (
+                (_read_rows(sources, name, a, b, (b - a) * row_len), np.arange(a * row_len, b * row_len))
+                for a, b in spans
+            )
+        for y, idx in blocks:
+            _check_finite(y, steps, name)
+            blk = _analyze_block(y, x, idx, key, thr, eff_unique)
+            cnt["sampled"] += blk.n
+            cnt["kept"] += int(blk.keep.sum())
+            cnt["small"] += blk.small
+            cnt["few"] += blk.few
+            cnt["never"] += blk.never
+            loc["r2"].add(blk.fit.r2)
+            loc["null"].add(blk.null_r2)
+            loc["dnr"].add(blk.dnr)
+            loc["null_dnr"].add(blk.null_dnr)
+            if paper:
+                tids.append(np.full(int(blk.keep.sum()), len(tensors), dtype=np.int32))
+                fidx.append(idx[blk.keep])
+            if blk.y_kept.shape[1] and not any(c["name"] == name for c in candidates):
+                pick = np.random.default_rng(tensor_seed(name, seed)).choice(
+                    blk.y_kept.shape[1], size=min(2, blk.y_kept.shape[1]), replace=False
+                )
+                kept_idx = idx[blk.keep]
+                for j in pick:
+                    candidates.append(
+                        {
+                            "name": name,
+                            "index": int(kept_idx[j]),
+                            "values": blk.y_kept[:, j].tolist(),
+                            "slope": float(blk.fit.slope[j]),
+                            "intercept": float(blk.fit.intercept[j]),
+                            "r2": float(blk.fit.r2[j]),
+                        }
+                    )
+        layer, module = parse_param_name(name)
+        tensors.append(
+            TensorStats(
+                name=name,
+                layer=layer,
+                module=module,
+                dtype=str(dtype).replace("torch.", ""),
+                numel=numel,
+                sampled=cnt["sampled"],
+                kept=cnt["kept"],
+                filtered_small_change=cnt["small"],
+                filtered_few_unique=cnt["few"],
+                never_moved=cnt["never"],
+                r2=loc["r2"].summary(),
+                null=loc["null"].summary(),
+                dnr=loc["dnr"].summary(share=False),
+            )
+        )
+        for k in glob:
+            glob[k].merge(loc[k])
+    rng = np.random.default_rng(seed)
+    examples = [candidates[i] for i in sorted(rng.choice(len(candidates), min(n_examples, len(candidates)), False))]
+    for e in examples:
+        e["label"] = f"{e['name']}[{e['index']}]  R²={e['r2']:.3f}"
+    config = {
+        "sample": sample,
+        "fraction": fraction if paper else 1.0,
+        "min_samples": min_samples if paper else None,
+        "min_abs_change": thresholds,
+        "min_unique": eff_unique,
+        "seed": seed,
+        "chunk": None if paper else chunk,
+        "keys": f"{len(keys)} tensors" + (" (explicit)" if explicit_keys else " (*.weight)"),
+    }
+    return WeightLinearity(
+        steps=steps,
+        mode=sample,
+        config=config,
+        tensors=tensors,
+        r2=glob["r2"],
+        null=glob["null"],
+        dnr=glob["dnr"],
+        null_dnr=glob["null_dnr"],
+        examples=examples,
+        tensor_id=np.concatenate(tids) if paper and tids else None,
+        flat_index=np.concatenate(fidx) if paper and fidx else None,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Probes and teacher-forced log-probs
+
+
+@dataclass
+class Probe:
+    """A fixed prompt/response pair scored by every checkpoint (the response is appended verbatim)."""
+
+    prompt: str
+    response: str
+    problem_id: str = ""
+
+
+def read_probes(path: str | Path) -> list[Probe]:
+    """Probes from a JSONL file with ``prompt`` and ``response`` fields (``problem_id`` optional)."""
+    p = Path(path)
+    if not p.is_file():
+        raise RlvrLinearError(f"{p}: probe file not found")
+    out = []
+    for i, line in enumerate(p.read_text().splitlines()):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise RlvrLinearError(f"{p}: line {i + 1} is not JSON ({e})") from None
+        if not isinstance(r, dict) or "prompt" not in r or "response" not in r:
+            raise RlvrLinearError(f"{p}: line {i + 1} lacks a 'prompt' or 'response' field")
+        out.append(Probe(str(r["prompt"]), str(r["response"]), str(r.get("problem_id", ""))))
+    if not out:
+        raise RlvrLinearError(f"{p}: no probes in the file")
+    return out
+
+
+def write_probes(path: str | Path, probes: Sequence[Probe]) -> None:
+    lines = [json.dumps({"prompt": p.prompt, "response": p.response, "problem_id": p.problem_id}) for p in probes]
+    write_text(path, "\n".join(lines) + "\n")
+
+
+def _as_probes(probes: Sequence[Probe] | str | Path) -> list[Probe]:
+    if isinstance(probes, (str, Path)):
+        return read_probes(probes)
+    out = list(probes)
+    if not out:
+        raise RlvrLinearError("no probes given")
+    return out
+
+
+def _device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@torch.no_grad()
+def make_probes(
+    model_dir: str | Path,
+    task,
+    n_prompts: int = 32,
+    k: int = 4,
+    split: str = "validation",
+    max_new_tokens: int | None = None,
+    temperature: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 16,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> list[Probe]:
+    """Sample ``k`` responses per prompt from one model (the trajectory's first checkpoint) as probes.
+
+    Prompts are ``task.render(problem, tokenizer)`` for ``n_prompts`` problems of ``split``, tokenized without
+    special tokens (the rendered text is what the model sees), left padded; sampling is plain
+    ``model.generate(do_sample=True, temperature, top_k=0, top_p=1)`` after ``torch.manual_seed(seed)``.
+    Responses are decoded with special tokens skipped; empty ones are dropped.
+    """
+    from .models import load_model
+    from .tasks import get_task
+
+    task = get_task(task)
+    dev = _device(device)
+    model, tok = load_model(model_dir, dtype=dtype, device=dev)
+    problems = task.problems(split, n_prompts, seed=seed)
+    if max_new_tokens is None:
+        chat = bool(getattr(tok, "chat_template", None))
+        max_new_tokens = task.max_new_tokens(chat) if hasattr(task, "max_new_tokens") else 64
+    torch.manual_seed(seed)
+    probes: list[Probe] = []
+    tok.padding_side = "left"
+    for s in range(0, len(problems), batch_size):
+        chunk = problems[s : s + batch_size]
+        prompts = [task.render(p, tok) for p in chunk]
+        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(dev)
+        out = model.generate(
+            **enc,
+            do_sample=True,
+            temperature=temperature,
+            top_k=0,
+            top_p=1.0,
+            max_new_tokens=max_new_tokens,
+            num_return_sequences=k,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
+        texts = tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        for j, text in enumerate(texts):
+            if text:
+                p = chunk[j // k]
+                probes.append(Probe(prompts[j // k], text, p.id))
+    if not probes:
+        raise RlvrLinearError(f"{model_dir}: every sampled response was empty; no probes")
+    return probes
+
+
+def encode_probes(tokenizer, probes: Sequence[Probe]) -> list[tuple[list[int], list[int]]]:
+    """``(prompt_ids, response_ids)`` per probe; both without special tokens (prompt text is pre-rendered)."""
+    out = []
+    for i, p in enumerate(probes):
+        pi = tokenizer(p.prompt, add_special_tokens=False)["input_ids"]
+        ri = tokenizer(p.response, add_special_tokens=False)["input_ids"]
+        if not pi:
+            raise RlvrLinearError(f"probe {i}: the prompt is empty, so the first response token has no context")
+        out.append((list(pi), list(ri)))
+    return out
+
+
+def _batches(encoded: list[tuple[list[int], list[int]]], batch_size: int) -> list[list[int]]:
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]) + len(encoded[i][1]))
+    return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+
+
+def _left_pad(encoded, batch: list[int], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    L = max(len(encoded[i][0]) + len(encoded[i][1]) for i in batch)
+    ids = torch.full((len(batch), L), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), L), dtype=torch.long)
+    for row, i in enumerate(batch):
+        seq = encoded[i][0] + encoded[i][1]
+        ids[row, L - len(seq) :] = torch.tensor(seq)
+        mask[row, L - len(seq) :] = 1
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    return ids.to(device), mask.to(device), pos.to(device)
+
+
+@torch.no_grad()
+def score_logprobs(
+    model, encoded: list[tuple[list[int], list[int]]], batch_size: int = 8, pad_id: int = 0
+) -> list[np.ndarray]:
+    """Teacher-forced ``log p(y_i | prompt, y_<i) = log_softmax(logits[i-1])[y_i]`` for every response token.
+
+    Batches are left padded (sorted by length) with ``position_ids = cumsum(mask) - 1``; only the logits of
+    the last ``max_response + 1`` positions are materialised (``logits_to_keep``). Returns one float32
+    array per probe, in input order.
+    """
+    dev = next(model.parameters()).device
+    out: list[np.ndarray | None] = [None] * len(encoded)
+    for batch in _batches(encoded, batch_size):
+        ids, mask, pos = _left_pad(encoded, batch, pad_id, dev)
+        K = max(len(encoded[i][1]) for i in batch) + 1
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=K).logits[:, -K:]
+        logits = logits[:, :-1].float()  # position j predicts token j+1 (kept window is L-K .. L-1)
+        tgt = ids[:, -(K - 1) :] if K > 1 else ids[:, :0]
+        lp = (logits.gather(-1, tgt.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)).cpu().numpy()
+        for row, i in enumerate(batch):
+            R = len(encoded[i][1])
+            out[i] = lp[row, K - 1 - R :].astype(np.float32) if R else np.zeros(0, np.float32)
+    return out  # type: ignore[return-value]
+
+
+def _load_for_scoring(path, device, dtype):
+    from .models import load_model
+
+    model, _ = load_model(path, dtype=dtype, device=device)
+    return model
+
+
+def score_trajectory(
+    trajectory: Trajectory,
+    probes: Sequence[Probe],
+    batch_size: int = 8,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    progress: bool = False,
+) -> tuple[np.ndarray, list[tuple[list[int], list[int]]], Any]:
+    """(T, N) float32 log-probs of every response token under every checkpoint, the encodings, the tokenizer."""
+    from .tokenizer import load_tokenizer
+
+    dev = _device(device)
+    tok = load_tokenizer(trajectory.paths[0])
+    enc = encode_probes(tok, probes)
+    rows = []
+    for path in tqdm(trajectory.paths, desc="scoring checkpoints", disable=not progress):
+        model = _load_for_scoring(path, dev, dtype)
+        lp = score_logprobs(model, enc, batch_size=batch_size, pad_id=tok.pad_token_id or 0)
+        rows.append(np.concatenate(lp) if lp else np.zeros(0, np.float32))
+        del model
+    return np.stack(rows), enc, tok
+
+
+@dataclass
+class LogprobLinearity:
+    """Result of :func:`analyze_logprobs`."""
+
+    steps: list[int]
+    logp: np.ndarray  #: (T, N) float32, every response token of every probe
+    token_ids: np.ndarray  #: (N,)
+    probe_index: np.ndarray  #: (N,)
+    position: np.ndarray  #: (N,) index of the token within its response
+    sampled: np.ndarray  #: indices of eligible positions that were analysed
+    fit: LinearFit  #: on the sampled positions
+    null_r2: np.ndarray
+    dnr: np.ndarray
+    probes: list[Probe]
+    config: dict
+    examples: list[dict] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        r2, null = Dist(keep=True), Dist(keep=True)
+        r2.add(self.fit.r2)
+        null.add(self.null_r2)
+        change = self.logp[-1].astype(np.float64) - self.logp[0]
+        s_r2, s_null = r2.summary(), null.summary()
+        dnr = Dist(hi=math.sqrt(len(self.steps) - 1), keep=True)
+        dnr.add(self.dnr)
+        return {
+            "kind": "logprobs",
+            "steps": self.steps,
+            "n_checkpoints": len(self.steps),
+            "config": self.config,
+            "counts": {
+                "probes": len(self.probes),
+                "tokens": int(self.logp.shape[1]),
+                "eligible": int((np.abs(change) > self.config["min_change"]).sum()),
+                "sampled": int(self.sampled.size),
+                "constant": int((self.logp.max(0) == self.logp.min(0)).sum()),
+            },
+            "r2": s_r2,
+            "null": s_null,
+            "above_null": _above_null(s_r2, s_null),
+            "drift_to_noise": dnr.summary(share=False),
+            "mean_abs_change": float(np.abs(change).mean()) if change.size else math.nan,
+        }
+
+    def to_json(self) -> dict:
+        return _clean(self.summary())
+
+    def save(self, out_dir: str | Path) -> None:
+        from . import plots
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        s = self.to_json()
+        write_json(out / "logprobs.json", s)
+        write_probes(out / "probes.jsonl", self.probes)
+        _save_npz(
+            out / "logprobs.npz",
+            steps=np.asarray(self.steps),
+            logp=self.logp,
+            token_ids=self.token_ids,
+            probe_index=self.probe_index,
+            position=self.position,
+            sampled=self.sampled,
+            r2=self.fit.r2,
+            null_r2=self.null_r2,
+            slope=self.fit.slope,
+            intercept=self.fit.intercept,
+        )
+        plots.plot_r2_histogram(
+            out / "logprobs_r2_hist.png",
+            self.fit.r2,
+            self.null_r2,
+            title=f"Teacher-forced token log-prob R² ({len(self.steps)} checkpoints)",
+            summary=_summary_text(s["r2"], s["null"]),
+        )
+        plots.plot_trajectories(
+            out / "logprobs_examples.png",
+            self.steps,
+            self.examples,
+            title="Token log-prob trajectories (teacher forced)",
+            ylabel="log p(token)",
+        )
+
+    def summary_line(self) -> str:
+        s = self.to_json()
+        return _summary_line("logprobs", s["r2"], s["null"], s["counts"]["sampled"], s["counts"]["tokens"])
+
+
+def analyze_logprobs(
+    trajectory: Trajectory,
+    probes: Sequence[Probe] | str | Path,
+    batch_size: int = 8,
+    min_change: float = MIN_LOGPROB_CHANGE,
+    max_positions: int = MAX_POSITIONS,
+    seed: int = PAPER_SEED,
+    n_examples: int = 9,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    progress: bool = False,
+) -> LogprobLinearity:
+    """Per-token R² of teacher-forced log-probs vs step (paper §1.2).
+
+    Every checkpoint scores the same probes (:func:`score_logprobs`). Positions with
+    ``|logp_last - logp_first| > min_change`` are eligible; up to ``max_positions`` of them are drawn
+    uniformly (``numpy.random.default_rng(seed)``). Null baseline and drift-to-noise as for weights.
+    """
+    trajectory.validate(min_checkpoints=3)
+    probes = _as_probes(probes)
+    logp, enc, tok = score_trajectory(trajectory, probes, batch_size, device, dtype, progress)
+    _check_finite(logp, trajectory.steps, "log-probs")
+    lens = [len(r) for _, r in enc]
+    token_ids = np.concatenate([np.asarray(r, dtype=np.int64) for _, r in enc]) if enc else np.zeros(0, np.int64)
+    probe_index = np.repeat(np.arange(len(enc)), lens)
+    position = np.concatenate([np.arange(n) for n in lens]) if lens else np.zeros(0, np.int64)
+    x = np.asarray(trajectory.steps, dtype=np.float64)
+    y = logp.astype(np.float64)
+    change = y[-1] - y[0]
+    eligible = np.flatnonzero(np.abs(change) > min_change)
+    rng = np.random.default_rng(seed)
+    sampled = np.sort(rng.choice(eligible, size=min(max_positions, eligible.size), replace=False))
+    ys = y[:, sampled]
+    fit = _fit_tn(ys, x)
+    null = _null_tn(ys, sampled, stable_key("logprobs", seed))
+    # examples: tokens with the largest change among the sampled ones
+    examples = []
+    if sampled.size:
+        top = np.argsort(-np.abs(change[sampled]))[: max(n_examples * 10, 1)]
+        pick = np.sort(rng.choice(top, size=min(n_examples, top.size), replace=False))
+        for j in pick:
+            g = int(sampled[j])
+            text = tok.decode([int(token_ids[g])])
+            examples.append(
+                {
+                    "label": f"{text!r} (probe {probe_index[g]}, pos {position[g]})  "
+                    f"Δ={change[g]:+.2f} R²={fit.r2[j]:.3f}",
+                    "values": ys[:, j].tolist(),
+                    "slope": float(fit.slope[j]),
+                    "intercept": float(fit.intercept[j]),
+                    "r2": float(fit.r2[j]),
+                    "token": text,
+                }
+            )
+    config = {
+        "min_change": min_change,
+        "max_positions": max_positions,
+        "seed": seed,
+        "batch_size": batch_size,
+        "dtype": str(dtype).replace("torch.", ""),
+    }
+    return LogprobLinearity(
+        steps=trajectory.steps,
+        logp=logp.astype(np.float32),
+        token_ids=token_ids,
+        probe_index=probe_index,
+        position=position,
+        sampled=sampled,
+        fit=fit,
+        null_r2=_fit_tn(null, x).r2,
+        dnr=_dnr_tn(ys),
+        probes=list(probes),
+        config=config,
+        examples=examples,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Activations
+
+
+@torch.no_grad()
+def collect_activations(
+    model,
+    encoded: list[tuple[list[int], list[int]]],
+    token: np.ndarray,
+    channel: np.ndarray,
+    batch_size: int = 8,
+    pad_id: int = 0,
+) -> np.ndarray:
+    """Residual-stream values ``hidden_states[l][response token, channel]`` for the given pairs.
+
+    ``token`` indexes the concatenated response tokens of all probes; ``hidden_states`` is what HF returns
+    with ``output_hidden_states=True`` (embeddings, then after each block). Returns (layers + 1, n) float32;
+    only the sampled entries are kept.
+    """
+    dev = next(model.parameters()).device
+    lens = np.array([len(r) for _, r in encoded])
+    starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
+    probe = np.searchsorted(np.cumsum(lens), token, side="right")
+    offset = token - starts[probe]
+    out: np.ndarray | None = None
+    row_of = np.full(len(encoded), -1)
+    for batch in _batches(encoded, batch_size):
+        ids, mask, pos = _left_pad(encoded, batch, pad_id, dev)
+        L = ids.shape[1]
+        hs = model(
+            input_ids=ids, attention_mask=mask, position_ids=pos, output_hidden_states=True, logits_to_keep=1
+        ).hidden_states
+        if out is None:
+            out = np.zeros((len(hs), token.size), dtype=np.float32)
+        row_of[:] = -1
+        row_of[batch] = np.arange(len(batch))
+        sel = np.flatnonzero(row_of[probe] >= 0)
+        if sel.size == 0:
+            continue
+        rows = torch.as_tensor(row_of[probe[sel]], device=dev)
+        cols = torch.as_tensor(L - lens[probe[sel]] + offset[sel], device=dev)
+        ch = torch.as_tensor(channel[sel], device=dev)
+        for layer, h in enumerate(hs):
+            out[layer, sel] = h[rows, cols, ch].float().cpu().numpy()
+    return out if out is not None else np.zeros((0, token.size), np.float32)
+
+
+@dataclass
+class ActivationLinearity:
+    """Result of :func:`analyze_activations`."""
+
+    steps: list[int]
+    values: np.ndarray  #: (T, layers + 1, n) float32 sampled activations
+    token: np.ndarray  #: (n,) index into the concatenated response tokens
+    channel: np.ndarray  #: (n,) hidden channel
+    layers: list[dict]  #: per hidden-state index: counts, r2 and null summaries
+    r2: Dist
+    null: Dist
+    config: dict
+
+    def summary(self) -> dict:
+        s_r2, s_null = self.r2.summary(), self.null.summary()
+        return {
+            "kind": "activations",
+            "steps": self.steps,
+            "n_checkpoints": len(self.steps),
+            "config": self.config,
+            "r2": s_r2,
+            "null": s_null,
+            "above_null": _above_null(s_r2, s_null),
+            "layers": self.layers,
+        }
+
+    def to_json(self) -> dict:
+        return _clean(self.summary())
+
+    def save(self, out_dir: str | Path) -> None:
+        from . import plots
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        s = self.to_json()
+        write_json(out / "activations.json", s)
+        _save_npz(
+            out / "activations.npz", steps=np.asarray(self.steps), values=self.values, token=self.token,
+            channel=self.channel,
+        )  # fmt: skip
+        med = [np.nan if x["r2"]["median"] is None else x["r2"]["median"] for x in s["layers"]]
+        q1 = [np.nan if x["r2"]["q1"] is None else x["r2"]["q1"] for x in s["layers"]]
+        q3 = [np.nan if x["r2"]["q3"] is None else x["r2"]["q3"] for x in s["layers"]]
+        nmed = [np.nan if x["null"]["median"] is None else x["null"]["median"] for x in s["layers"]]
+        plots.plot_layer_medians(
+            out / "activations_per_layer.png",
+            [x["label"] for x in s["layers"]],
+            med,
+            nmed,
+            q1=q1,
+            q3=q3,
+            title="Residual-stream activation R² per layer",
+        )
+        plots.plot_r2_histogram(
+            out / "activations_r2_hist.png",
+            self.r2.array(),
+            self.null.array(),
+            title="Activation R² (all layers)",
+            summary=_summary_text(s["r2"], s["null"]),
+        )
+
+    def summary_line(self) -> str:
+        s = self.to_json()
+        total = self.values.shape[1] * self.values.shape[2]
+        return _summary_line("activations", s["r2"], s["null"], s["r2"]["n"], total)
+
+
+def analyze_activations(
+    trajectory: Trajectory,
+    probes: Sequence[Probe] | str | Path,
+    pairs_per_layer: int = 20_000,
+    batch_size: int = 8,
+    min_abs_change: float = 0.0,
+    seed: int = PAPER_SEED,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    progress: bool = False,
+) -> ActivationLinearity:
+    """R² of residual-stream activations vs step on the probes' response tokens.
+
+    Up to ``pairs_per_layer`` (response token, channel) pairs are drawn once (seeded) and read at every
+    hidden state of every checkpoint (the same pairs for all layers; memory T x layers x pairs floats).
+    Pairs whose range is ``<= min_abs_change`` (default: exactly constant) are dropped and counted.
+    """
+    from .tokenizer import load_tokenizer
+
+    trajectory.validate(min_checkpoints=3)
+    probes = _as_probes(probes)
+    dev = _device(device)
+    tok = load_tokenizer(trajectory.paths[0])
+    enc = encode_probes(tok, probes)
+    n_tok = sum(len(r) for _, r in enc)
+    if n_tok == 0:
+        raise RlvrLinearError("the probes have no response tokens")
+    vals, token, channel = [], None, None
+    for path in tqdm(trajectory.paths, desc="activations", disable=not progress):
+        model = _load_for_scoring(path, dev, dtype)
+        if token is None:
+            hidden = int(model.config.hidden_size)
+            flat = sample_indices(n_tok * hidden, min(pairs_per_layer, n_tok * hidden), seed)
+            token, channel = flat // hidden, flat % hidden
+        vals.append(collect_activations(model, enc, token, channel, batch_size, tok.pad_token_id or 0))
+        del model
+    values = np.stack(vals)  # (T, layers+1, n)
+    _check_finite(values.reshape(values.shape[0], -1), trajectory.steps, "activations")
+    x = np.asarray(trajectory.steps, dtype=np.float64)
+    r2_all, null_all = Dist(keep=True), Dist(keep=True)
+    layers = []
+    idx = np.arange(token.size)
+    for layer in range(values.shape[1]):
+        y = values[:, layer].astype(np.float64)
+        keep = (y.max(0) - y.min(0)) > min_abs_change
+        yk = y[:, keep]
+        fit = _fit_tn(yk, x)
+        null_r2 = _fit_tn(_null_tn(yk, idx[keep], stable_key(f"activations.{layer}", seed)), x).r2
+        d_r2, d_null = Dist(keep=True), Dist(keep=True)
+        d_r2.add(fit.r2)
+        d_null.add(null_r2)
+        r2_all.merge(d_r2)
+        null_all.merge(d_null)
+        label = "embeddings" if layer == 0 else f"layer {layer - 1}"
+        layers.append(
+            {
+                "hidden_state": layer,
+                "label": label,
+                "pairs": int(token.size),
+                "kept": int(keep.sum()),
+                "filtered_constant": int((~keep).sum()),
+                "r2": d_r2.summary(),
+                "null": d_null.summary(),
+            }
+        )
+    config = {"pairs_per_layer": pairs_per_layer, "seed": seed, "min_abs_change": min_abs_change, "tokens": n_tok}
+    return ActivationLinearity(trajectory.steps, values, token, channel, layers, r2_all, null_all, config)
+
+
+# --------------------------------------------------------------------------------------------------
+# Forecast
+
+
+@dataclass
+class ForecastResult:
+    """Result of :func:`forecast`.
+
+    For every later step ``s``, with ``Ŵ(s)`` the per-element OLS line fitted on the checkpoints with step
+    ``<= fit_until`` and ``W(f)`` the last of them (the naive "no further change" predictor):
+
+        rel_err(s)        = ||Ŵ(s) - W(s)|| / ||W(s)||
+        naive_rel_err(s)  = ||W(f) - W(s)|| / ||W(s)||
+        ratio_to_naive(s) = ||Ŵ(s) - W(s)|| / ||W(f) - W(s)||   (< 1: the line beats "no change")
+
+    norms over one tensor (per tensor) or over all tensors (overall). Log-probs: mean absolute error of
+    predicted vs true log-probs over all probe tokens, next to the naive MAE.
+    """
+
+    fit_steps: list[int]
+    later_steps: list[int]
+    tensors: list[dict]  #: name, numel, err2, naive2, true2 (lists over later steps)
+    logprobs: dict | None = None
+
+    @staticmethod
+    def _metrics(err2, naive2, true2) -> dict:
+        err, naive, true = (np.sqrt(np.asarray(v, dtype=np.float64)) for v in (err2, naive2, true2))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return {
+                "rel_err": (err / true).tolist(),
+                "naive_rel_err": (naive / true).tolist(),
+                "ratio_to_naive": (err / naive).tolist(),
+            }
+
+    def overall(self) -> dict:
+        tot = {k: np.sum([t[k] for t in self.tensors], axis=0) for k in ("err2", "naive2", "true2")}
+        return self._metrics(tot["err2"], tot["naive2"], tot["true2"])
+
+    def summary(self) -> dict:
+        return {
+            "kind": "forecast",
+            "fit_steps": self.fit_steps,
+            "later_steps": self.later_steps,
+            "definitions": {
+                "rel_err": "||pred - true|| / ||true||, pred = OLS line fitted on fit_steps",
+                "naive_rel_err": "||W(fit_last) - true|| / ||true|| (no further change)",
+                "ratio_to_naive": "||pred - true|| / ||W(fit_last) - true||",
+                "logprob_mae": "mean |pred - true| over all response tokens; naive uses logp(fit_last)",
+            },
+            "overall": self.overall(),
+            "tensors": [
+                {"name": t["name"], "numel": t["numel"], **self._metrics(t["err2"], t["naive2"], t["true2"])}
+                for t in self.tensors
+            ],
+            "logprobs": self.logprobs,
+        }
+
+    def to_json(self) -> dict:
+        return _clean(self.summary())
+
+    def save(self, out_dir: str | Path) -> None:
+        from . import plots
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        s = self.to_json()
+        write_json(out / "forecast.json", s)
+        rows = []
+        for t in s["tensors"]:
+            for j, step in enumerate(self.later_steps):
+                rows.append(
+                    {
+                        "name": t["name"],
+                        "step": step,
+                        "rel_err": t["rel_err"][j],
+                        "naive_rel_err": t["naive_rel_err"][j],
+                        "ratio_to_naive": t["ratio_to_naive"][j],
+                    }
+                )
+        cols = ["name", "step", "rel_err", "naive_rel_err", "ratio_to_naive"]
+        _write_csv(out / "forecast_per_tensor.csv", rows, cols)
+        panels = [
+            {
+                "ours": s["overall"]["rel_err"],
+                "naive": s["overall"]["naive_rel_err"],
+                "ylabel": "relative L2 error of weights",
+                "title": "Weights",
+            }
+        ]
+        if self.logprobs:
+            panels.append(
+                {"ours": self.logprobs["mae"], "naive": self.logprobs["naive_mae"], "ylabel": "MAE of log-probs",
+                 "title": "Teacher-forced log-probs"}
+            )  # fmt: skip
+        plots.plot_forecast_errors(out / "forecast.png", self.later_steps, panels, fit_until=self.fit_steps[-1])
+
+    def summary_line(self) -> str:
+        o = self.overall()
+        parts = [
+            f"step {s}: rel err {e:.3g} (naive {n:.3g})"
+            for s, e, n in zip(self.later_steps, o["rel_err"], o["naive_rel_err"])
+        ]
+        line = "forecast from steps " + ",".join(map(str, self.fit_steps)) + ": " + "; ".join(parts[:4])
+        if len(parts) > 4:
+            line += f"; ... ({len(parts)} steps)"
+        return line
+
+
+def split_fit(steps: Sequence[int], fit_until_step: int) -> int:
+    """Number of checkpoints used for the fit (step <= ``fit_until_step``); errors unless >= 2 and < len(steps)."""
+    F = sum(1 for s in steps if s <= fit_until_step)
+    if F < 2:
+        raise RlvrLinearError(
+            f"forecast needs at least 2 checkpoints with step <= {fit_until_step} to fit a line, "
+            f"found {F} (steps: {list(steps)})"
+        )
+    if F == len(steps):
+        raise RlvrLinearError(f"no checkpoint after step {fit_until_step} to forecast (steps: {list(steps)})")
+    return F
+
+
+def forecast(
+    trajectory: Trajectory,
+    fit_until_step: int,
+    probes: Sequence[Probe] | str | Path | None = None,
+    chunk: int = 1 << 20,
+    keys: Sequence[str] | None = None,
+    batch_size: int = 8,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    progress: bool = False,
+) -> ForecastResult:
+    """Fit a line per scalar on the checkpoints with step ``<= fit_until_step`` and predict every later one.
+
+    Weights: every floating tensor (``keys`` to restrict), streamed ``chunk`` elements (whole rows) at a
+    time from all checkpoints. Log-probs (when ``probes`` are given): every response token. See
+    :class:`ForecastResult` for the error definitions.
+    """
+    trajectory.validate(min_checkpoints=3)
+    steps = trajectory.steps
+    F = split_fit(steps, fit_until_step)
+    x = np.asarray(steps, dtype=np.float64)
+    xf, xl = x[:F], x[F:]
+    keys = list(keys) if keys is not None else float_keys(trajectory)
+    r0 = trajectory.reader(0)
+    sources = [_RowSource(trajectory.reader(i)) for i in range(len(steps))]
+    tensors = []
+    for name in tqdm(keys, desc="forecast", disable=not progress):
+        row_len, spans = _row_chunks(r0.shape(name), chunk)
+        acc = {k: np.zeros(len(xl)) for k in ("err2", "naive2", "true2")}
+        for a, b in spans:
+            y = _read_rows(sources, name, a, b, (b - a) * row_len)
+            _check_finite(y, steps, name)
+            fit = _fit_tn(y[:F], xf)
+            pred = fit.intercept[None, :] + xl[:, None] * fit.slope[None, :]
+            true = y[F:]
+            acc["err2"] += ((pred - true) ** 2).sum(axis=1)
+            acc["naive2"] += ((y[F - 1][None, :] - true) ** 2).sum(axis=1)
+            acc["true2"] += (true**2).sum(axis=1)
+        tensors.append({"name": name, "numel": r0.numel(name), **{k: v.tolist() for k, v in acc.items()}})
+    lp_res = None
+    if probes is not None:
+        logp, _, _ = score_trajectory(trajectory, _as_probes(probes), batch_size, device, dtype, progress)
+        _check_finite(logp, steps, "log-probs")
+        y = logp.astype(np.float64)
+        fit = _fit_tn(y[:F], xf)
+        pred = fit.intercept[None, :] + xl[:, None] * fit.slope[None, :]
+        lp_res = {
+            "tokens": int(y.shape[1]),
+            "mae": np.abs(pred - y[F:]).mean(axis=1).tolist(),
+            "naive_mae": np.abs(y[F - 1][None, :] - y[F:]).mean(axis=1).tolist(),
+        }
+    return ForecastResult(steps[:F], steps[F:], tensors, lp_res)

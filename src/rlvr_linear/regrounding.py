@@ -1,0 +1,725 @@
+"""Periodic re-grounding (paper §6, v1/v2 name "RL-Extra"): M real RL steps, then a gradient-free jump of N steps.
+
+One *cycle* starts from an anchor ``W_a`` (the weights at the start of the segment), runs M optimizer steps to
+``W``, and then projects the weights N steps further along the segment's own direction:
+
+    W ← W_a + α · (W − W_a),    α = (M + N) / M
+
+The projected weights become the anchor of the next segment. Each cycle spends M gradient steps and advances the
+*effective* step by M + N, so after k cycles: gradient steps = k·M, effective steps = k·(M + N).
+
+Two ways to run it:
+
+* :class:`ReGroundingCallback` — in-process, for any ``transformers.Trainer`` (TRL's ``GRPOTrainer`` included).
+  The jump happens in ``on_step_end`` every M optimizer steps. ``optimizer_state="reset"`` clears Adam's moments
+  after the jump, which is what the paper gets implicitly by restarting its verl job every cycle.
+* :func:`reground_driver` (``rlvr-linear reground``) — out-of-process, for any trainer with a command line (verl,
+  OpenRLHF, TRL scripts, ``rlvr-linear train``): run the command for M steps, extrapolate the resulting checkpoint
+  with :func:`rlvr_linear.weight_extrapolation.extrapolate_two_point`, restart from the projection. Resumable.
+
+Parameter policy (as in weight extrapolation, paper §5.1): only parameters with ``requires_grad`` are jumped;
+with ``norms="copy"`` a parameter whose lowercased name contains ``layernorm``/``rmsnorm``/``norm``/``ln_`` keeps
+its trained value (W), with ``norms="extrapolate"`` it is jumped like the others.
+
+Distributed training (the callback):
+
+* DDP: every rank holds the full parameters and they are identical after each optimizer step, so every rank
+  applies the same elementwise jump from its own identical anchor — deterministic, no communication.
+  :func:`ranks_agree` checks it. **Tested** (2 processes, gloo, CPU).
+* DeepSpeed ZeRO-3 / FSDP: each rank jumps only its *local shard*, with anchors stored per local shard
+  (``p.ds_tensor`` for ZeRO-3, ``p.to_local()`` for FSDP2 DTensor parameters, the sharded view ``p.data`` for FSDP1
+  with ``use_orig_params=True``). Since the jump is elementwise, jumping each shard is the same as jumping the whole.
+  Under DeepSpeed the fp32 master weights are refreshed from the jumped bf16/fp16 weights with the optimizer's
+  ``refresh_fp32_params()`` (ZeRO-1/2/3, bf16 and fp16 optimizers), otherwise the next optimizer step would undo
+  the jump. **Written but untested here**: only single-process CPU and 2-process DDP/gloo are tested.
+
+vLLM: TRL re-syncs vLLM weights whenever the trainer's ``global_step`` changed since the last sync —
+``trl/trainer/grpo_trainer.py`` (TRL 1.16.0), ``GRPOTrainer._generate_single_turn`` (``if self.state.global_step
+!= self._last_loaded_step: self.vllm_generation.sync_weights()``) and ``GRPOTrainer._generate`` (same check on the
+``rollout_func`` path). ``on_step_end`` runs right after ``global_step += 1``, so the jumped weights are pushed to
+vLLM at the next generation. Caveat: with ``steps_per_generation > 1`` (or ``num_iterations > 1``) completions
+generated before the jump are still consumed after it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
+
+from .errors import RlvrLinearError
+from .io import read_json, write_json
+
+NORM_PATTERNS = ("layernorm", "rmsnorm", "ln_", "norm")
+NORM_POLICIES = ("copy", "extrapolate")
+OPTIMIZER_POLICIES = ("keep", "reset")
+STATE_FILE = "reground_state.json"
+SUMMARY_FILE = "reground_summary.json"
+
+
+# --------------------------------------------------------------------------------------------------
+# The jump itself
+
+
+def is_norm_name(name: str) -> bool:
+    """True if ``name`` looks like a normalisation parameter (paper §5.1 substring rule)."""
+    low = name.lower()
+    return any(p in low for p in NORM_PATTERNS)
+
+
+def jumped_names(names: Iterable[str], norms: str = "copy") -> list[str]:
+    """The subset of ``names`` that a jump moves under the ``norms`` policy."""
+    _check_choice("norms", norms, NORM_POLICIES)
+    return [n for n in names if norms == "extrapolate" or not is_norm_name(n)]
+
+
+@torch.no_grad()
+def capture_anchors(
+    params_named: Iterable[tuple[str, torch.Tensor]],
+    norms: str = "copy",
+    device: str | torch.device = "cpu",
+    anchors: dict[str, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """fp32 copies (on ``device``) of the tensors a jump will move; reuses the buffers of ``anchors`` if given."""
+    out = anchors if anchors is not None else {}
+    for name, t in params_named:
+        if norms == "copy" and is_norm_name(name):
+            continue
+        buf = out.get(name)
+        if buf is not None and buf.shape == t.shape:
+            buf.copy_(t.detach())
+        else:
+            out[name] = t.detach().to(device=device, dtype=torch.float32, copy=True)
+    return out
+
+
+@torch.no_grad()
+def jump_(
+    params_named: Iterable[tuple[str, torch.Tensor]],
+    anchors: dict[str, torch.Tensor],
+    alpha: float,
+    norms: str = "copy",
+) -> list[str]:
+    """In place, for each ``(name, tensor)``: ``W ← W_a + α·(W − W_a)``, computed in fp32, cast back to W's dtype.
+
+    ``params_named`` are the tensors to consider (the caller keeps only trainable ones; each may be a local shard).
+    Under ``norms="copy"`` norm tensors are left untouched; every other tensor must have an anchor of the same
+    shape. Returns the names that were jumped. The arithmetic is exactly ``a + alpha * (w.float() - a)``.
+    """
+    _check_choice("norms", norms, NORM_POLICIES)
+    done = []
+    for name, w in params_named:
+        if norms == "copy" and is_norm_name(name):
+            continue
+        a = anchors.get(name)
+        if a is None:
+            raise RlvrLinearError(f"re-grounding: no anchor for parameter {name!r}")
+        if a.shape != w.shape:
+            raise RlvrLinearError(
+                f"re-grounding: anchor of {name!r} has shape {tuple(a.shape)}, the weight {tuple(w.shape)}"
+            )
+        a = a.to(w.device, non_blocking=True)
+        w.copy_(a + alpha * (w.float() - a))
+        done.append(name)
+    return done
+
+
+def parse_spec(spec: str) -> tuple[int, int]:
+    """``"M,N"`` → ``(M, N)`` with M ≥ 1, N ≥ 0."""
+    parts = str(spec).replace(" ", "").split(",")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        m, n = int(parts[0]), int(parts[1])
+    except ValueError:
+        raise RlvrLinearError(f"re-grounding spec must be M,N (two integers, e.g. 100,100), got {spec!r}") from None
+    _check_mn(m, n)
+    return m, n
+
+
+def _check_mn(m: int, n: int) -> None:
+    if int(m) < 1:
+        raise RlvrLinearError(f"re-grounding: M (gradient steps per cycle) must be >= 1, got {m}")
+    if int(n) < 0:
+        raise RlvrLinearError(f"re-grounding: N (extrapolated steps per cycle) must be >= 0, got {n}")
+
+
+def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise RlvrLinearError(f"re-grounding: {what} must be one of {', '.join(choices)}, got {value!r}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Distributed helpers
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """Strip DDP / DataParallel / DeepSpeed engine / torch.compile wrappers (keeps FSDP: it cleans names itself)."""
+    while True:
+        if hasattr(model, "_orig_mod"):  # torch.compile
+            model = model._orig_mod
+        elif isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
+            model = model.module
+        elif type(model).__name__ in ("DeepSpeedEngine", "PipelineEngine") and hasattr(model, "module"):
+            model = model.module
+        else:
+            return model
+
+
+def local_params(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """``(name, local tensor)`` for every trainable parameter; the tensor is this rank's shard where sharded.
+
+    * DeepSpeed ZeRO-3: ``p.ds_tensor`` (the flat, possibly padded partition owned by this rank);
+    * FSDP2 (DTensor parameters): ``p.to_local()`` (a view of this rank's shard, in-place edits reach the DTensor);
+    * FSDP1 with ``use_orig_params=True``: ``p.data`` is already the sharded view (may be empty on some ranks);
+    * anything else (single process, DDP, ZeRO-1/2): ``p.data``, the full tensor.
+    """
+    for name, p in unwrap_model(model).named_parameters():
+        if not p.requires_grad:
+            continue
+        if "flat_param" in name:
+            raise RlvrLinearError(
+                "re-grounding: FSDP1 with use_orig_params=False exposes flattened parameters only; "
+                "use FSDP2 (fsdp_version: 2) or set use_orig_params=True"
+            )
+        if hasattr(p, "ds_tensor"):
+            yield name, p.ds_tensor.data
+        elif hasattr(p, "to_local") and callable(p.to_local):
+            yield name, p.to_local()
+        else:
+            yield name, p.data
+
+
+def _optimizer_chain(optimizer: Any) -> list[Any]:
+    """[outer wrapper, ..., innermost torch optimizer] (accelerate / DeepSpeed wrappers expose ``.optimizer``)."""
+    chain = []
+    o = optimizer
+    while o is not None and not any(o is c for c in chain):
+        chain.append(o)
+        o = getattr(o, "optimizer", None)
+    return chain
+
+
+def refresh_master_weights(optimizer: Any) -> bool:
+    """DeepSpeed keeps fp32 master weights: copy the jumped bit16 weights into them. Returns True if it did."""
+    for o in _optimizer_chain(optimizer):
+        fn = getattr(o, "refresh_fp32_params", None)
+        if callable(fn):
+            fn()
+            return True
+    return False
+
+
+def reset_optimizer_state(optimizer: Any) -> None:
+    """Forget Adam's moments and step counts, as a freshly created optimizer would have.
+
+    Plain torch optimizers: ``state.clear()`` (state is re-created lazily at the next step, bit-identical to a new
+    optimizer). DeepSpeed optimizers (detected by ``refresh_fp32_params``): the tensors are zeroed in place and
+    ``step`` set to 0, because DeepSpeed may hold references to its state tensors (offload / swapping).
+    The LR scheduler is not touched.
+    """
+    chain = _optimizer_chain(optimizer)
+    if not chain:
+        return
+    inner = chain[-1]
+    state = getattr(inner, "state", None)
+    if state is None:
+        return
+    if not any(callable(getattr(o, "refresh_fp32_params", None)) for o in chain):
+        state.clear()
+        return
+    for st in state.values():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                v.zero_()
+            elif k == "step" and isinstance(v, (int, float)):
+                st[k] = type(v)(0)
+    for group in getattr(inner, "param_groups", []):
+        if "step" in group and isinstance(group["step"], (int, float)):
+            group["step"] = type(group["step"])(0)
+
+
+@torch.no_grad()
+def ranks_agree(model: torch.nn.Module) -> bool:
+    """True if every rank holds the same full trainable weights (per-parameter sum and sum of squares; DDP only).
+
+    Outside ``torch.distributed`` it returns True.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return True
+    stats = []
+    for _, t in local_params(model):
+        t = t.double()
+        stats.extend([t.sum(), (t * t).sum()])
+    if not stats:
+        return True
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    vmax = torch.stack(stats).to(device)
+    vmin = vmax.clone()
+    dist.all_reduce(vmax, op=dist.ReduceOp.MAX)
+    dist.all_reduce(vmin, op=dist.ReduceOp.MIN)
+    return bool(torch.equal(vmax, vmin))
+
+
+# --------------------------------------------------------------------------------------------------
+# In-process callback
+
+
+class ReGroundingCallback(TrainerCallback, ExportableState):
+    """Every M optimizer steps, jump the live weights N steps further along the segment: W ← W_a + ((M+N)/M)(W − W_a).
+
+    Args:
+        m: gradient (optimizer) steps per segment; the jump happens in ``on_step_end`` when ``global_step % m == 0``.
+        n: extrapolated steps per jump. ``n = 0`` is an exact no-op: no anchors, no arithmetic, no optimizer reset.
+        norms: ``"copy"`` (norm parameters are not jumped) or ``"extrapolate"`` (they are).
+        optimizer_state: ``"keep"`` leaves Adam's moments as they are after the jump; ``"reset"`` clears them (the
+            paper's behaviour, which restarts its trainer each cycle). The LR schedule is never reset.
+        anchor_device: where the fp32 anchors live (``"cpu"`` by default: 4 bytes per trainable parameter of RAM).
+
+    Counters: ``grad_steps`` (= ``state.global_step``), ``extrapolated_steps`` (N per jump), ``effective_steps``
+    (their sum), ``jumps``; ``history`` holds one ``{"grad_step", "effective_step", "jump_seconds", "alpha"}`` per
+    jump. ``on_log`` adds ``reground/effective_step`` and ``reground/jumps`` to the logs and to ``state.log_history``.
+
+    Resuming a Trainer from a checkpoint: anchors are not saved, so the anchor is re-captured at the resumed step s.
+    The first jump then extrapolates the partial segment of g = (next multiple of M) − s steps with α = (g + N)/g,
+    keeping N extrapolated steps per jump. The counters survive resumption when the Trainer is given
+    ``restore_callback_states_from_checkpoint=True`` (this class is an ``ExportableState``); the Trainer then
+    replaces the instance you passed with a new one, so read the counters from ``trainer.callback_handler.callbacks``.
+
+    Under DeepSpeed with bf16/fp16 the anchor is the bit16 weight (not the fp32 master copy), like the paper's bf16
+    checkpoints; the jumped value is written back to the master weights.
+    """
+
+    def __init__(
+        self,
+        m: int,
+        n: int,
+        norms: str = "copy",
+        optimizer_state: str = "keep",
+        anchor_device: str = "cpu",
+    ):
+        _check_mn(m, n)
+        _check_choice("norms", norms, NORM_POLICIES)
+        _check_choice("optimizer_state", optimizer_state, OPTIMIZER_POLICIES)
+        self.m, self.n = int(m), int(n)
+        self.norms = norms
+        self.optimizer_state = optimizer_state
+        self.anchor_device = anchor_device
+        self.alpha = (self.m + self.n) / self.m
+        self.anchors: dict[str, torch.Tensor] = {}
+        self.anchor_step: int | None = None
+        self.grad_steps = 0
+        self.extrapolated_steps = 0
+        self.jumps = 0
+        self.history: list[dict] = []
+
+    @classmethod
+    def from_spec(cls, spec: str, **kwargs) -> ReGroundingCallback:
+        """Build from ``"M,N"`` (the ``--reground M,N`` flag); ``kwargs`` go to the constructor."""
+        m, n = parse_spec(spec)
+        return cls(m, n, **kwargs)
+
+    @property
+    def effective_steps(self) -> int:
+        return self.grad_steps + self.extrapolated_steps
+
+    def counters(self) -> dict[str, int]:
+        return {
+            "grad_steps": self.grad_steps,
+            "extrapolated_steps": self.extrapolated_steps,
+            "effective_steps": self.effective_steps,
+            "jumps": self.jumps,
+        }
+
+    # -- ExportableState -----------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {
+            "args": {
+                "m": self.m,
+                "n": self.n,
+                "norms": self.norms,
+                "optimizer_state": self.optimizer_state,
+                "anchor_device": str(self.anchor_device),
+            },
+            "attributes": {
+                "extrapolated_steps": self.extrapolated_steps,
+                "jumps": self.jumps,
+                "history": self.history,
+            },
+        }
+
+    # -- events ----------------------------------------------------------------------------------------
+    def _capture(self, model, step: int) -> None:
+        self.anchors = capture_anchors(local_params(model), self.norms, self.anchor_device, self.anchors)
+        self.anchor_step = step
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.grad_steps = state.global_step
+        if self.n == 0:
+            return
+        if model is None:
+            raise RlvrLinearError("ReGroundingCallback needs the model (it is passed by transformers.Trainer)")
+        self._capture(model, state.global_step)
+
+    def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
+        self.grad_steps = state.global_step
+        if self.n == 0 or state.global_step % self.m != 0:
+            return
+        if self.anchor_step is None:
+            warnings.warn("ReGroundingCallback: on_train_begin was not called; capturing the anchor now", stacklevel=1)
+            self._capture(model, state.global_step)
+            return
+        g = state.global_step - self.anchor_step
+        if g <= 0:
+            return
+        alpha = self.alpha if g == self.m else (g + self.n) / g
+        t0 = time.perf_counter()
+        jump_(local_params(model), self.anchors, alpha, self.norms)
+        refresh_master_weights(optimizer)
+        if self.optimizer_state == "reset" and optimizer is not None:
+            reset_optimizer_state(optimizer)
+        self._capture(model, state.global_step)
+        self.jumps += 1
+        self.extrapolated_steps += self.n
+        self.history.append(
+            {
+                "grad_step": state.global_step,
+                "effective_step": self.effective_steps,
+                "jump_seconds": time.perf_counter() - t0,
+                "alpha": alpha,
+            }
+        )
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        extra = {"reground/effective_step": self.effective_steps, "reground/jumps": self.jumps}
+        if logs is not None:
+            logs.update(extra)
+        # Trainer.log appends {**logs, "step": global_step} to log_history *before* calling on_log.
+        if state.log_history and state.log_history[-1].get("step") == state.global_step:
+            state.log_history[-1].update(extra)
+
+
+# --------------------------------------------------------------------------------------------------
+# Out-of-process driver
+
+
+def find_final_checkpoint(out: str | os.PathLike, expected_step: int | None = None) -> tuple[Path, int | None]:
+    """The final HF checkpoint a trainer wrote into ``out``: ``(model_dir, step)``.
+
+    Looks for our ``step_N/`` (via ``manifest.json``), TRL ``checkpoint-N/`` and verl
+    ``global_step_N/actor/huggingface/`` and takes the largest step. If that step is not ``expected_step`` but ``out``
+    itself holds weights (e.g. ``trainer.save_model(out)`` at the end), ``out`` is taken, with step None.
+    """
+    from .checkpoints import discover, find_model_dir
+
+    out = Path(out)
+    if not out.is_dir():
+        raise RlvrLinearError(f"{out}: the trainer command did not create its output directory")
+    last = None
+    try:
+        last = discover(out).checkpoints[-1]
+    except RlvrLinearError:
+        pass
+    if last is not None and (expected_step is None or last.step == expected_step):
+        return last.path, last.step
+    try:
+        return find_model_dir(out), None
+    except RlvrLinearError:
+        pass
+    if last is not None:
+        raise RlvrLinearError(
+            f"{out}: the last checkpoint is step {last.step} but {expected_step} steps were asked for "
+            "(make the command train {steps} steps and save at the end)"
+        )
+    raise RlvrLinearError(
+        f"{out}: no checkpoint found (looked for manifest.json, step_N/, checkpoint-N/, "
+        "global_step_N/actor/huggingface/ and weights in the directory itself)"
+    )
+
+
+def _extrapolate(base, second, out, *, alpha, norms, metadata):
+    """Write the projection with :func:`rlvr_linear.weight_extrapolation.extrapolate_two_point` (tests swap it).
+
+    ``force=True``: alpha = (M+N)/M is the user's explicit plan, so the (0, 20] sanity bound does not apply.
+    The recorded steps are effective steps: base = b, second = b + M, target = b + M + N.
+    """
+    from .weight_extrapolation import extrapolate_two_point
+
+    r = metadata["reground"]
+    base_step = r["effective_step"] - r["m"] - r["n"]
+    return extrapolate_two_point(
+        base,
+        second,
+        out,
+        alpha=alpha,
+        norms=norms,
+        overwrite=True,
+        force=True,
+        metadata=metadata,
+        base_step=base_step,
+        second_step=base_step + r["m"],
+        progress=False,
+    )
+
+
+PLACEHOLDERS = ("{model}", "{steps}", "{out}", "{cycle}")
+
+
+def render_command(cmd_template: str, *, model: str | Path, steps: int, out: str | Path, cycle: int) -> str:
+    """Substitute ``{model}``, ``{steps}``, ``{out}`` (and ``{cycle}``) in the command; paths are shell-quoted.
+
+    Only these exact placeholders are replaced, so other braces in the shell command (``${VAR}``) are left alone.
+    """
+    return (
+        cmd_template.replace("{model}", shlex.quote(str(model)))
+        .replace("{steps}", str(int(steps)))
+        .replace("{out}", shlex.quote(str(out)))
+        .replace("{cycle}", str(int(cycle)))
+    )
+
+
+@dataclasses.dataclass
+class CyclePlan:
+    """One cycle of the driver: its directories and step counts (steps are cumulative after the cycle)."""
+
+    cycle: int  # 1-based
+    model: str  # {model}: the input model directory
+    out: str  # {out}: the trainer's fresh output directory
+    extrapolated: str  # the projection, next cycle's {model}
+    command: str
+    alpha: float
+    gradient_steps: int
+    effective_step: int
+
+
+def plan_cycles(
+    cmd_template: str, model: Path, m: int, n: int, cycles: int, workdir: Path, start_step: int = 0
+) -> list[CyclePlan]:
+    plans = []
+    cur = model
+    for k in range(1, cycles + 1):
+        cdir = workdir / f"cycle_{k:02d}"
+        out, ext = cdir / "train", cdir / "extrapolated"
+        plans.append(
+            CyclePlan(
+                cycle=k,
+                model=str(cur),
+                out=str(out),
+                extrapolated=str(ext),
+                command=render_command(cmd_template, model=cur, steps=m, out=out, cycle=k),
+                alpha=(m + n) / m,
+                gradient_steps=k * m,
+                effective_step=start_step + k * (m + n),
+            )
+        )
+        cur = ext
+    return plans
+
+
+def reground_driver(
+    cmd_template: str,
+    model: str | os.PathLike,
+    m: int,
+    n: int,
+    cycles: int,
+    workdir: str | os.PathLike,
+    *,
+    start_step: int = 0,
+    norms: str = "copy",
+    dry_run: bool = False,
+    find_checkpoint: Callable[[Path], Path | tuple[Path, int | None]] | None = None,
+    restart: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> dict:
+    """Periodic re-grounding around any trainer command (paper §6.1 loop).
+
+    Cycle k (1-based) runs ``cmd_template`` with ``{model}`` = the current model, ``{steps}`` = M and ``{out}`` =
+    ``WORKDIR/cycle_kk/train`` (emptied first); finds the final checkpoint there (``find_checkpoint(out)`` or
+    :func:`find_final_checkpoint`); writes ``W_model + ((M+N)/M)(W_ckpt − W_model)`` to
+    ``WORKDIR/cycle_kk/extrapolated``, which is the next cycle's ``{model}``. After k cycles:
+    gradient steps = k·M, effective step = ``start_step`` + k·(M+N).
+
+    ``WORKDIR/reground_state.json`` records each finished phase ("trained", "extrapolated"); rerunning the same
+    call after a kill resumes at the first unfinished phase. A saved plan that differs (cmd, model, m, n, norms,
+    start_step) is an error unless ``restart=True``; ``cycles`` may grow between runs. Writes
+    ``WORKDIR/reground_summary.json`` at the end and returns it. ``dry_run`` returns ``{"dry_run": True, "plan":
+    [...]}`` after printing the plan, running and writing nothing.
+    """
+    from tqdm.auto import tqdm
+
+    from .checkpoints import find_model_dir
+
+    log = log or (lambda s: tqdm.write(s, file=sys.stderr))
+    _check_mn(m, n)
+    _check_choice("norms", norms, NORM_POLICIES)
+    if int(cycles) < 1:
+        raise RlvrLinearError(f"re-grounding: cycles must be >= 1, got {cycles}")
+    if int(start_step) < 0:
+        raise RlvrLinearError(f"re-grounding: start_step must be >= 0, got {start_step}")
+    for ph in ("{model}", "{out}"):
+        if ph not in cmd_template:
+            raise RlvrLinearError(f"the trainer command must contain {ph} (placeholders: {', '.join(PLACEHOLDERS)})")
+    if "{steps}" not in cmd_template:
+        warnings.warn("the trainer command has no {steps}: make sure it trains exactly M steps", stacklevel=2)
+    start_model = find_model_dir(model).resolve()
+    workdir = Path(workdir).resolve()
+    plans = plan_cycles(cmd_template, start_model, m, n, cycles, workdir, start_step)
+    state_path = workdir / STATE_FILE
+    plan_key = {"cmd": cmd_template, "model": str(start_model), "m": m, "n": n}
+    plan_key.update(norms=norms, start_step=start_step)
+
+    state = None
+    if state_path.exists() and not restart:
+        state = read_json(state_path)
+        saved = state.get("plan", {})
+        diff = [k for k in plan_key if saved.get(k) != plan_key[k]]
+        if diff:
+            details = "; ".join(f"{k}: saved {saved.get(k)!r}, now {plan_key[k]!r}" for k in diff)
+            raise RlvrLinearError(
+                f"{state_path}: the saved re-grounding plan differs ({details}); "
+                "use the same arguments to resume, or --restart to start over"
+            )
+    records: list[dict] = list(state["cycles"]) if state else []
+    # keep only the consistent prefix of saved cycles
+    valid = []
+    for rec, p in zip(records, plans):
+        if rec.get("model") != p.model or rec.get("out") != p.out:
+            break
+        valid.append(rec)
+        if rec.get("phase") != "extrapolated":
+            break
+    records = valid
+
+    if dry_run:
+        rows = []
+        print(f"re-grounding plan: M={m} N={n} alpha={(m + n) / m:g} cycles={cycles} workdir={workdir}")
+        for p in plans:
+            rec = records[p.cycle - 1] if p.cycle <= len(records) else None
+            status = {"extrapolated": "done", "trained": "trained, will extrapolate"}.get(
+                (rec or {}).get("phase"), "will run"
+            )
+            print(
+                f"cycle {p.cycle}/{cycles} [{status}]: gradient steps {p.gradient_steps}, "
+                f"effective step {p.effective_step}\n  $ {p.command}"
+            )
+            rows.append({**dataclasses.asdict(p), "status": status})
+        return {"dry_run": True, "plan": rows}
+
+    def save(extra: dict | None = None) -> None:
+        done = [r for r in records if r.get("phase") == "extrapolated"]
+        write_json(
+            state_path,
+            {
+                "version": 1,
+                "plan": plan_key,
+                "cycles_requested": cycles,
+                "cycles": records,
+                "completed_cycles": len(done),
+                "gradient_steps": len(done) * m,
+                "effective_step": start_step + len(done) * (m + n),
+                "current_model": done[-1]["extrapolated"] if done else str(start_model),
+                **(extra or {}),
+            },
+        )
+
+    finder = find_checkpoint or (lambda out: find_final_checkpoint(out, expected_step=m))
+    bar = tqdm(plans, desc="re-grounding cycles", unit="cycle")
+    for p in bar:
+        k = p.cycle
+        rec = records[k - 1] if k <= len(records) else None
+        if rec and rec.get("phase") == "extrapolated" and Path(rec["extrapolated"]).is_dir():
+            log(f"[reground] cycle {k}/{cycles}: already done, skipping")
+            continue
+        del records[k - 1 :]
+        if rec and rec.get("phase") == "trained" and Path(rec["checkpoint"]).is_dir():
+            log(f"[reground] cycle {k}/{cycles}: already trained, extrapolating")
+            records.append(rec)
+        else:
+            out = Path(p.out)
+            if out.exists():  # a fresh {out}: drop what a killed attempt left behind
+                shutil.rmtree(out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            log(f"[reground] cycle {k}/{cycles}: training {m} steps from {p.model}\n  $ {p.command}")
+            t0 = time.perf_counter()
+            env = {**os.environ, "REGROUND_CYCLE": str(k), "REGROUND_STEPS": str(m)}
+            rc = subprocess.run(p.command, shell=True, env=env).returncode
+            if rc != 0:
+                how = f"was killed by signal {-rc}" if rc < 0 else f"exited with status {rc}"
+                raise RlvrLinearError(f"re-grounding cycle {k}/{cycles}: the trainer command {how}: {p.command}")
+            found = finder(out)
+            ckpt, ckpt_step = found if isinstance(found, tuple) else (Path(found), None)
+            rec = {
+                "cycle": k,
+                "phase": "trained",
+                "model": p.model,
+                "out": p.out,
+                "command": p.command,
+                "checkpoint": str(Path(ckpt).resolve()),
+                "checkpoint_step": ckpt_step,
+                "train_seconds": time.perf_counter() - t0,
+            }
+            records.append(rec)
+            save()
+        t0 = time.perf_counter()
+        meta = {
+            "reground": {
+                "cycle": k,
+                "m": m,
+                "n": n,
+                "alpha": p.alpha,
+                "gradient_steps": p.gradient_steps,
+                "effective_step": p.effective_step,
+            }
+        }
+        _extrapolate(p.model, rec["checkpoint"], p.extrapolated, alpha=p.alpha, norms=norms, metadata=meta)
+        rec.update(
+            phase="extrapolated",
+            extrapolated=p.extrapolated,
+            alpha=p.alpha,
+            gradient_steps=p.gradient_steps,
+            effective_step=p.effective_step,
+            extrapolate_seconds=time.perf_counter() - t0,
+        )
+        save()
+        bar.set_postfix(grad=p.gradient_steps, effective=p.effective_step)
+    bar.close()
+
+    done = records[:cycles]
+    summary = {
+        "plan": plan_key,
+        "cycles": len(done),
+        "alpha": (m + n) / m,
+        "gradient_steps": len(done) * m,
+        "extrapolated_steps": len(done) * n,
+        "effective_step": start_step + len(done) * (m + n),
+        "final_model": done[-1]["extrapolated"],
+        "history": [
+            {
+                "cycle": r["cycle"],
+                "gradient_steps": r["gradient_steps"],
+                "effective_step": r["effective_step"],
+                "checkpoint": r["checkpoint"],
+                "extrapolated": r["extrapolated"],
+                "train_seconds": r.get("train_seconds"),
+                "extrapolate_seconds": r.get("extrapolate_seconds"),
+            }
+            for r in done
+        ],
+    }
+    write_json(workdir / SUMMARY_FILE, summary)
+    save({"done": True})
+    return summary

@@ -1,0 +1,474 @@
+"""Trajectory linearity: R² math, null baseline, streamed weight analysis, log-probs, activations, forecast, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from rlvr_linear import linearity as L
+from rlvr_linear.checkpoints import discover
+from rlvr_linear.cli import main
+from rlvr_linear.errors import RlvrLinearError
+from rlvr_linear.models import load_model
+from rlvr_linear.testing import make_trajectory
+
+STEPS14 = list(range(0, 1400, 100))
+
+
+# --------------------------------------------------------------------------------------------------
+# Fixtures: small trajectories built once per module
+
+
+def _noise(name: str, i: int, shape, scale: float) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1000 * i + sum(map(ord, name)))
+    return scale * torch.randn(shape, generator=g)
+
+
+def _mixed(name, w, s, i):
+    """Norms never move; q_proj jumps once (2 distinct values); the rest is exactly linear."""
+    if "norm" in name:
+        return w
+    if "q_proj" in name:
+        return w + (0.01 if i >= 3 else 0.0)
+    return w + s * 1e-4
+
+
+def _noisy(name, w, s, i):
+    """Linear drift plus a random walk (cumulative noise), so R² is high but not 1."""
+    walk = sum(_noise(name, j, w.shape, 2e-3) for j in range(1, i + 1)) if i else 0.0
+    return w + s * 2e-5 + walk
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    return {
+        "mixed": make_trajectory(root / "mixed", [0, 100, 200, 300, 400, 500], _mixed),
+        "noisy": make_trajectory(root / "noisy", [0, 100, 200, 300, 400, 500, 600, 700], _noisy),
+        "linear": make_trajectory(root / "linear", [0, 100, 200, 300, 400], lambda n, w, s, i: w + s * 1e-4),
+        "same": make_trajectory(root / "same", [0, 100, 200, 300], lambda n, w, s, i: w),
+    }
+
+
+PROBES = [
+    L.Probe("12+34=", "46\nthat is all", "a"),
+    L.Probe("7+8=", "15", "b"),
+    L.Probe("What is 3*4? ", "It is 12, since 3*4=12.", "c"),
+    L.Probe("1=", "x", "d"),
+]
+
+
+# --------------------------------------------------------------------------------------------------
+# Math
+
+
+def test_exact_line_gives_r2_one_and_slope_intercept():
+    x = np.array(STEPS14, dtype=float)
+    y = np.stack([0.02 + 3e-6 * x, -1.0 - 2e-4 * x, 5.0 + 0 * x + 1e-9 * x])
+    fit = L.linear_fit(y, x)
+    np.testing.assert_allclose(fit.r2, 1.0, atol=1e-12)
+    np.testing.assert_allclose(fit.slope, [3e-6, -2e-4, 1e-9], rtol=1e-9)
+    np.testing.assert_allclose(fit.intercept, [0.02, -1.0, 5.0], rtol=1e-12)
+    assert not fit.constant.any()
+
+
+def test_r2_equals_squared_corrcoef():
+    rng = np.random.default_rng(0)
+    x = np.array([0, 10, 25, 40, 80, 81, 200], dtype=float)
+    y = rng.standard_normal((50, x.size)) + rng.standard_normal((50, 1)) * x / 100
+    r2 = L.r2_score(y, x)
+    ref = np.array([np.corrcoef(x, row)[0, 1] ** 2 for row in y])
+    np.testing.assert_allclose(r2, ref, rtol=1e-12, atol=1e-14)
+    # step rescaling does not change R²
+    np.testing.assert_allclose(L.r2_score(y, (x - x.min()) / (x.max() - x.min())), r2, rtol=1e-12)
+    # 1-D input is one row
+    assert L.r2_score(y[3], x).shape == (1,)
+    assert L.r2_score(y[3], x)[0] == pytest.approx(ref[3], rel=1e-12)
+
+
+def test_constant_rows_get_zero_and_are_flagged():
+    x = np.arange(14.0)
+    y = np.stack([np.full(14, 0.1), np.full(14, 0.1) + np.arange(14) * 1e-3])
+    fit = L.linear_fit(y, x)
+    assert fit.r2.tolist()[0] == 0.0 and fit.constant.tolist() == [True, False]
+    assert fit.slope[0] == 0.0 and fit.intercept[0] == pytest.approx(0.1)
+    assert fit.r2[1] == pytest.approx(1.0)
+
+
+def test_iid_noise_around_a_constant_has_low_r2():
+    rng = np.random.default_rng(1)
+    y = 0.5 + 1e-3 * rng.standard_normal((20000, 14))
+    r2 = L.r2_score(y, STEPS14)
+    # R² of pure noise is Beta(1/2, (T-2)/2): median ≈ 0.036 at T = 14
+    assert np.median(r2) == pytest.approx(0.036, abs=0.006)
+    assert (r2 > 0.7).mean() < 0.002
+
+
+def test_driftless_random_walk_lands_on_its_null():
+    rng = np.random.default_rng(2)
+    y = np.cumsum(rng.standard_normal((20000, 14)), axis=1)
+    r2 = L.r2_score(y, STEPS14)
+    assert np.median(r2) == pytest.approx(0.45, abs=0.015)
+    assert (r2 > 0.7).mean() == pytest.approx(0.27, abs=0.015)
+    null = L.r2_score(L.sign_flip_null(y, key=7), STEPS14)
+    assert np.median(null) == pytest.approx(np.median(r2), abs=0.015)
+    assert (null > 0.7).mean() == pytest.approx((r2 > 0.7).mean(), abs=0.015)
+    assert np.median(L.drift_to_noise(y)) == pytest.approx(0.70, abs=0.03)
+    # a drifting walk is far above its null
+    yd = y + 0.5 * np.arange(14)
+    assert np.median(L.r2_score(yd, STEPS14)) > np.median(L.r2_score(L.sign_flip_null(yd, key=7), STEPS14)) + 0.3
+
+
+def test_sign_flip_null_keeps_start_and_step_sizes_and_ignores_chunking():
+    rng = np.random.default_rng(3)
+    y = rng.standard_normal((100, 70)).cumsum(axis=1) + np.arange(70)  # 69 increments: two hash blocks
+    idx = np.arange(1000, 1100)
+    null = L.sign_flip_null(y, idx, key=5)
+    np.testing.assert_array_equal(null[:, 0], y[:, 0])
+    np.testing.assert_allclose(np.abs(np.diff(null, axis=1)), np.abs(np.diff(y, axis=1)), rtol=1e-9, atol=1e-9)
+    np.testing.assert_array_equal(L.sign_flip_null(y[10:20], idx[10:20], key=5), null[10:20])
+    np.testing.assert_array_equal(L.sign_flip_null(y, idx, key=5), null)
+    assert not np.array_equal(L.sign_flip_null(y, idx, key=6), null)
+    signs = L.null_signs(np.arange(20000), 13, key=1)
+    assert set(np.unique(signs)) == {-1.0, 1.0}
+    assert abs(signs.mean()) < 0.01
+    assert L.drift_to_noise(np.arange(14.0))[0] == pytest.approx(math.sqrt(13))
+
+
+def test_dist_histogram_quantiles_match_exact():
+    rng = np.random.default_rng(4)
+    v = rng.beta(5, 2, 50000)
+    exact, hist = L.Dist(keep=True), L.Dist()
+    for part in np.array_split(v, 7):
+        exact.add(part)
+        hist.add(part)
+    for q in (0.25, 0.5, 0.75):
+        assert exact.quantile(q) == pytest.approx(np.quantile(v, q), abs=1e-12)
+        assert hist.quantile(q) == pytest.approx(np.quantile(v, q), abs=2e-4)
+    s = hist.summary()
+    assert s["n"] == 50000 and s["mean"] == pytest.approx(v.mean()) and s["share_gt_0.7"] == (v > 0.7).mean()
+    assert hist.histogram(50)[0].sum() == 50000
+    empty = L.Dist().summary()
+    assert empty["n"] == 0 and math.isnan(empty["median"])
+
+
+def test_sampling_and_thresholds():
+    assert [L.paper_sample_size(n) for n in (10, 60, 1000, 10**6)] == [10, 50, 50, 1000]
+    idx = L.sample_indices(1000, 50, seed=42)
+    assert idx.size == 50 and np.unique(idx).size == 50 and (np.diff(idx) > 0).all() and idx.max() < 1000
+    ref = np.sort(torch.randperm(1000, generator=torch.Generator().manual_seed(42))[:50].numpy())
+    np.testing.assert_array_equal(idx, ref)
+    big = L.sample_indices(2**24 + 10, 1000, seed=3)  # rejection path, no randperm of 16M
+    assert np.unique(big).size == 1000 and big.max() < 2**24 + 10
+    np.testing.assert_array_equal(big, L.sample_indices(2**24 + 10, 1000, seed=3))
+    assert L.tensor_seed("a.weight", 42) == L.tensor_seed("a.weight", 42) != L.tensor_seed("b.weight", 42)
+    assert L.default_min_abs_change(torch.bfloat16) == pytest.approx(1e-4)
+    assert L.default_min_abs_change(torch.float16) == pytest.approx(1.25e-5)
+    assert L.default_min_abs_change(torch.float32) == pytest.approx(1e-4 * 2**-16)
+
+
+def test_parse_param_name():
+    assert L.parse_param_name("model.layers.3.self_attn.q_proj.weight") == (3, "Q")
+    assert L.parse_param_name("model.layers.12.mlp.down_proj.weight") == (12, "down")
+    assert L.parse_param_name("model.layers.0.post_attention_layernorm.weight") == (0, "post_attention_layernorm")
+    assert L.parse_param_name("model.embed_tokens.weight") == (None, "embedding")
+    assert L.parse_param_name("model.norm.weight") == (None, "final_norm")
+    assert L.parse_param_name("lm_head.weight") == (None, "lm_head")
+    assert L.parse_param_name("model.layers.1.self_attn.rotary.inv_freq") == (1, "self_attn.rotary")
+    assert L.parse_param_name("foo.bar") == (None, "other")
+
+
+# --------------------------------------------------------------------------------------------------
+# Weights
+
+
+def test_linear_weights_r2_one_and_constant_or_few_unique_filtered(runs):
+    res = L.analyze_weights(discover(runs["mixed"]))
+    by = {t.name: t for t in res.tensors}
+    for t in res.tensors:
+        if "norm" in t.name:
+            assert t.kept == 0 and t.filtered_small_change == t.sampled == t.never_moved == t.numel
+        elif "q_proj" in t.name:
+            assert t.kept == 0 and t.filtered_few_unique == t.sampled and t.filtered_small_change == 0
+        else:
+            assert t.kept == t.sampled == L.paper_sample_size(t.numel) and t.r2["median"] > 1 - 1e-6
+    c = res.counts()
+    norms = [t for t in res.tensors if "norm" in t.name]
+    assert c["never_moved"] == c["filtered_small_change"] == sum(t.numel for t in norms)
+    assert c["filtered_few_unique"] == sum(t.sampled for t in res.tensors if "q_proj" in t.name)
+    assert c["kept"] + c["filtered_small_change"] + c["filtered_few_unique"] == c["sampled"]
+    assert by["model.embed_tokens.weight"].sampled == 50  # 100 x 16 = 1600 < 50 / 0.001
+    s = res.to_json()
+    assert s["r2"]["n"] == c["kept"] and s["r2"]["median"] > 1 - 1e-6 and s["r2"]["share_gt_0.7"] == 1.0
+    # equal increments with random signs: a ±d random walk, far below 1
+    assert s["null"]["median"] < 0.8 and s["above_null"]["median"] == pytest.approx(
+        s["r2"]["median"] - s["null"]["median"]
+    )
+    assert s["share_never_moved"] == pytest.approx(c["never_moved"] / c["sampled"])
+    assert s["drift_to_noise"]["median"] == pytest.approx(math.sqrt(5), rel=1e-4)
+    mat, rows, cols = res.heatmap()
+    assert rows == ["layer 0", "layer 1", "embedding", "final_norm"] and cols == L.MODULE_COLUMNS
+    assert np.isnan(mat[3]).all()  # the final norm exists but never moved
+    assert np.isnan(mat[0, cols.index("Q")]) and np.isnan(mat[0, cols.index("input_layernorm")])
+    assert mat[1, cols.index("down")] > 1 - 1e-6 and mat[2, 0] > 1 - 1e-6
+
+
+def _seed_style(run, seed=42):
+    """The seed repo's approach: every checkpoint's full state dict in memory, then sample."""
+    traj = discover(run)
+    sds = [load_file(str(p / "model.safetensors")) for p in traj.paths]
+    x = np.asarray(traj.steps, float)
+    out = {}
+    for name in L.weight_keys(traj):
+        numel = sds[0][name].numel()
+        idx = L.sample_indices(numel, L.paper_sample_size(numel), L.tensor_seed(name, seed))
+        y = np.stack([sd[name].reshape(-1)[idx].double().numpy() for sd in sds])
+        keep = ((y.max(0) - y.min(0)) > L.default_min_abs_change(sds[0][name].dtype)) & (L.n_unique(y) >= 4)
+        out[name] = L.linear_fit(y[:, keep].T, x).r2
+    return out
+
+
+def test_streamed_paper_mode_equals_in_memory_seed_approach(runs):
+    res = L.analyze_weights(discover(runs["noisy"]))
+    ref = _seed_style(runs["noisy"])
+    np.testing.assert_array_equal(res.r2.array(), np.concatenate([ref[t.name] for t in res.tensors]))
+    assert res.tensor_id.size == res.flat_index.size == res.r2.n
+    assert 0.5 < res.r2.quantile(0.5) < 0.99 and res.null.quantile(0.5) < res.r2.quantile(0.5) - 0.2
+
+
+def test_all_mode_chunked_equals_whole_and_in_memory(runs):
+    traj = discover(runs["noisy"])
+    a = L.analyze_weights(traj, sample="all", chunk=7)
+    b = L.analyze_weights(traj, sample="all", chunk=1 << 30)
+    sds = [load_file(str(p / "model.safetensors")) for p in traj.paths]
+    x = np.asarray(traj.steps, float)
+    for ta, tb in zip(a.tensors, b.tensors):
+        assert (ta.sampled, ta.kept, ta.never_moved) == (tb.sampled, tb.kept, tb.never_moved)
+        assert ta.sampled == ta.numel
+        for key in ("mean", "share_gt_0.7", "median"):
+            assert ta.r2[key] == pytest.approx(tb.r2[key], abs=1e-12)
+            assert ta.null[key] == pytest.approx(tb.null[key], abs=1e-12)
+        y = np.stack([sd[ta.name].reshape(-1).double().numpy() for sd in sds])
+        keep = ((y.max(0) - y.min(0)) > L.default_min_abs_change(torch.float32)) & (L.n_unique(y) >= 4)
+        r2 = L.linear_fit(y[:, keep].T, x).r2
+        assert ta.kept == keep.sum()
+        assert ta.r2["mean"] == pytest.approx(r2.mean(), abs=1e-12)
+        assert ta.r2["median"] == pytest.approx(np.median(r2), abs=2e-4)  # 10,000-bin histogram
+        assert ta.r2["share_gt_0.7"] == pytest.approx((r2 > 0.7).mean(), abs=1e-12)
+    assert a.null.total == pytest.approx(b.null.total, rel=1e-12)
+    # the null of a parameter does not depend on the mode: paper-mode nulls are a subset of all-mode ones
+    p = L.analyze_weights(traj)
+    name = p.tensors[0].name
+    sel = p.tensor_id == 0
+    y = np.stack([sd[name].reshape(-1).double().numpy() for sd in sds])[:, p.flat_index[sel]]
+    key = L.stable_key(name, 42)
+    np.testing.assert_array_equal(L.r2_score(L.sign_flip_null(y.T, p.flat_index[sel], key), x), p.null.array()[sel])
+
+
+def test_missing_key_and_nan_are_reported(runs, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(runs["linear"], run)
+    f = run / "step_000200" / "model.safetensors"
+    sd = load_file(str(f))
+    bad = dict(sd)
+    del bad["model.layers.0.mlp.up_proj.weight"]
+    save_file(bad, str(f), metadata={"format": "pt"})
+    with pytest.raises(RlvrLinearError, match=r"step 200.*missing \['model.layers.0.mlp.up_proj.weight'\]"):
+        L.analyze_weights(discover(run))
+    sd["model.layers.1.mlp.down_proj.weight"] = torch.full_like(sd["model.layers.1.mlp.down_proj.weight"], math.nan)
+    save_file(sd, str(f), metadata={"format": "pt"})
+    msg = "checkpoint step 200: tensor 'model.layers.1.mlp.down_proj.weight' contains NaN or Inf values"
+    for mode in ("paper", "all"):
+        with pytest.raises(RlvrLinearError, match=msg):
+            L.analyze_weights(discover(run), sample=mode)
+    with pytest.raises(RlvrLinearError, match="at least 3 checkpoints"):
+        L.analyze_weights(discover([f"0={run / 'step_000000'}", f"100={run / 'step_000100'}"]))
+
+
+def test_verl_and_trl_layouts_are_discovered(runs, tmp_path):
+    src = discover(runs["noisy"])
+    verl, trl = tmp_path / "verl", tmp_path / "trl"
+    for s, p in zip(src.steps, src.paths):
+        shutil.copytree(p, verl / f"global_step_{s}" / "actor" / "huggingface")
+        shutil.copytree(p, trl / f"checkpoint-{s}")
+    ref = L.analyze_weights(src).r2.array()
+    for root in (verl, trl):
+        traj = discover(root)
+        assert traj.steps == src.steps
+        np.testing.assert_array_equal(L.analyze_weights(traj).r2.array(), ref)
+
+
+def test_weights_save_writes_every_output(runs, tmp_path):
+    res = L.analyze_weights(discover(runs["noisy"]))
+    res.save(tmp_path / "out")
+    s = json.loads((tmp_path / "out" / "weights.json").read_text())
+    assert s["r2"]["median"] == pytest.approx(res.r2.quantile(0.5))
+    assert s["null"]["share_gt_0.7"] == pytest.approx(res.null.n_gt / res.null.n)
+    lines = (tmp_path / "out" / "weights_per_tensor.csv").read_text().splitlines()
+    assert lines[0].split(",") == L.TENSOR_CSV_COLUMNS and len(lines) == 1 + len(res.tensors)
+    z = np.load(tmp_path / "out" / "weights_r2.npz")
+    np.testing.assert_allclose(z["r2"], res.r2.array(), rtol=1e-6)
+    for png in ("weights_r2_hist.png", "weights_heatmap.png", "weights_examples.png"):
+        assert (tmp_path / "out" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(res.examples) == 9 and all(len(e["values"]) == 8 for e in res.examples)
+
+
+# --------------------------------------------------------------------------------------------------
+# Log-probs
+
+
+def test_batched_scoring_equals_one_by_one_and_reference(runs):
+    model, tok = load_model(discover(runs["noisy"]).paths[-1])
+    enc = L.encode_probes(tok, PROBES)
+    assert [len(r) for _, r in enc] == [len(p.response) for p in PROBES]  # char tokenizer
+    batched = L.score_logprobs(model, enc, batch_size=3, pad_id=tok.pad_token_id)
+    single = L.score_logprobs(model, enc, batch_size=1, pad_id=tok.pad_token_id)
+    for (p, r), b, s in zip(enc, batched, single):
+        np.testing.assert_allclose(b, s, atol=1e-5)
+        with torch.no_grad():
+            logits = model(torch.tensor([p + r])).logits[0].double()
+        ref = torch.log_softmax(logits, -1)[torch.arange(len(p) - 1, len(p) + len(r) - 1), torch.tensor(r)]
+        np.testing.assert_allclose(b, ref.numpy(), atol=1e-5)
+    with pytest.raises(RlvrLinearError, match="probe 0: the prompt is empty"):
+        L.encode_probes(tok, [L.Probe("", "abc")])
+
+
+def test_logprob_r2_on_a_moving_trajectory(runs):
+    traj = discover(runs["noisy"])
+    res = L.analyze_logprobs(traj, PROBES, batch_size=2, min_change=0.005)
+    n_tok = sum(len(p.response) for p in PROBES)
+    assert res.logp.shape == (8, n_tok) and res.token_ids.shape == res.probe_index.shape == (n_tok,)
+    assert res.probe_index.tolist() == sum(([i] * len(p.response) for i, p in enumerate(PROBES)), [])
+    change = res.logp[-1].astype(float) - res.logp[0]
+    np.testing.assert_array_equal(res.sampled, np.flatnonzero(np.abs(change) > 0.005))
+    np.testing.assert_allclose(res.fit.r2, L.r2_score(res.logp[:, res.sampled].T.astype(float), traj.steps))
+    s = res.to_json()
+    assert s["counts"]["tokens"] == n_tok and s["counts"]["sampled"] == s["counts"]["eligible"] > 0
+    capped = L.analyze_logprobs(traj, PROBES, min_change=0.005, max_positions=3)
+    assert capped.sampled.size == 3 and set(capped.sampled) <= set(res.sampled)
+
+
+def test_logprobs_on_identical_checkpoints_are_sane(runs, tmp_path):
+    res = L.analyze_logprobs(discover(runs["same"]), PROBES)
+    s = res.to_json()
+    assert s["counts"]["eligible"] == s["counts"]["sampled"] == 0
+    assert s["counts"]["constant"] == s["counts"]["tokens"] == res.logp.shape[1]
+    assert s["r2"]["n"] == 0 and s["r2"]["median"] is None and s["null"]["median"] is None
+    res.save(tmp_path / "lp")
+    assert json.loads((tmp_path / "lp" / "logprobs.json").read_text())["r2"]["median"] is None
+    assert (tmp_path / "lp" / "logprobs_r2_hist.png").exists() and (tmp_path / "lp" / "logprobs_examples.png").exists()
+    assert L.read_probes(tmp_path / "lp" / "probes.jsonl") == PROBES
+
+
+def test_make_probes_and_probe_files(runs, tmp_path):
+    from rlvr_linear.tasks import get_task
+
+    first = discover(runs["noisy"]).paths[0]
+    a = L.make_probes(first, "arithmetic", n_prompts=3, k=2, max_new_tokens=5, seed=1)
+    b = L.make_probes(first, "arithmetic", n_prompts=3, k=2, max_new_tokens=5, seed=1)
+    assert a == b and 1 <= len(a) <= 6 and all(p.response for p in a)
+    task = get_task("arithmetic")
+    probs = task.problems("validation", 3, seed=1)
+    assert {p.prompt for p in a} <= {task.render(q) for q in probs}
+    assert {p.problem_id for p in a} <= {q.id for q in probs}
+    f = tmp_path / "p.jsonl"
+    L.write_probes(f, a)
+    assert L.read_probes(f) == a
+    f.write_text('{"prompt": "x"}\n')
+    with pytest.raises(RlvrLinearError, match="line 1 lacks a 'prompt' or 'response' field"):
+        L.read_probes(f)
+
+
+# --------------------------------------------------------------------------------------------------
+# Activations
+
+
+def test_activations_match_direct_hidden_states(runs):
+    traj = discover(runs["noisy"])
+    res = L.analyze_activations(traj, PROBES, pairs_per_layer=40, batch_size=3)
+    assert res.values.shape == (8, 3, 40)  # 2 layers + embeddings
+    model, tok = load_model(traj.paths[5])
+    enc = L.encode_probes(tok, PROBES)
+    lens = np.array([len(r) for _, r in enc])
+    starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
+    for j in (0, 17, 39):
+        g, ch = int(res.token[j]), int(res.channel[j])
+        pi = int(np.searchsorted(np.cumsum(lens), g, side="right"))
+        p, r = enc[pi]
+        with torch.no_grad():
+            hs = model(torch.tensor([p + r]), output_hidden_states=True).hidden_states
+        for layer in range(3):
+            assert res.values[5, layer, j] == pytest.approx(hs[layer][0, len(p) + g - starts[pi], ch].item(), abs=1e-5)
+    s = res.to_json()
+    assert [x["label"] for x in s["layers"]] == ["embeddings", "layer 0", "layer 1"]
+    assert s["r2"]["n"] == sum(x["kept"] for x in s["layers"])
+    same = L.analyze_activations(discover(runs["same"]), PROBES, pairs_per_layer=40).to_json()
+    assert all(x["kept"] == 0 and x["filtered_constant"] == 40 for x in same["layers"])
+
+
+# --------------------------------------------------------------------------------------------------
+# Forecast
+
+
+def test_forecast_linear_weights_is_exact_and_beats_naive(runs, tmp_path):
+    traj = discover(runs["linear"])
+    res = L.forecast(traj, 200)
+    assert res.fit_steps == [0, 100, 200] and res.later_steps == [300, 400]
+    o = res.overall()
+    assert max(o["rel_err"]) < 1e-6 and min(o["naive_rel_err"]) > 1e-3 and max(o["ratio_to_naive"]) < 1e-3
+    # naive error at step s is ||W(s) - W(200)|| = (s - 200) * 1e-4 * sqrt(#moving elements)
+    n = sum(t["numel"] for t in res.tensors)
+    naive2 = sum(t["naive2"][0] for t in res.tensors)
+    assert math.sqrt(naive2) == pytest.approx(100 * 1e-4 * math.sqrt(n), rel=1e-4)
+    res.save(tmp_path / "fc")
+    s = json.loads((tmp_path / "fc" / "forecast.json").read_text())
+    assert s["later_steps"] == [300, 400] and len(s["tensors"]) == len(res.tensors)
+    with pytest.raises(RlvrLinearError, match=r"at least 2 checkpoints with step <= 50 to fit a line, found 1"):
+        L.forecast(traj, 50)
+    with pytest.raises(RlvrLinearError, match="no checkpoint after step 400"):
+        L.forecast(traj, 400)
+
+
+def test_forecast_logprobs(runs):
+    res = L.forecast(discover(runs["same"]), 100, probes=PROBES)
+    assert res.logprobs["tokens"] == sum(len(p.response) for p in PROBES)
+    assert res.logprobs["mae"] == pytest.approx([0.0, 0.0], abs=1e-7) and res.logprobs["naive_mae"] == [0.0, 0.0]
+    moving = L.forecast(discover(runs["noisy"]), 300, probes=PROBES)
+    assert len(moving.logprobs["mae"]) == 4 and min(moving.logprobs["naive_mae"]) > 0
+
+
+# --------------------------------------------------------------------------------------------------
+# CLI
+
+
+def test_cli_weights_logprobs_forecast(runs, tmp_path, capsys):
+    run = str(runs["noisy"])
+    assert main(["analyze", "weights", run, "-o", str(tmp_path / "w")]) == 0
+    out = capsys.readouterr().out
+    assert "median R²" in out and "null median" in out and "null share > 0.7" in out
+    assert json.loads((tmp_path / "w" / "weights.json").read_text())["mode"] == "paper"
+    assert main(["analyze", "weights", run, "--all", "-o", str(tmp_path / "wa")]) == 0
+    assert json.loads((tmp_path / "wa" / "weights.json").read_text())["mode"] == "all"
+    assert main(["analyze", "weights", run, "-o", str(tmp_path / "w")]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+    pf = tmp_path / "probes.jsonl"
+    L.write_probes(pf, PROBES)
+    assert main(["analyze", "logprobs", run, "--probes", str(pf), "-o", str(tmp_path / "lp")]) == 0
+    assert (tmp_path / "lp" / "logprobs.npz").exists()
+    args = ["analyze", "logprobs", run, "--task", "arithmetic", "--n-prompts", "2", "--k", "2"]
+    assert main([*args, "--max-new-tokens", "4", "-o", str(tmp_path / "lp2")]) == 0
+    assert 1 <= len(L.read_probes(tmp_path / "lp2" / "probes.jsonl")) <= 4
+
+    assert main(["analyze", "forecast", run, "--fit-until", "300", "-o", str(tmp_path / "fc")]) == 0
+    assert "forecast from steps 0,100,200,300" in capsys.readouterr().out
+    assert main(["analyze", "forecast", run, "--fit-until", "0", "-o", str(tmp_path / "fc2")]) == 2
+    assert "error: forecast needs at least 2 checkpoints" in capsys.readouterr().err
+    assert main(["analyze", "activations", run, "--probes", str(pf), "-o", str(tmp_path / "act")]) == 0
+    assert (tmp_path / "act" / "activations_per_layer.png").exists()
