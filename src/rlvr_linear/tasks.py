@@ -369,7 +369,7 @@ def get_task(name: str | Task, **kw) -> Task:
     base, _, opts = name.partition(":")
     if base not in TASKS:
         raise RlvrLinearError(
-            f"unknown task {name!r}; built in: {', '.join(TASKS)}, rg:<reasoning-gym dataset>, or a .jsonl/.parquet file"
+            f"unknown task {name!r}; built in: {', '.join(TASKS)}, rg:<dataset>, or a .jsonl/.parquet file"
         )
     try:
         return TASKS[base](**{**_parse_opts(opts), **kw})
