@@ -2,7 +2,8 @@
 
 Both run in this process, one after the other, from the same starting model, on the same prompts, with the same
 settings (sampling at T = 1, group-normalised advantages, token-level policy-gradient loss, AdamW, grad clip 1.0).
-Prints the ratio TRL / bare and writes bench/results/train_step.json. Targets (issue): TRL overhead <= 20%, <= 1.2 s/step.
+Prints the ratio TRL / bare and writes bench/results/train_step.json.
+Targets (issue): TRL overhead <= 20%, <= 1.2 s/step.
 
     python bench/train_step.py [--steps 20] [--warmup 3] [--threads 2]
 """

@@ -79,7 +79,7 @@ def test_pair_weights_and_alpha_from_steps():
     assert pair_weights(1.5) == [-0.5, 1.5]
     assert alpha_from_steps(200, 1400, 2000) == pytest.approx(1.5)
     assert alpha_from_steps(0, 500, 1000) == pytest.approx(2.0)
-    with pytest.raises(RlvrLinearError, match="same step"):
+    with pytest.raises(RlvrLinearError, match="two different steps"):
         alpha_from_steps(100, 100, 300)
 
 
@@ -328,7 +328,7 @@ def test_from_dirs_and_from_steps(trio, tmp_path):
     ref = ExtrapolatedGenerator.from_steps(a, b, 200, 1400, 2000, tok)
     assert gen.weights == ref.weights == [-0.5, 1.5] and gen.alpha == 1.5
     assert gen.generate(PROMPTS, greedy=True, max_new_tokens=8) == ref.generate(PROMPTS, greedy=True, max_new_tokens=8)
-    with pytest.raises(RlvrLinearError, match="same step"):
+    with pytest.raises(RlvrLinearError, match="two different steps"):
         ExtrapolatedGenerator.from_steps(a, b, 5, 5, 10, tok)
 
 

@@ -288,6 +288,17 @@ def _step_of(name: str) -> int | None:
     return None
 
 
+def step_of_path(path: str | Path) -> int | None:
+    """The training step encoded in a checkpoint path (``step_N``, ``checkpoint-N``, ``global_step_N``).
+
+    Climbs out of verl's ``global_step_N/actor/huggingface`` layout; any other name gives None.
+    """
+    p = Path(path).resolve()
+    while p.name in ("huggingface", "actor") and p.parent != p:
+        p = p.parent
+    return _step_of(p.name)
+
+
 def parse_step_path(spec: str) -> Checkpoint:
     if "=" not in spec:
         raise RlvrLinearError(f"expected STEP=PATH, got {spec!r}")

@@ -82,29 +82,48 @@ class LinearFit:
     constant: np.ndarray  #: (n,) bool, rows with max == min (R² undefined, reported as 0)
 
 
-def _fit_tn(y: np.ndarray, x: np.ndarray) -> LinearFit:
-    """:func:`linear_fit` on a (T, n) array (time along axis 0, the layout of ``Trajectory.stack``)."""
-    y = np.asarray(y, dtype=np.float64)
-    x = np.asarray(x, dtype=np.float64)
-    if y.ndim != 2 or y.shape[0] != x.shape[0]:
-        raise ValueError(f"values of shape {y.shape} do not match {x.shape[0]} steps")
+def _check_steps(x: np.ndarray) -> tuple[np.ndarray, float]:
     if x.shape[0] < 2:
         raise RlvrLinearError(f"a line needs at least 2 checkpoints, got {x.shape[0]}")
     xc = x - x.mean()
     sxx = float(xc @ xc)
     if sxx == 0:
         raise RlvrLinearError("all checkpoints have the same step; cannot fit a line")
-    ym = y.mean(axis=0)
-    yc = y - ym
-    sxy = xc @ yc
-    syy = np.einsum("tn,tn->n", yc, yc)
-    constant = y.max(axis=0) == y.min(axis=0)
+    return xc, sxx
+
+
+def _moments(z: np.ndarray, xc: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(mean_z, S_xz, S_zz)`` of a (T, n) array in two passes (one GEMM, one dot per column).
+
+    ``S_zz = Σ z² - T mean_z²``: callers pass trajectories shifted to start at 0 (``z = y - y_1``), so the
+    subtraction works on the size of the changes, not of the weights, and keeps ~14 significant digits.
+    """
+    T = z.shape[0]
+    S = np.stack([np.full(T, 1.0 / T), xc]) @ z
+    szz = np.einsum("tn,tn->n", z, z) - T * S[0] * S[0]
+    return S[0], S[1], szz
+
+
+def _r2(sxy: np.ndarray, syy: np.ndarray, sxx: float, constant: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         r2 = sxy * sxy / (sxx * syy)
-    r2 = np.where(constant | ~np.isfinite(r2), 0.0, np.clip(r2, 0.0, 1.0))
+    return np.where(constant | ~(syy > 0) | ~np.isfinite(r2), 0.0, np.clip(r2, 0.0, 1.0))
+
+
+def _fit_tn(y: np.ndarray, x: np.ndarray, constant: np.ndarray | None = None) -> LinearFit:
+    """:func:`linear_fit` on a (T, n) array (time along axis 0, the layout of ``Trajectory.stack``)."""
+    y = np.asarray(y, dtype=np.float64)
+    x = np.asarray(x, dtype=np.float64)
+    if y.ndim != 2 or y.shape[0] != x.shape[0]:
+        raise ValueError(f"values of shape {y.shape} do not match {x.shape[0]} steps")
+    xc, sxx = _check_steps(x)
+    z = y - y[0]
+    zm, sxy, syy = _moments(z, xc)
+    if constant is None:
+        constant = y.max(axis=0) == y.min(axis=0)
     slope = np.where(constant, 0.0, sxy / sxx)
-    intercept = ym - slope * x.mean()
-    return LinearFit(r2=r2, slope=slope, intercept=intercept, constant=constant)
+    intercept = y[0] + zm - slope * x.mean()
+    return LinearFit(r2=_r2(sxy, syy, sxx, constant), slope=slope, intercept=intercept, constant=constant)
 
 
 def linear_fit(values: np.ndarray, steps: Sequence[float] | np.ndarray) -> LinearFit:
@@ -150,30 +169,45 @@ def stable_key(name: str, seed: int = PAPER_SEED) -> int:
     return (int(seed) * 0x1_0000_0001 + zlib.crc32(name.encode())) & 0xFFFF_FFFF_FFFF_FFFF
 
 
-def null_signs(index: np.ndarray, n_increments: int, key: int) -> np.ndarray:
-    """±1.0 coin flips of shape (n_increments, n): flip ``t`` of row ``index[j]`` is bit ``t`` of a hash.
-
-    Counter-based (SplitMix64 of ``key``, block and index), so it depends only on the row's index,
-    never on how rows are chunked or ordered.
-    """
+def _sign_hashes(index: np.ndarray, n_increments: int, key: int) -> list[np.ndarray]:
+    """One 64-bit hash per row and block of 64 increments (SplitMix64 of key, block and index)."""
     idx = np.asarray(index, dtype=np.int64).astype(np.uint64)
-    out = np.empty((n_increments, idx.shape[0]), dtype=np.float64)
+    out = []
     for block in range(0, n_increments, 64):
         base = _splitmix64(np.array([key + block // 64], dtype=np.uint64))[0]
-        h = _splitmix64(idx ^ base)
-        m = min(64, n_increments - block)
-        bits = (h[None, :] >> np.arange(m, dtype=np.uint64)[:, None]) & np.uint64(1)
-        out[block : block + m] = 1.0 - 2.0 * bits.astype(np.float64)
+        out.append(_splitmix64(idx ^ base))
     return out
 
 
+def null_signs(index: np.ndarray, n_increments: int, key: int) -> np.ndarray:
+    """±1.0 coin flips of shape (n_increments, n): flip ``t`` of row ``index[j]`` is bit ``t % 64`` of a hash.
+
+    Counter-based (SplitMix64 of ``key``, block ``t // 64`` and index), so it depends only on the row's
+    index, never on how rows are chunked or ordered.
+    """
+    out = np.empty((n_increments, np.asarray(index).shape[0]), dtype=np.float64)
+    for b, h in enumerate(_sign_hashes(index, n_increments, key)):
+        m = min(64, n_increments - 64 * b)
+        bits = (h[None, :] >> np.arange(m, dtype=np.uint64)[:, None]) & np.uint64(1)
+        out[64 * b : 64 * b + m] = 1.0 - 2.0 * bits.astype(np.float64)
+    return out
+
+
+def _flip_inplace(d: np.ndarray, index: np.ndarray, key: int) -> None:
+    """``d *= null_signs(index, len(d), key)`` by XOR-ing the float64 sign bits (fewer passes)."""
+    dv = d.view(np.uint64)
+    for b, h in enumerate(_sign_hashes(index, d.shape[0], key)):
+        m = min(64, d.shape[0] - 64 * b)
+        sh = np.arange(m, dtype=np.uint64)[:, None]
+        dv[64 * b : 64 * b + m] ^= (h[None, :] >> sh) << np.uint64(63)
+
+
 def _null_tn(y: np.ndarray, index: np.ndarray, key: int) -> np.ndarray:
-    d = np.diff(y, axis=0)
-    d *= null_signs(index, d.shape[0], key)
+    d = np.ascontiguousarray(np.diff(y, axis=0))
+    _flip_inplace(d, index, key)
     out = np.empty_like(y)
-    out[0] = y[0]
-    np.cumsum(d, axis=0, out=out[1:])
-    out[1:] += y[0]
+    _cumsum_rows(d, out)
+    out += y[0]
     return out
 
 
@@ -186,6 +220,38 @@ def sign_flip_null(values: np.ndarray, index: np.ndarray | None = None, key: int
     v = v[None, :] if v.ndim == 1 else v
     idx = np.arange(v.shape[0]) if index is None else np.asarray(index)
     return _null_tn(v.T, idx, key).T
+
+
+def _cumsum_rows(d: np.ndarray, out: np.ndarray) -> None:
+    """``out[0] = 0, out[t] = d[0] + ... + d[t-1]`` (a row loop: numpy's axis-0 cumsum is ~30x slower here)."""
+    out[0] = 0.0
+    if d.shape[0]:
+        out[1] = d[0]
+    for t in range(1, d.shape[0]):
+        np.add(out[t], d[t], out=out[t + 1])
+
+
+def has_unique(values_tn: np.ndarray, k: int) -> np.ndarray:
+    """Exact per-column test "at least ``k`` distinct values" for a (T, n) array.
+
+    Cheap screen first: a strict new running maximum or minimum differs from every earlier value, so
+    ``1 + #records >= k`` proves it; only the other columns are sorted (:func:`n_unique`).
+    """
+    y = values_tn
+    n = y.shape[1]
+    if k <= 1 or n == 0:
+        return np.ones(n, dtype=bool)
+    hi, lo = y[0].copy(), y[0].copy()
+    rec = np.zeros(n, dtype=np.int16)
+    for t in range(1, y.shape[0]):
+        rec += (y[t] > hi) | (y[t] < lo)
+        np.maximum(hi, y[t], out=hi)
+        np.minimum(lo, y[t], out=lo)
+    ok = rec >= k - 1
+    amb = np.flatnonzero(~ok)
+    if amb.size:
+        ok[amb] = n_unique(y[:, amb]) >= k
+    return ok
 
 
 def n_unique(values_tn: np.ndarray) -> np.ndarray:
@@ -341,14 +407,14 @@ def tensor_seed(name: str, seed: int = PAPER_SEED) -> int:
 def sample_indices(numel: int, k: int, seed: int) -> np.ndarray:
     """``k`` distinct flat indices in ``[0, numel)``, sorted; deterministic in ``seed``.
 
-    ``torch.randperm(numel)[:k]`` with a generator seeded ``seed`` (the paper's draw) when ``numel <= 2**24``
+    ``torch.randperm(numel)[:k]`` with a generator seeded ``seed`` (the paper's draw) when ``numel <= 2**20``
     or ``k > numel / 4``; otherwise a seeded rejection draw (``torch.randint``, first occurrences kept), which
-    avoids randperm's 8 bytes per element on large embeddings.
+    avoids randperm's time and 8 bytes per element on large matrices (65 MB for an 8M embedding).
     """
     if k < 0 or k > numel:
         raise ValueError(f"cannot draw {k} of {numel} indices")
     g = torch.Generator().manual_seed(int(seed))
-    if numel <= 2**24 or 4 * k > numel:
+    if numel <= 2**20 or 4 * k > numel:
         idx = torch.randperm(numel, generator=g)[:k].numpy()
     else:
         idx = np.zeros(0, dtype=np.int64)
@@ -433,32 +499,71 @@ def _check_finite(y: np.ndarray, steps: Sequence[int], name: str) -> None:
         raise RlvrLinearError(f"checkpoint step {steps[i]}: tensor {name!r} contains NaN or Inf values")
 
 
-class _RowSource:
-    """Rows ``[a, b)`` (first dimension) of a tensor from one checkpoint, without reading the rest.
+_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
-    safetensors: ``safe_open(...).get_slice(name)[a:b]`` reads only those bytes; pickled weights (memory
-    mapped by ``torch.load(mmap=True)``) are sliced in memory.
+
+class _RowSource:
+    """Rows ``[a, b)`` (first dimension) of a tensor from one checkpoint, reading only those bytes.
+
+    safetensors files are read with positioned reads (``os.preadv``) at offsets from the file header, not
+    memory mapped: pages of a 40 GB trajectory pass through the page cache but never count as our RSS.
+    Pickled weights (memory mapped by ``torch.load(mmap=True)``) are sliced in memory.
     """
 
     def __init__(self, reader):
         self.reader = reader
-        self._handles: dict[str, Any] = {}
+        self._fds: dict[str, int] = {}
+        self._headers: dict[str, tuple[int, dict]] = {}  # file -> (data start, header)
 
-    def read(self, name: str, a: int, b: int) -> torch.Tensor:
+    def close(self) -> None:
+        """Close the files (headers stay cached)."""
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def _file(self, fname: str) -> tuple[int, int, dict]:
+        fd = self._fds.get(fname)
+        if fd is None:
+            fd = self._fds[fname] = os.open(self.reader.path / fname, os.O_RDONLY)
+        if fname not in self._headers:
+            try:
+                n = int.from_bytes(os.pread(fd, 8, 0), "little")
+                self._headers[fname] = (8 + n, json.loads(os.pread(fd, n, 8)))
+            except (ValueError, OSError) as e:
+                raise RlvrLinearError(f"{self.reader.path / fname}: not a readable safetensors file ({e})") from None
+        return (fd, *self._headers[fname])
+
+    def prefetch(self, name: str) -> None:
+        """Ask the kernel to start reading tensor ``name`` in the background (``POSIX_FADV_WILLNEED``)."""
+        if self.reader.kind != "safetensors" or not hasattr(os, "posix_fadvise"):
+            return
+        fd, start, header = self._file(self.reader.file_of(name))
+        lo, hi = header[name]["data_offsets"]
+        os.posix_fadvise(fd, start + lo, hi - lo, os.POSIX_FADV_WILLNEED)
+
+    def read(self, name: str, a: int | None = None, b: int | None = None) -> torch.Tensor:
+        """Flattened rows ``a:b`` (all rows when ``a`` is None) in the stored dtype."""
         r = self.reader
         if r.kind != "safetensors":
             t = r.get(name)
-            return t.reshape(-1) if t.dim() == 0 else t[a:b].reshape(-1)
-        from safetensors import safe_open
-
-        fname = r.file_of(name)
-        h = self._handles.get(fname)
-        if h is None:
-            h = self._handles[fname] = safe_open(str(r.path / fname), framework="pt")
-        sl = h.get_slice(name)
-        if len(sl.get_shape()) == 0:
-            return h.get_tensor(name).reshape(-1)
-        return sl[a:b].reshape(-1)
+            return t.reshape(-1) if t.dim() == 0 or a is None else t[a:b].reshape(-1)
+        fd, start, header = self._file(r.file_of(name))
+        info = header[name]
+        dtype = _ST_DTYPES.get(info["dtype"])
+        if dtype is None:
+            raise RlvrLinearError(f"{r.path}: tensor {name!r} has dtype {info['dtype']}, not a float")
+        lo, hi = info["data_offsets"]
+        rows = info["shape"][0] if info["shape"] else 1
+        row_bytes = (hi - lo) // rows if rows else 0
+        a, b = (0, rows) if a is None else (a, b)
+        buf = bytearray((b - a) * row_bytes)
+        view, pos = memoryview(buf), start + lo + a * row_bytes
+        while view:
+            got = os.preadv(fd, [view], pos)
+            if got <= 0:
+                raise RlvrLinearError(f"{r.path / r.file_of(name)}: file ends inside tensor {name!r}")
+            view, pos = view[got:], pos + got
+        return torch.frombuffer(buf, dtype=dtype) if buf else torch.zeros(0, dtype=dtype)
 
 
 def _row_chunks(shape: tuple[int, ...], chunk: int) -> tuple[int, list[tuple[int, int]]]:
@@ -470,10 +575,10 @@ def _row_chunks(shape: tuple[int, ...], chunk: int) -> tuple[int, list[tuple[int
 
 
 def _read_rows(sources: list[_RowSource], name: str, a: int, b: int, n: int) -> np.ndarray:
-    y = np.empty((len(sources), n), dtype=np.float64)
+    y = torch.empty((len(sources), n), dtype=torch.float64)
     for i, s in enumerate(sources):
-        y[i] = s.read(name, a, b).to(torch.float64).numpy()
-    return y
+        y[i].copy_(s.read(name, a, b))
+    return y.numpy()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -544,17 +649,48 @@ class _Block:
 
 
 def _analyze_block(
-    y: np.ndarray, x: np.ndarray, index: np.ndarray, key: int, min_abs_change: float, min_unique: int
+    y: np.ndarray,
+    x: np.ndarray,
+    index: np.ndarray,
+    key: int,
+    min_abs_change: float,
+    min_unique: int,
+    steps: Sequence[int] = (),
+    name: str = "",
 ) -> _Block:
+    """Filters, R², sign-flip null R² and drift-to-noise of a (T, n) float64 block (fused: ~20 passes).
+
+    Raises :class:`RlvrLinearError` naming the checkpoint step and ``name`` if the block holds NaN or Inf.
+    """
+    xc, sxx = _check_steps(x)
     rng = y.max(axis=0) - y.min(axis=0)
+    if not np.isfinite(rng).all():  # NaN / Inf anywhere in a column makes its range non-finite
+        _check_finite(y, steps, name)
     never = int((rng == 0).sum())
     big = rng > min_abs_change
-    few_mask = n_unique(y[:, big]) < min_unique
+    yb = y if big.all() else y[:, big]
+    few_mask = ~has_unique(yb, min_unique)
     keep = big.copy()
-    keep[np.flatnonzero(big)[few_mask]] = False
-    yk = y[:, keep]
-    fit = _fit_tn(yk, x)
-    null = _null_tn(yk, index[keep], key)
+    if few_mask.any():
+        keep[np.flatnonzero(big)[few_mask]] = False
+        yb = yb[:, ~few_mask]
+    ik = index if keep.all() else index[keep]
+    const = np.zeros(yb.shape[1], dtype=bool)  # every kept row moved
+    # observed line
+    z = yb - yb[0]
+    zm, sxy, syy = _moments(z, xc)
+    slope = sxy / sxx
+    fit = LinearFit(_r2(sxy, syy, sxx, const), slope, yb[0] + zm - slope * x.mean(), const)
+    # increments, drift-to-noise, null = cumulative sum of sign-flipped increments (R² is shift invariant)
+    d = np.ascontiguousarray(np.diff(yb, axis=0))
+    ss = np.sqrt(np.einsum("tn,tn->n", d, d))
+    _flip_inplace(d, ik, key)
+    c = np.empty_like(z)
+    _cumsum_rows(d, c)
+    _, nxy, nyy = _moments(c, xc)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dnr = np.where(ss > 0, np.abs(z[-1]) / ss, 0.0)
+        null_dnr = np.where(ss > 0, np.abs(c[-1]) / ss, 0.0)
     return _Block(
         n=y.shape[1],
         never=never,
@@ -562,10 +698,10 @@ def _analyze_block(
         few=int(few_mask.sum()),
         keep=keep,
         fit=fit,
-        null_r2=_fit_tn(null, x).r2,
-        dnr=_dnr_tn(yk),
-        null_dnr=_dnr_tn(null),
-        y_kept=yk,
+        null_r2=_r2(nxy, nyy, sxx, const),
+        dnr=dnr,
+        null_dnr=null_dnr,
+        y_kept=yb,
     )
 
 
@@ -732,7 +868,7 @@ def analyze_weights(
     min_abs_change: float | None = None,
     min_unique: int = MIN_UNIQUE,
     seed: int = PAPER_SEED,
-    chunk: int = 1 << 20,
+    chunk: int = 1 << 16,
     keys: Sequence[str] | None = None,
     n_examples: int = 9,
     progress: bool = False,
@@ -740,9 +876,11 @@ def analyze_weights(
     """Per-parameter R² of weight vs step, streamed one tensor at a time.
 
     ``sample="paper"``: per tensor, ``k = min(max(min_samples, floor(fraction * numel)), numel)`` flat indices
-    (:func:`sample_indices`, seed ``tensor_seed(name, seed)``), read with ``Trajectory.stack(name, index)``;
-    peak memory is one tensor plus T x k float64. ``sample="all"``: every element, read ``chunk`` elements
-    (whole rows) at a time from every checkpoint; peak memory about 3 x T x chunk x 8 bytes.
+    (:func:`sample_indices`, seed ``tensor_seed(name, seed)``), gathered from each checkpoint in turn (what
+    ``Trajectory.stack(name, index)`` returns); peak memory is one tensor plus T x k float64. Files are read
+    with positioned reads, not memory maps, so checkpoint pages never pile up in RSS. ``sample="all"``: every
+    element, read ``chunk`` elements (whole rows) at a time from every checkpoint; about 6 x T x chunk x 8
+    bytes of work arrays (the default 2^16 keeps them in cache, faster than larger chunks).
 
     Filters (paper, in order): 1. ``max_t w - min_t w > min_abs_change`` — default
     :func:`default_min_abs_change` of the tensor's dtype (1e-4 for bf16); 2. at least ``min(min_unique, T)``
@@ -774,8 +912,11 @@ def analyze_weights(
     tids: list[np.ndarray] = []
     fidx: list[np.ndarray] = []
     thresholds: dict[str, float] = {}
-    sources = [_RowSource(trajectory.reader(i)) for i in range(T)] if not paper else []
-    for name in tqdm(keys, desc="weights R²", disable=not progress):
+    sources = [_RowSource(trajectory.reader(i)) for i in range(T)]
+    for ki, name in enumerate(tqdm(keys, desc="weights R²", disable=not progress)):
+        if paper and ki + 1 < len(keys):  # overlap the next tensor's reads with this one's work
+            for src in sources:
+                src.prefetch(keys[ki + 1])
         dtype = r0.dtype(name)
         thr = default_min_abs_change(dtype) if min_abs_change is None else float(min_abs_change)
         thresholds[str(dtype).replace("torch.", "")] = thr
@@ -785,8 +926,10 @@ def analyze_weights(
         loc["null_dnr"] = Dist(hi=math.sqrt(T - 1))
         cnt = {"sampled": 0, "kept": 0, "small": 0, "few": 0, "never": 0}
         if paper:
+            # = trajectory.stack(name, idx), one full tensor in memory at a time and no memory maps
             idx = sample_indices(numel, paper_sample_size(numel, fraction, min_samples), tensor_seed(name, seed))
-            y = trajectory.stack(name, torch.from_numpy(idx)).numpy()
+            it = torch.from_numpy(idx)
+            y = np.stack([src.read(name)[it].to(torch.float64).numpy() for src in sources])
             blocks = [(y, idx)]
         else:
             row_len, spans = _row_chunks(r0.shape(name), chunk)
@@ -795,8 +938,7 @@ def analyze_weights(
                 for a, b in spans
             )
         for y, idx in blocks:
-            _check_finite(y, steps, name)
-            blk = _analyze_block(y, x, idx, key, thr, eff_unique)
+            blk = _analyze_block(y, x, idx, key, thr, eff_unique, steps, name)
             cnt["sampled"] += blk.n
             cnt["kept"] += int(blk.keep.sum())
             cnt["small"] += blk.small
@@ -825,6 +967,8 @@ def analyze_weights(
                             "r2": float(blk.fit.r2[j]),
                         }
                     )
+        for src in sources:  # bounded open files whatever the number of checkpoints and shards
+            src.close()
         layer, module = parse_param_name(name)
         tensors.append(
             TensorStats(
@@ -845,6 +989,8 @@ def analyze_weights(
         )
         for k in glob:
             glob[k].merge(loc[k])
+    for src in sources:
+        src.close()
     rng = np.random.default_rng(seed)
     examples = [candidates[i] for i in sorted(rng.choice(len(candidates), min(n_examples, len(candidates)), False))]
     for e in examples:
@@ -1186,12 +1332,11 @@ def analyze_logprobs(
     probe_index = np.repeat(np.arange(len(enc)), lens)
     position = np.concatenate([np.arange(n) for n in lens]) if lens else np.zeros(0, np.int64)
     x = np.asarray(trajectory.steps, dtype=np.float64)
-    y = logp.astype(np.float64)
-    change = y[-1] - y[0]
+    change = logp[-1].astype(np.float64) - logp[0]
     eligible = np.flatnonzero(np.abs(change) > min_change)
     rng = np.random.default_rng(seed)
     sampled = np.sort(rng.choice(eligible, size=min(max_positions, eligible.size), replace=False))
-    ys = y[:, sampled]
+    ys = logp[:, sampled].astype(np.float64)
     fit = _fit_tn(ys, x)
     null = _null_tn(ys, sampled, stable_key("logprobs", seed))
     # examples: tokens with the largest change among the sampled ones
@@ -1544,7 +1689,7 @@ def forecast(
     trajectory: Trajectory,
     fit_until_step: int,
     probes: Sequence[Probe] | str | Path | None = None,
-    chunk: int = 1 << 20,
+    chunk: int = 1 << 16,
     keys: Sequence[str] | None = None,
     batch_size: int = 8,
     device: str | torch.device | None = None,
@@ -1578,17 +1723,20 @@ def forecast(
             acc["err2"] += ((pred - true) ** 2).sum(axis=1)
             acc["naive2"] += ((y[F - 1][None, :] - true) ** 2).sum(axis=1)
             acc["true2"] += (true**2).sum(axis=1)
+        for src in sources:
+            src.close()
         tensors.append({"name": name, "numel": r0.numel(name), **{k: v.tolist() for k, v in acc.items()}})
     lp_res = None
     if probes is not None:
         logp, _, _ = score_trajectory(trajectory, _as_probes(probes), batch_size, device, dtype, progress)
         _check_finite(logp, steps, "log-probs")
-        y = logp.astype(np.float64)
-        fit = _fit_tn(y[:F], xf)
-        pred = fit.intercept[None, :] + xl[:, None] * fit.slope[None, :]
-        lp_res = {
-            "tokens": int(y.shape[1]),
-            "mae": np.abs(pred - y[F:]).mean(axis=1).tolist(),
-            "naive_mae": np.abs(y[F - 1][None, :] - y[F:]).mean(axis=1).tolist(),
-        }
+        err, naive = np.zeros(len(xl)), np.zeros(len(xl))
+        for a in range(0, logp.shape[1], chunk):  # float64 work arrays of chunk tokens only
+            y = logp[:, a : a + chunk].astype(np.float64)
+            fit = _fit_tn(y[:F], xf)
+            pred = fit.intercept[None, :] + xl[:, None] * fit.slope[None, :]
+            err += np.abs(pred - y[F:]).sum(axis=1)
+            naive += np.abs(y[F - 1][None, :] - y[F:]).sum(axis=1)
+        n = max(logp.shape[1], 1)
+        lp_res = {"tokens": int(logp.shape[1]), "mae": (err / n).tolist(), "naive_mae": (naive / n).tolist()}
     return ForecastResult(steps[:F], steps[F:], tensors, lp_res)

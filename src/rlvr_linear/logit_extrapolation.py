@@ -53,7 +53,6 @@ Scoring (:func:`score`) teacher-forces given responses and returns, per response
 from __future__ import annotations
 
 import inspect
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,7 +60,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .checkpoints import step_of_path
 from .errors import RlvrLinearError
+from .weight_extrapolation import alpha_from_steps
 
 __all__ = [
     "DecodeOutput",
@@ -88,13 +89,6 @@ _RNG_BLOCK = 64
 def pair_weights(alpha: float) -> list[float]:
     """Weights ``[1 - alpha, alpha]`` of checkpoints (a, b): ``l = l_a + alpha (l_b - l_a)``."""
     return [1.0 - float(alpha), float(alpha)]
-
-
-def alpha_from_steps(step_a: int, step_b: int, target_step: float) -> float:
-    """``alpha = (target - a) / (b - a)``: the paper's extrapolation coefficient."""
-    if step_b == step_a:
-        raise RlvrLinearError(f"cannot extrapolate from two checkpoints at the same step ({step_a})")
-    return (float(target_step) - step_a) / (step_b - step_a)
 
 
 def mix_logits(logits_list: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
@@ -235,17 +229,9 @@ def check_tokenizers(tokenizers: Sequence) -> None:
                 )
 
 
-_STEP_RE = [re.compile(p) for p in (r"^step_(\d+)$", r"^checkpoint-(\d+)$", r"^global_step_(\d+)$", r"^step-(\d+)$")]
-
-
 def infer_step(path: str | Path) -> int | None:
     """Training step from a checkpoint path (``step_N``, ``checkpoint-N``, ``global_step_N/actor/huggingface``)."""
-    for part in reversed(Path(path).parts):
-        for pat in _STEP_RE:
-            m = pat.match(part)
-            if m:
-                return int(m.group(1))
-    return None
+    return step_of_path(path)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -228,3 +228,158 @@ def plot_forecast_errors(
     fig.suptitle(title)
     fig.tight_layout()
     return _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------------------
+# Study figures (rlvr_linear.study)
+
+
+def plot_curves(
+    path: str | Path,
+    series: dict,
+    *,
+    xlabel: str = "step",
+    ylabel: str = "value",
+    title: str = "",
+    hlines: Sequence[float] | None = None,
+) -> Path:
+    """Line plot of several curves: ``series[label] = (x, y, band)`` with ``band`` None or ``(lo, hi)`` arrays.
+
+    ``hlines`` are drawn as dashed grey horizontal lines (e.g. accuracy thresholds).
+    """
+    fig = Figure(figsize=(7.5, 4.5))
+    ax = fig.subplots()
+    for i, (label, (x, y, band)) in enumerate(series.items()):
+        xs = np.asarray(x, dtype=np.float64)
+        ys = np.asarray([np.nan if v is None else v for v in y], dtype=np.float64)
+        ax.plot(xs, ys, "o-" if i == 0 else ".-", label=str(label), linewidth=2.0 if i == 0 else 1.2, markersize=4)
+        if band is not None:
+            ax.fill_between(xs, np.asarray(band[0], float), np.asarray(band[1], float), alpha=0.2)
+    for h in hlines or []:
+        ax.axhline(h, color="0.5", linestyle="--", linewidth=0.8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_r2_compare(path: str | Path, groups: dict, *, bins: int = 50, title: str = "", threshold: float = 0.7) -> Path:
+    """Overlaid density histograms (step outlines) of several R² samples: ``groups[label] = values``."""
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    for label, v in groups.items():
+        v = np.asarray(v, dtype=np.float64).ravel()
+        v = v[np.isfinite(v)]
+        if v.size:
+            c = np.histogram(v, bins=edges)[0].astype(np.float64)
+            ax.stairs(c / c.sum() / np.diff(edges), edges, linewidth=1.8, label=f"{label} (n={v.size})")
+    ax.axvline(threshold, color="k", linestyle="--", linewidth=1, label=f"R² = {threshold}")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("R² of value vs step")
+    ax.set_ylabel("density")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_r2_settings(path: str | Path, labels: Sequence[str], panels: dict, *, title: str = "") -> Path:
+    """The paper's Figure 2 layout: per setting a dot at the median and a line over the IQR, one panel per kind.
+
+    ``panels[name] = [(q1, median, q3, null_median), ...]`` (one tuple per label; None values are skipped).
+    """
+    fig = Figure(figsize=(5 * len(panels), 0.45 * len(labels) + 1.8))
+    axes = np.atleast_1d(fig.subplots(1, len(panels), squeeze=False)).ravel()
+    y = np.arange(len(labels))[::-1]
+    for ax, (name, rows) in zip(axes, panels.items()):
+        for yi, (q1, med, q3, nul) in zip(y, rows):
+            if q1 is not None and q3 is not None:
+                ax.plot([q1, q3], [yi, yi], "-", color="tab:blue", linewidth=2)
+            if med is not None:
+                ax.plot([med], [yi], "o", color="tab:blue")
+                ax.text(med, yi + 0.18, f"{med:.2f}", ha="center", fontsize=7)
+            if nul is not None:
+                ax.plot([nul], [yi], "s", color="tab:red", markersize=4)
+        ax.axvline(0.7, color="k", linestyle="--", linewidth=0.8)
+        ax.set_xlim(0, 1)
+        ax.set_yticks(y, labels=list(labels), fontsize=8)
+        ax.set_xlabel("R²")
+        ax.set_title(name, fontsize=10)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_snr_curve(
+    path: str | Path,
+    labels: Sequence[str],
+    weighted_median: Sequence[float | None],
+    weighted_mean: Sequence[float | None],
+    *,
+    sft_median: float | None = None,
+    sft_mean: float | None = None,
+    paper: dict | None = None,
+    title: str = "",
+) -> Path:
+    """Weighted median / mean R² per SNR setting (categorical x axis), vanilla SFT as dotted lines, paper values grey.
+
+    ``paper`` (optional): ``snr_db`` labels and ``weighted_median_r2`` values, drawn where the labels match ours.
+    """
+    x = np.arange(len(labels))
+    fig = Figure(figsize=(8, 4.5))
+    ax = fig.subplots()
+
+    def arr(v):
+        return np.asarray([np.nan if a is None else a for a in v], dtype=np.float64)
+
+    ax.plot(x, arr(weighted_median), "o-", color="tab:blue", label="ours: weighted median R²")
+    ax.plot(x, arr(weighted_mean), "s--", color="tab:green", label="ours: weighted mean R²")
+    if sft_median is not None:
+        ax.axhline(sft_median, color="tab:blue", linestyle=":", label=f"ours: vanilla SFT median {sft_median:.3f}")
+    if sft_mean is not None:
+        ax.axhline(sft_mean, color="tab:green", linestyle=":", label=f"ours: vanilla SFT mean {sft_mean:.3f}")
+    if paper:
+        lookup = {str(k).replace(" dB", ""): v for k, v in zip(paper["snr_db"], paper["weighted_median_r2"])}
+        pv = [lookup.get(lab.replace(" dB", ""), np.nan) for lab in labels]
+        ax.plot(x, pv, "x-", color="0.55", label="paper: weighted median R² (measured)")
+        if paper.get("sft_baseline_median") is not None:
+            ax.axhline(paper["sft_baseline_median"], color="0.55", linestyle=":", linewidth=0.8)
+    ax.set_xticks(x, labels=list(labels), fontsize=8)
+    ax.set_xlabel("token-level SNR")
+    ax.set_ylabel("active-parameter weighted R²")
+    ax.set_ylim(0, 1)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_extrapolation(
+    path: str | Path,
+    real_curve: tuple[Sequence[float], Sequence[float]],
+    curves: dict,
+    *,
+    title: str = "",
+    ylabel: str = "validation greedy accuracy",
+) -> Path:
+    """Accuracy of extrapolated models vs target step (one curve per t1, with CI error bars) over the real RL curve.
+
+    ``curves[label] = (targets, means, [(lo, hi), ...])``; ``real_curve = (steps, accuracy)``.
+    """
+    fig = Figure(figsize=(7.5, 4.5))
+    ax = fig.subplots()
+    ax.plot(real_curve[0], real_curve[1], "k.-", linewidth=2, label="real RL checkpoints")
+    for label, (xs, ys, cis) in curves.items():
+        ys = np.asarray([np.nan if v is None else v for v in ys], dtype=np.float64)
+        lo = np.asarray([np.nan if c[0] is None else c[0] for c in cis], dtype=np.float64)
+        hi = np.asarray([np.nan if c[1] is None else c[1] for c in cis], dtype=np.float64)
+        ax.errorbar(xs, ys, yerr=[ys - lo, hi - ys], fmt="o-", capsize=3, label=f"extrapolated, {label}")
+    ax.set_xlabel("target step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)

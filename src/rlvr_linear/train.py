@@ -164,7 +164,14 @@ class TrajectoryCallback(TrainerCallback):
     """Saves ``RUN/step_N`` every ``save_every`` steps, updates the manifest, logs metrics, shows progress."""
 
     def __init__(
-        self, run: Path, cfg: TrainConfig, task, tokenizer, step_offset: int = 0, manifest: dict | None = None
+        self,
+        run: Path,
+        cfg: TrainConfig,
+        task,
+        tokenizer,
+        step_offset: int = 0,
+        manifest: dict | None = None,
+        progress: bool = True,
     ):
         self.run, self.cfg, self.task, self.tok = run, cfg, task, tokenizer
         self.offset = step_offset
@@ -172,7 +179,7 @@ class TrajectoryCallback(TrainerCallback):
         self.rewards: list[float] = []
         self.t0 = time.time() - self.manifest.get("wall_time", 0.0)
         self.val = self.task.problems("validation", cfg.eval_problems)
-        self.bar = tqdm(total=cfg.steps, initial=step_offset, desc="RL", dynamic_ncols=True)
+        self.bar = tqdm(total=cfg.steps, initial=step_offset, desc="RL", dynamic_ncols=True, disable=not progress)
         self.last_acc = self.manifest["checkpoints"][-1].get("val_accuracy") if self.manifest["checkpoints"] else None
         self.optimizer = None
         self.regrounder = None
@@ -362,7 +369,7 @@ def train(cfg: TrainConfig, run: str | Path, overwrite: bool = False, progress: 
         gradient_checkpointing=False,
         **cfg.grpo_extra,
     )
-    cb = TrajectoryCallback(run, cfg, task, tok, step_offset=offset, manifest=manifest)
+    cb = TrajectoryCallback(run, cfg, task, tok, step_offset=offset, manifest=manifest, progress=progress)
     callbacks = [cb]
     if cfg.reground:
         from .regrounding import ReGroundingCallback

@@ -59,10 +59,10 @@ from .checkpoints import (
     ShardedWriter,
     TensorReader,
     Trajectory,
-    _step_of,
     copy_model_files,
     discover,
     find_model_dir,
+    step_of_path,
 )
 from .errors import RlvrLinearError
 from .io import atomic_dir, read_json, write_json
@@ -152,15 +152,8 @@ def parse_size(text: str | int) -> int:
     return value
 
 
-def step_from_path(path: str | Path) -> int | None:
-    """The training step encoded in a checkpoint path (``step_N``, ``checkpoint-N``, ``global_step_N``).
-
-    Climbs out of verl's ``global_step_N/actor/huggingface`` layout; any other name gives None.
-    """
-    p = Path(path).resolve()
-    while p.name in ("huggingface", "actor") and p.parent != p:
-        p = p.parent
-    return _step_of(p.name)
+#: kept for callers of the old name
+step_from_path = step_of_path
 
 
 def tensor_policy(name: str, dtype: torch.dtype, norms: str = "copy") -> tuple[str, str]:

@@ -51,9 +51,13 @@ def _probe_args(p: argparse.ArgumentParser, required: bool) -> None:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "analyze", help="trajectory linearity: R² of weights, log-probs, activations; forecasts",
-        description=__doc__.split("\n\n")[0],
-    )  # fmt: skip
+        "analyze",
+        help="trajectory linearity: R² of weights, log-probs, activations; forecasts",
+        description="How linear is a training trajectory? R² of weights, teacher-forced log-probs and "
+        "activations vs step, each next to its null baseline; forecasts of later checkpoints.",
+        epilog="examples:\n" + __doc__.split("Examples::\n\n")[1].split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="analyze_command", metavar="{weights,logprobs,activations,forecast}")
 
     w = sub.add_parser("weights", help="per-parameter R² of weight vs step (+ null baseline)")
@@ -65,7 +69,7 @@ def register(subparsers) -> None:
         "--min-abs-change", type=float, help="filter 1 threshold (default: 1e-4 for bf16, scaled by eps for others)"
     )
     w.add_argument("--min-unique", type=int, default=4, help="filter 2: distinct values needed (default 4)")
-    w.add_argument("--chunk", type=int, default=1 << 20, help="elements per chunk with --all (default 2^20)")
+    w.add_argument("--chunk", type=int, default=1 << 16, help="elements per chunk with --all (default 2^16)")
     w.set_defaults(func=cmd_weights)
 
     lp = sub.add_parser("logprobs", help="per-token R² of teacher-forced log-probs (+ null baseline)")
@@ -84,7 +88,7 @@ def register(subparsers) -> None:
     fc = sub.add_parser("forecast", help="fit lines up to a step, predict later checkpoints, compare to naive")
     _common(fc)
     fc.add_argument("--fit-until", type=int, required=True, metavar="STEP", help="fit on checkpoints with step <= STEP")
-    fc.add_argument("--chunk", type=int, default=1 << 20, help="elements per chunk (default 2^20)")
+    fc.add_argument("--chunk", type=int, default=1 << 16, help="elements per chunk (default 2^16)")
     _probe_args(fc, required=False)
     fc.set_defaults(func=cmd_forecast)
 

@@ -1,0 +1,48 @@
+"""``rlvr-linear study``: reproduce the paper's findings in miniature and write OUT/report.html + OUT/results.json."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "study",
+        help="run the whole study (RL/SFT runs, linearity, robustness, mechanism, extrapolation, re-grounding, report)",
+    )
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--quick", dest="mode", action="store_const", const="quick", help="<= 5 min on 2 CPU cores")
+    g.add_argument("--full", dest="mode", action="store_const", const="full", help="more seeds and steps")
+    p.set_defaults(mode="default")
+    p.add_argument("-o", "--out", required=True, help="output folder (a rerun skips finished stages)")
+    p.add_argument("--model", default="tiny", help="tiny | smollm2-135m | an HF model directory")
+    p.add_argument("--stages", default=None, help="comma-separated subset of: baseline,linearity,robustness,"
+                   "mechanism,weight_extrapolation,logit_extrapolation,regrounding,report (default: all)")  # fmt: skip
+    p.add_argument("--seeds", default=None, help="comma-separated RL seeds (overrides the mode's)")
+    p.add_argument("--steps", type=int, default=None, help="gradient steps per run (overrides the mode's)")
+    p.add_argument("--save-every", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="hide the study's progress bars (the RL trainer's bar stays)",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..study import StudyConfig, parse_stages, run_study
+
+    over = {"rl_steps": args.steps, "save_every": args.save_every, "threads": args.threads}
+    if args.seeds:
+        from ..errors import RlvrLinearError
+
+        try:
+            over["seeds"] = [int(s) for s in args.seeds.split(",") if s.strip()]
+        except ValueError:
+            raise RlvrLinearError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+    cfg = StudyConfig.for_mode(args.mode, model=args.model, **over)
+    results = run_study(cfg, args.out, stages=parse_stages(args.stages), progress=not args.no_progress)
+    print("summary:")
+    for name, sec in results.items():
+        if name != "meta":
+            print(f"  {name:<21} reproduced: {sec['reproduced']:<7} {sec['verdict']}")
+    return 0

@@ -1,0 +1,462 @@
+"""The study's outputs: ``results.json`` (schema :data:`RESULTS_SCHEMA`, checked by :func:`validate_results`) and a
+self-contained ``report.html`` (figures embedded as base64 PNG; no external asset, script, font or link).
+
+``results.json``::
+
+    {
+      "meta": {version, mode, model, seeds, wall_time_s, machine, created, stages, config, banner},
+      "<section>": {title, seeds, numbers, paper, reproduced, verdict, figures, wall_s},   # one per finished stage
+      ...
+    }
+
+Sections are the study's stages (``baseline``, ``linearity``, ``robustness``, ``mechanism``, ``weight_extrapolation``,
+``logit_extrapolation``, ``regrounding``); a stage that has not run is absent. ``reproduced`` is one of ``yes``,
+``partly``, ``no``, ``n/a``; ``verdict`` is one sentence; ``paper`` holds the paper's numbers next to ours.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from .errors import RlvrLinearError
+from .io import read_json, write_json, write_text
+
+SECTIONS = [
+    "baseline",
+    "linearity",
+    "robustness",
+    "mechanism",
+    "weight_extrapolation",
+    "logit_extrapolation",
+    "regrounding",
+]
+REPRODUCED = ["yes", "partly", "no", "n/a"]
+BANNER = (
+    "This is a tiny-model miniature of arXiv 2601.04537: models with 0.1-1 M parameters on 2-digit addition, tens "
+    "to hundreds of RL steps on a CPU. The paper used a 1.5B model, thousands of GPU hours and AIME/MATH/LCB. "
+    "Read the numbers as a check of the qualitative claims, not of the paper's magnitudes."
+)
+
+_SECTION_SCHEMA = {
+    "type": "object",
+    "required": ["title", "seeds", "numbers", "paper", "reproduced", "verdict", "figures"],
+    "properties": {
+        "title": {"type": "string"},
+        "seeds": {"type": "array", "items": {"type": "integer"}},
+        "numbers": {"type": "object"},
+        "paper": {"type": "object"},
+        "reproduced": {"type": "string", "enum": REPRODUCED},
+        "verdict": {"type": "string", "minLength": 1},
+        "figures": {"type": "array", "items": {"type": "string"}},
+        "wall_s": {"type": ["number", "null"]},
+    },
+    "additionalProperties": False,
+}
+
+#: JSON-Schema-like description of results.json (checked by :func:`validate_results`)
+RESULTS_SCHEMA: dict = {
+    "type": "object",
+    "required": ["meta"],
+    "properties": {
+        "meta": {
+            "type": "object",
+            "required": ["version", "mode", "model", "seeds", "wall_time_s", "machine", "created", "stages"],
+            "properties": {
+                "version": {"type": "string"},
+                "mode": {"type": "string", "enum": ["quick", "default", "full"]},
+                "model": {"type": "string"},
+                "seeds": {"type": "array", "items": {"type": "integer"}},
+                "wall_time_s": {"type": "number"},
+                "machine": {"type": "object"},
+                "created": {"type": "string"},
+                "stages": {"type": "object"},
+                "config": {"type": "object"},
+                "banner": {"type": "string"},
+            },
+            "additionalProperties": False,
+        },
+        **{s: _SECTION_SCHEMA for s in SECTIONS},
+    },
+    "additionalProperties": False,
+}
+
+_TYPES = {
+    "object": dict,
+    "array": list,
+    "string": str,
+    "integer": int,
+    "number": (int, float),
+    "boolean": bool,
+    "null": type(None),
+}
+
+
+def _check(schema: dict, value: Any, path: str, errors: list[str]) -> None:
+    types = schema.get("type")
+    if types is not None:
+        tl = [types] if isinstance(types, str) else list(types)
+        ok = any(
+            isinstance(value, _TYPES[t]) and not (t in ("integer", "number") and isinstance(value, bool)) for t in tl
+        )
+        if not ok:
+            errors.append(f"{path}: expected {' or '.join(tl)}, got {type(value).__name__}")
+            return
+    if "enum" in schema and value not in schema["enum"]:
+        errors.append(f"{path}: {value!r} is not one of {schema['enum']}")
+    if isinstance(value, str) and len(value) < schema.get("minLength", 0):
+        errors.append(f"{path}: empty string")
+    if isinstance(value, dict):
+        for k in schema.get("required", []):
+            if k not in value:
+                errors.append(f"{path}: missing required field {k!r}")
+        props = schema.get("properties", {})
+        for k, v in value.items():
+            if k in props:
+                _check(props[k], v, f"{path}.{k}", errors)
+            elif schema.get("additionalProperties", True) is False:
+                errors.append(f"{path}: unexpected field {k!r}")
+    if isinstance(value, list) and "items" in schema:
+        for i, v in enumerate(value):
+            _check(schema["items"], v, f"{path}[{i}]", errors)
+
+
+def results_errors(obj: Any, schema: dict = RESULTS_SCHEMA) -> list[str]:
+    """Every violation of ``schema`` in ``obj`` (empty list: valid)."""
+    errors: list[str] = []
+    _check(schema, obj, "results", errors)
+    return errors
+
+
+def validate_results(obj: Any) -> None:
+    """Raise :class:`RlvrLinearError` listing every schema violation of a results object."""
+    errors = results_errors(obj)
+    if errors:
+        raise RlvrLinearError("results.json does not match its schema:\n  " + "\n  ".join(errors))
+
+
+# --------------------------------------------------------------------------------------------------
+# Collect
+
+
+def collect_results(out: str | Path, cfg, machine: dict | None = None, timings: dict | None = None) -> dict:
+    """Assemble the results object from ``OUT/<stage>/result.json`` files and the study config."""
+    from dataclasses import asdict
+
+    from . import __version__
+
+    out = Path(out)
+    res: dict = {}
+    stages = {}
+    for s in SECTIONS:
+        p = out / s / "result.json"
+        if p.exists():
+            res[s] = read_json(p)
+            stages[s] = {"status": "done", "wall_s": res[s].get("wall_s")}
+        else:
+            stages[s] = {"status": "not run", "wall_s": None}
+    total = float(sum(v for v in (timings or {}).values() if isinstance(v, (int, float))))
+    meta = {
+        "version": __version__,
+        "mode": cfg.mode,
+        "model": cfg.model,
+        "seeds": list(cfg.seeds),
+        "wall_time_s": round(total, 1),
+        "machine": machine or {},
+        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "stages": stages,
+        "config": json.loads(json.dumps(asdict(cfg))),
+        "banner": BANNER,
+    }
+    return {"meta": meta, **res}
+
+
+# --------------------------------------------------------------------------------------------------
+# HTML
+
+_CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:24px auto;padding:0 16px;
+color:#222;line-height:1.45}
+h1{font-size:1.6em;margin-bottom:4px}h2{margin-top:36px;border-bottom:1px solid #ddd;padding-bottom:4px}
+.banner{background:#fff4d6;border:1px solid #e0b84c;padding:10px 14px;border-radius:6px;margin:12px 0}
+.badge{display:inline-block;padding:2px 10px;border-radius:12px;font-weight:bold;font-size:.85em;margin-left:8px}
+.yes{background:#cdeccd;color:#1d5e1d}.partly{background:#fbe8b5;color:#7a5500}.no{background:#f6cccc;color:#8a1c1c}
+.na{background:#e4e4e4;color:#444}
+table{border-collapse:collapse;margin:8px 0 14px;font-size:.88em}
+td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}th{background:#f3f3f3}
+.verdict{font-size:1.02em;margin:6px 0 10px}.small{color:#666;font-size:.85em}
+img{max-width:100%;border:1px solid #eee;margin:6px 0}
+.cols{display:flex;gap:18px;flex-wrap:wrap}.cols>div{flex:1;min-width:320px}
+pre{background:#f7f7f7;padding:8px;overflow-x:auto;font-size:.8em}
+"""
+
+
+def _f(v: Any, nd: int = 3) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.{nd}f}"
+    return html.escape(str(v))
+
+
+def _ci(d: dict | None, nd: int = 3) -> str:
+    """``mean [lo, hi] (n seeds)`` of a mean_ci dict."""
+    if not d or d.get("mean") is None:
+        return "n/a"
+    n = d.get("n", 1)
+    if n and n > 1:
+        return f"{d['mean']:.{nd}f} [{d['ci_low']:.{nd}f}, {d['ci_high']:.{nd}f}] (n={n})"
+    return f"{d['mean']:.{nd}f} (n=1, no CI)"
+
+
+def _boot(d: dict | None) -> str:
+    if not d:
+        return "n/a"
+    return f"{d['diff']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}] ({d['n_problems']} problems)"
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    h = "".join(f"<th>{html.escape(x)}</th>" for x in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{h}</tr>{body}</table>"
+
+
+def _img(out: Path, rel: str) -> str:
+    p = out / rel
+    if not p.exists():
+        return f'<p class="small">(figure {html.escape(rel)} missing)</p>'
+    data = base64.b64encode(p.read_bytes()).decode()
+    return f'<img alt="{html.escape(rel)}" src="data:image/png;base64,{data}">'
+
+
+def _r2_row(label: str, d: dict, paper: str = "") -> list[str]:
+    return [
+        html.escape(label),
+        _f(d.get("median")),
+        f"{_f(d.get('q1'))}-{_f(d.get('q3'))}",
+        _f(d.get("share_gt_0.7")),
+        _f(d.get("null_median")),
+        _f(d.get("null_share_gt_0.7")),
+        str(d.get("n", "")),
+        paper,
+    ]
+
+
+_R2_HEAD = ["", "median R²", "IQR", "share > 0.7", "null median", "null share > 0.7", "n", "paper median (IQR)"]
+
+
+def _body_baseline(s: dict) -> str:
+    n = s["numbers"]
+    rows = [
+        [html.escape(seed), ", ".join(map(str, r["steps"])), ", ".join(_f(v, 2) for v in r["val_accuracy"]),
+         _f(r.get("wall_time_s"), 0)]
+        for seed, r in n["runs"].items()
+    ]  # fmt: skip
+    return (
+        f"<p>Validation greedy accuracy ({n['eval_problems']} problems): start {_ci(n['val_accuracy_start'])}, "
+        f"end {_ci(n['val_accuracy_end'])}, gain {_ci(n['val_accuracy_gain'])}.</p>"
+        + _table(["seed", "checkpoint steps", "validation accuracy", "wall s"], rows)
+    )
+
+
+def _body_linearity(s: dict) -> str:
+    n, p = s["numbers"], s["paper"]
+
+    def iqr(key: str) -> str:
+        return f"{p[key + '_median']} ({p[key + '_iqr'][0]}-{p[key + '_iqr'][1]})"
+
+    rows = [
+        _r2_row("RL weights", n["rl_weights"], iqr("rl_weight_r2")),
+        _r2_row("RL token log-probs", n["rl_logprobs"], iqr("rl_logprob_r2")),
+        _r2_row("SFT weights", n["sft_weights"], iqr("sft_weight_r2")),
+        _r2_row("SFT token log-probs", n["sft_logprobs"], f"{p['sft_logprob_r2_median']}"),
+    ]
+    fc = n["forecast"]
+    ftxt = (
+        f"<p><b>Forecast</b> (line fitted on steps {', '.join(map(str, fc['fit_steps']))}; predicting "
+        f"{', '.join(map(str, fc['later_steps']))}): relative L2 error of all weights at the last step "
+        f"{_f(fc['weights_rel_err_last'], 5)} vs {_f(fc['weights_naive_rel_err_last'], 5)} for 'no further change'; "
+        f"error ratio to naive per step: {', '.join(_f(v, 2) for v in fc['weights_ratio_to_naive'])}"
+    )
+    if fc.get("logprob_mae"):
+        ftxt += (
+            f"; log-prob MAE {', '.join(_f(v, 3) for v in fc['logprob_mae'])} vs naive "
+            f"{', '.join(_f(v, 3) for v in fc['logprob_naive_mae'])}"
+        )
+    ftxt += ".</p>"
+    return (
+        f"<p>Checkpoints: steps {', '.join(map(str, n['checkpoints']))} (seed {s['seeds'][0]}); weight sampling: "
+        f"{_f(n.get('weight_sampling'))}; {n['probes']} teacher-forced probes (base-model responses). "
+        "Null = the same increments with random signs (driftless).</p>" + _table(_R2_HEAD, rows) + ftxt
+    )
+
+
+def _body_robustness(s: dict) -> str:
+    n, paper = s["numbers"], s["paper"]
+    pmap = {"grpo": "GRPO", "gspo": "GSPO", "sgd": "SGD", "lr_x3": "LR x3 (3e-6)", "group_16": "Rollouts 16"}
+    rows = []
+    for r in n["settings"]:
+        w, lp = r["weights"], r["logprobs"]
+        pp = paper.get(pmap.get(r["setting"], ""), None)
+        ptxt = (
+            f"{pp['weight']} ({pp['weight_iqr'][0]}-{pp['weight_iqr'][1]}); log-prob {pp['logprob']}" if pp else "n/a"
+        )
+        rows.append([html.escape(r["label"]), _f(w["median"]), f"{_f(w['q1'])}-{_f(w['q3'])}", _f(w["null_median"]),
+                     _f(lp["median"]), _f(lp["null_median"]), _f(r["val_accuracy_end"]), ptxt])  # fmt: skip
+    head = ["setting", "weight median R²", "weight IQR", "weight null median", "log-prob median R²",
+            "log-prob null median", "final val acc", "paper weight median (IQR)"]  # fmt: skip
+    return (
+        f"<p>One run per setting, seed {s['seeds'][0]}; SGD lr = {n['sgd_lr_factor']:g} x the AdamW lr.</p>"
+        + _table(head, rows)
+    )
+
+
+def _body_mechanism(s: dict) -> str:
+    n, p = s["numbers"], s["paper"]
+    lookup = {str(k): v for k, v in zip(p["snr_db"], p["weighted_median_r2"])}
+    rows = []
+    for pt in [n["vanilla_sft"], *n["curve"]]:
+        key = pt["label"].replace(" dB", "")
+        pv = p["sft_baseline_median"] if pt["label"] == "vanilla SFT" else lookup.get(key)
+        rows.append([html.escape(pt["label"]), _ci(pt["weighted_median"]), _ci(pt["weighted_mean"]),
+                     _ci(pt["val_accuracy_end"]), _f(pv)])  # fmt: skip
+    return (
+        "<p>Weighted R² = Σ<sub>i</sub> kept<sub>i</sub>·stat<sub>i</sub> / Σ<sub>i</sub> kept<sub>i</sub> over "
+        "tensors i (kept = moved parameters that passed the filters; stat = the tensor's median or mean R²). Noise: "
+        "w<sub>t</sub> = (s + σε<sub>t</sub>)/√(s²+σ²), σ = 10<sup>−SNR/20</sup>.</p>"
+        + _table(["setting", "weighted median R²", "weighted mean R²", "final val acc", "paper weighted median"], rows)
+    )
+
+
+def _body_wx(s: dict) -> str:
+    n = s["numbers"]
+    rows = [
+        [str(r["t1"]), str(r["target"]), _f(r["alpha"], 2), _ci(r["extrapolated"]), _ci(r["real_rl"]),
+         _ci(r["diff_vs_real"]), _ci(r["gain_vs_t1"])]
+        for r in n["rows"]
+    ]  # fmt: skip
+    head = ["t1", "target", "alpha", "extrapolated acc", "real RL acc at target", "extrap − real", "extrap − t1 ckpt"]
+    peaks = "; ".join(
+        f"t1={k}: peak at {v['target']} (alpha {v['alpha']:.2f}, {v['accuracy']:.3f})" for k, v in n["peaks"].items()
+    )
+    return f"<p>{html.escape(n['metric'])} on {n['problems']} problems; base t0 = 0. Peaks: {peaks}.</p>" + _table(
+        head, rows
+    )
+
+
+def _body_logit(s: dict) -> str:
+    n, p = s["numbers"], s["paper"]
+    rows = [
+        [str(r["seed"]), _f(r["std_rl"], 4), _f(r["extrapolated"], 4), _boot(r["bootstrap"])] for r in n["per_seed"]
+    ]
+    return (
+        f"<p>Logit extrapolation from step {n['base_step']} and step {n['second_step']} (last) with alpha "
+        f"{n['alpha']} (nominal target step {_f(n['target_step'], 1)}); avg@{n['k']} at T = 0.6, top-p 0.95 on "
+        f"{n['problems']} {n['split']} problems. Last RL checkpoint: {_ci(n['std_rl_avg_at_k'], 4)}; extrapolated: "
+        f"{_ci(n['extrapolated_avg_at_k'], 4)}; difference over seeds {_ci(n['diff_over_seeds'], 4)}; pooled paired "
+        f"bootstrap over problems {_boot(n['pooled_paired_bootstrap'])}; relative "
+        f"{_f(n['relative_improvement_%'], 2)}%. Paper: {p['std_rl_avg']} -> {p['ours_avg']} "
+        f"(+{p['relative_improvement_%']}%).</p>"
+        + _table(["seed", "last RL avg@k", "extrapolated avg@k", "paired bootstrap diff [95% CI]"], rows)
+    )
+
+
+def _body_regrounding(s: dict) -> str:
+    n = s["numbers"]
+    sp_rows = [
+        [html.escape(r["config"]), _f(r["threshold"]), str(r["std_steps"]), str(r["reground_steps"]), r["reached"],
+         _ci(r["speedup"], 2)]
+        for r in n["speedups"]
+    ]  # fmt: skip
+    b_rows = [
+        [html.escape(r["config"]), str(r["gradient_steps"]), _ci(r["standard"]), _ci(r["reground"]), _ci(r["diff"]),
+         _f(r["relative_%"], 1), _boot(r["pooled_paired_bootstrap"])]
+        for r in n["fixed_budgets"]
+    ]  # fmt: skip
+    walls = "; ".join(f"{k}: {_ci(v, 1)} s" for k, v in n["wall_time_s"].items())
+    return (
+        f"<p>Thresholds ({html.escape(n['threshold_rule'])}): {', '.join(_f(t) for t in n['thresholds'])}. Steps are "
+        f"gradient steps; optimizer state after a jump: {html.escape(n['optimizer_after_jump'])}.</p>"
+        + _table(["config (M,N)", "threshold", "standard steps", "re-grounded steps", "reached", "speedup"], sp_rows)
+        + f"<p>Fixed gradient budgets: greedy test accuracy on {n['budget_problems']} problems.</p>"
+        + _table(["config", "gradient steps", "standard", "re-grounded", "diff", "rel %", "pooled bootstrap"], b_rows)
+        + f"<p class='small'>Wall time per run including jumps and evaluations: {walls}.</p>"
+    )
+
+
+_BODIES = {
+    "baseline": _body_baseline,
+    "linearity": _body_linearity,
+    "robustness": _body_robustness,
+    "mechanism": _body_mechanism,
+    "weight_extrapolation": _body_wx,
+    "logit_extrapolation": _body_logit,
+    "regrounding": _body_regrounding,
+}
+
+
+def render_html(results: dict, out: str | Path) -> str:
+    """The report as one HTML string; figures (paths relative to ``out``) are inlined as base64 PNG."""
+    out = Path(out)
+    m = results["meta"]
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        "<title>rlvr-linear study report</title>",
+        f"<style>{_CSS}</style></head><body>",
+        "<h1>rlvr-linear: linear dynamics of RLVR, reproduced in miniature</h1>",
+        f"<div class='banner'><b>Tiny-model miniature.</b> {html.escape(m.get('banner', BANNER))}</div>",
+        f"<p class='small'>rlvr-linear {html.escape(m['version'])}; mode <b>{html.escape(m['mode'])}</b>; model "
+        f"{html.escape(m['model'])}; seeds {m['seeds']}; total stage wall time {m['wall_time_s']:.0f} s; "
+        f"created {html.escape(m['created'])}; machine: {html.escape(json.dumps(m['machine']))}.</p>",
+    ]
+    summary = []
+    for s in SECTIONS:
+        if s in results:
+            r = results[s]
+            cls = r["reproduced"].replace("/", "")
+            badge = f"<span class='badge {cls}'>{r['reproduced']}</span>"
+            summary.append([f"<a href='#{s}'>{html.escape(r['title'])}</a>", badge, html.escape(r["verdict"])])
+        else:
+            summary.append([html.escape(s), "<span class='badge na'>not run</span>", ""])
+    parts.append("<h2>Summary</h2>" + _table(["section", "reproduced?", "verdict"], summary))
+    for s in SECTIONS:
+        if s not in results:
+            continue
+        r = results[s]
+        cls = r["reproduced"].replace("/", "")
+        parts.append(f"<h2 id='{s}'>{html.escape(r['title'])}<span class='badge {cls}'>reproduced: "
+                     f"{r['reproduced']}</span></h2>")  # fmt: skip
+        parts.append(f"<p class='verdict'><b>Verdict.</b> {html.escape(r['verdict'])}</p>")
+        parts.append(f"<p class='small'>Seeds: {r['seeds']}; stage wall time {_f(r.get('wall_s'), 0)} s.</p>")
+        try:
+            parts.append(_BODIES[s](r))
+        except (KeyError, TypeError, ValueError) as e:  # a malformed section still shows its raw numbers
+            parts.append(f"<p class='small'>(table unavailable: {html.escape(repr(e))})</p>")
+        parts.append(
+            "<details><summary>Paper's numbers</summary><pre>"
+            + html.escape(json.dumps(r["paper"], indent=1, ensure_ascii=False))
+            + "</pre></details>"
+        )
+        figs = r.get("figures", [])
+        if figs:
+            parts.append("<div class='cols'>" + "".join(f"<div>{_img(out, f)}</div>" for f in figs) + "</div>")
+        parts.append(
+            "<details><summary>All numbers (JSON)</summary><pre>"
+            + html.escape(json.dumps(r["numbers"], indent=1, ensure_ascii=False)[:60000])
+            + "</pre></details>"
+        )
+    parts.append("<p class='small'>Protocol, noise model and verdict rules: docs/study.md.</p></body></html>")
+    return "\n".join(parts)
+
+
+def write_report(results: dict, out: str | Path) -> dict:
+    """Validate ``results``, write ``OUT/results.json`` and ``OUT/report.html`` atomically; returns both paths."""
+    out = Path(out)
+    validate_results(results)
+    j = write_json(out / "results.json", results)
+    h = write_text(out / "report.html", render_html(results, out))
+    return {"json": j, "html": h}

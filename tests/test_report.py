@@ -1,0 +1,92 @@
+import copy
+import re
+
+import numpy as np
+import pytest
+
+from rlvr_linear import plots
+from rlvr_linear.errors import RlvrLinearError
+from rlvr_linear.report import RESULTS_SCHEMA, render_html, results_errors, validate_results, write_report
+
+
+def _ci(m):
+    return {"mean": m, "std": 0.0, "ci_low": m, "ci_high": m, "n": 1}
+
+
+def _good(fig="baseline/curve.png"):
+    return {
+        "meta": {
+            "version": "0.1.0", "mode": "quick", "model": "tiny", "seeds": [0], "wall_time_s": 12.5,
+            "machine": {"cpus": 2}, "created": "2026-01-01 00:00:00", "stages": {"baseline": {"status": "done"}},
+        },
+        "baseline": {
+            "title": "Baseline RL runs", "seeds": [0],
+            "numbers": {"runs": {"0": {"steps": [0, 5], "val_accuracy": [0.2, 0.3], "wall_time_s": 3.0}},
+                        "val_accuracy_start": _ci(0.2), "val_accuracy_end": _ci(0.3),
+                        "val_accuracy_gain": _ci(0.1), "eval_problems": 10},
+            "paper": {"note": "n/a"}, "reproduced": "n/a", "verdict": "RL raised accuracy.",
+            "figures": [fig], "wall_s": 3.1,
+        },
+    }  # fmt: skip
+
+
+def test_schema_accepts_a_good_object():
+    assert results_errors(_good()) == []
+    validate_results(_good())
+    sec = RESULTS_SCHEMA["properties"]["baseline"]["properties"]
+    assert sec["reproduced"]["enum"] == ["yes", "partly", "no", "n/a"]
+
+
+def test_schema_rejects_broken_objects():
+    bad = copy.deepcopy(_good())
+    bad["baseline"]["reproduced"] = "maybe"
+    del bad["meta"]["seeds"]
+    bad["meta"]["wall_time_s"] = "fast"
+    bad["surprise"] = {}
+    errs = results_errors(bad)
+    assert "results.baseline.reproduced: 'maybe' is not one of ['yes', 'partly', 'no', 'n/a']" in errs
+    assert "results.meta: missing required field 'seeds'" in errs
+    assert "results.meta.wall_time_s: expected number, got str" in errs
+    assert "results: unexpected field 'surprise'" in errs
+    with pytest.raises(RlvrLinearError, match="results.json does not match its schema"):
+        validate_results(bad)
+    bad2 = copy.deepcopy(_good())
+    bad2["baseline"]["seeds"] = [True]
+    assert results_errors(bad2) == ["results.baseline.seeds[0]: expected integer, got bool"]
+    bad3 = copy.deepcopy(_good())
+    bad3["baseline"]["verdict"] = ""
+    assert results_errors(bad3) == ["results.baseline.verdict: empty string"]
+
+
+def test_html_embeds_figures_and_has_no_external_assets(tmp_path):
+    plots.plot_curves(tmp_path / "baseline" / "curve.png", {"RL": ([0, 5], [0.2, 0.3], None)})
+    res = _good()
+    paths = write_report(res, tmp_path)
+    page = paths["html"].read_text()
+    assert page.count('src="data:image/png;base64,') == 1
+    assert not re.search(r'(src|href)\s*=\s*["\']?\s*(https?:)?//', page, flags=re.I)
+    assert "Tiny-model miniature" in page
+    assert "reproduced: n/a" in page and "RL raised accuracy." in page
+    assert "0.300 (n=1, no CI)" in page  # every number comes with its seeds / CI
+    assert paths["json"].exists()
+    # a missing figure is reported, not fatal; an invalid object is refused before anything is written
+    page2 = render_html(_good(fig="nope.png"), tmp_path)
+    assert "(figure nope.png missing)" in page2
+    broken = _good()
+    broken["baseline"]["reproduced"] = "?"
+    with pytest.raises(RlvrLinearError):
+        write_report(broken, tmp_path / "other")
+    assert not (tmp_path / "other" / "report.html").exists()
+
+
+def test_study_plots_write_pngs(tmp_path):
+    p1 = plots.plot_r2_compare(tmp_path / "a.png", {"RL": np.linspace(0, 1, 50), "SFT": np.linspace(0, 0.5, 50)})
+    p2 = plots.plot_r2_settings(tmp_path / "b.png", ["x", "y"], {"w": [(0.1, 0.5, 0.9, 0.4), (None, 0.6, None, None)]})
+    paper = {"snr_db": [0, -10], "weighted_median_r2": [0.43, 0.58], "sft_baseline_median": 0.43}
+    p3 = plots.plot_snr_curve(
+        tmp_path / "c.png", ["0 dB", "-10 dB"], [0.5, 0.6], [0.4, None], sft_median=0.45, paper=paper
+    )
+    curves = {"t1 = 5": ([10], [0.25], [(0.2, 0.3)])}
+    p4 = plots.plot_extrapolation(tmp_path / "d.png", ([0, 5, 10], [0.1, 0.2, 0.3]), curves)
+    for p in (p1, p2, p3, p4):
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

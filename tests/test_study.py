@@ -1,0 +1,143 @@
+import json
+import shutil
+import subprocess
+from types import SimpleNamespace
+
+import pytest
+
+from rlvr_linear.cli import main
+from rlvr_linear.errors import RlvrLinearError
+from rlvr_linear.report import SECTIONS, validate_results
+from rlvr_linear.study import (
+    StudyConfig,
+    _verdict_linearity,
+    _verdict_logit,
+    _verdict_mechanism,
+    _verdict_wx,
+    active_weighted,
+    first_reach,
+    parse_stages,
+    plan,
+    snap,
+    wx_targets,
+)
+
+
+def _ci(m):
+    return {"mean": m, "std": 0.0, "ci_low": m, "ci_high": m, "n": 1}
+
+
+def test_config_modes_and_errors():
+    q = StudyConfig.for_mode("quick")
+    assert q.seeds == [0] and q.rl_steps == 60 and q.base_recipe["hidden_size"] == 64
+    d = StudyConfig.for_mode("default")
+    assert d.seeds == [0, 1, 2] and d.rl_steps == 200 and d.base_recipe is None
+    assert d.reground_specs == ["10,10", "30,30", "30,60", "2,10"]
+    assert StudyConfig.for_mode("quick", rl_steps=30).rl_steps == 30
+    with pytest.raises(RlvrLinearError, match="unknown study mode 'huge'"):
+        StudyConfig.for_mode("huge")
+    with pytest.raises(RlvrLinearError, match="must hold at least 3 save intervals"):
+        StudyConfig.for_mode("quick", rl_steps=10)
+    with pytest.raises(RlvrLinearError, match="unknown robustness settings"):
+        StudyConfig.for_mode("quick", robustness=["adam9"])
+    with pytest.raises(RlvrLinearError, match=r"unknown study settings \['colour'\]"):
+        StudyConfig.for_mode("quick", colour=1)
+    assert [r["stage"] for r in plan(q, parse_stages(None))] == parse_stages("all")
+
+
+def test_parse_stages_orders_and_rejects():
+    assert parse_stages("report,baseline") == ["baseline", "report"]
+    with pytest.raises(RlvrLinearError, match=r"unknown stages \['nope'\]"):
+        parse_stages("baseline,nope")
+
+
+def test_protocol_helpers():
+    assert snap(7.4, 5) == 5 and snap(8, 5) == 10 and snap(0, 5, lo=5) == 5 and snap(99, 5, hi=60) == 60
+    steps = list(range(0, 61, 5))
+    assert wx_targets(15, steps, 4.0, 4) == [20, 35, 45, 60]  # 9 candidates in (15, 60], evenly spread
+    assert wx_targets(45, steps, 4.0, 4) == [50, 55, 60]
+    assert wx_targets(10, steps, 2.0, 4) == [15, 20]
+    assert first_reach([0, 5, 10], [0.1, None, 0.4], 0.3) == 10
+    assert first_reach([0, 5], [0.1, 0.2], 0.3) is None
+
+
+def test_active_weighted_formula():
+    t = [
+        SimpleNamespace(kept=30, r2={"median": 0.9, "mean": 0.8}),
+        SimpleNamespace(kept=10, r2={"median": 0.5, "mean": 0.4}),
+        SimpleNamespace(kept=0, r2={"median": None, "mean": None}),
+    ]
+    aw = active_weighted(SimpleNamespace(tensors=t))
+    assert aw["weighted_median"] == pytest.approx((30 * 0.9 + 10 * 0.5) / 40)
+    assert aw["weighted_mean"] == pytest.approx((30 * 0.8 + 10 * 0.4) / 40)
+    assert aw["kept"] == 40
+
+
+def test_verdict_rules():
+    assert _verdict_linearity({"median": 0.84, "null_median": 0.45}, {"median": 0.42})[0] == "yes"
+    assert _verdict_linearity({"median": 0.6, "null_median": 0.45}, {"median": 0.42})[0] == "partly"
+    assert _verdict_linearity({"median": 0.6, "null_median": 0.45}, {"median": 0.7})[0] == "no"
+    pts = [("10 dB", 0.5), ("-10 dB", 0.58), ("zero-signal", 0.4)]
+    curve = [{"label": lab, "weighted_median": _ci(v)} for lab, v in pts]
+    assert _verdict_mechanism(curve, 0.43)[0] == "yes"
+    assert _verdict_mechanism(curve, 0.57)[0] == "no"
+    curve[0]["weighted_median"] = _ci(0.7)
+    assert _verdict_mechanism(curve, 0.43)[0] == "partly"
+    rows = [{"alpha": 1.5, "diff_vs_real": _ci(0.0), "gain_vs_t1": _ci(0.02)}, {"alpha": 3.0, "diff_vs_real": _ci(-0.5),
+            "gain_vs_t1": _ci(-0.5)}]  # fmt: skip
+    assert _verdict_wx(rows)[0] == "yes"
+    rows[0]["gain_vs_t1"] = _ci(-0.01)
+    assert _verdict_wx(rows)[0] == "partly"
+    assert _verdict_logit({"diff": 0.02, "ci_low": 0.001, "ci_high": 0.04})[0] == "yes"
+    assert _verdict_logit({"diff": 0.02, "ci_low": -0.01, "ci_high": 0.04})[0] == "partly"
+    assert _verdict_logit({"diff": -0.02, "ci_low": -0.04, "ci_high": 0.01})[0] == "no"
+
+
+@pytest.mark.slow
+def test_quick_study_end_to_end_and_rerun_skips(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RLVR_LINEAR_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "study"
+    assert main(["study", "--quick", "-o", str(out), "--threads", "1", "--no-progress"]) == 0
+    first = capsys.readouterr().out
+    assert "study plan: mode quick" in first and "estimated total" in first
+    res = json.loads((out / "results.json").read_text())
+    validate_results(res)
+    assert res["meta"]["mode"] == "quick" and res["meta"]["seeds"] == [0]
+    for s in SECTIONS:
+        sec = res[s]
+        assert sec["numbers"], s
+        assert sec["reproduced"] in ("yes", "partly", "no", "n/a") and sec["verdict"]
+        for f in sec["figures"]:
+            assert (out / f).exists(), f
+    lin = res["linearity"]["numbers"]
+    assert 0.0 <= lin["rl_weights"]["median"] <= 1.0 and 0.0 <= lin["sft_weights"]["median"] <= 1.0
+    assert lin["rl_weights"]["null_median"] is not None
+    assert len(res["mechanism"]["numbers"]["curve"]) == 4  # 3 SNRs + zero signal
+    assert res["logit_extrapolation"]["numbers"]["alpha"] == 1.5
+    assert res["regrounding"]["numbers"]["thresholds"]
+    assert res["weight_extrapolation"]["numbers"]["rows"]
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 8
+    # rerun: every stage is reused, nothing is retrained
+    stamps = {s: (out / s / "result.json").stat().st_mtime_ns for s in SECTIONS}
+    assert main(["study", "--quick", "-o", str(out), "--threads", "1", "--no-progress"]) == 0
+    second = capsys.readouterr().out
+    for s in SECTIONS:
+        assert f"[{s}] finished earlier: reusing" in second
+        assert (out / s / "result.json").stat().st_mtime_ns == stamps[s]
+    # a different protocol in the same folder is refused
+    assert main(["study", "--quick", "-o", str(out), "--steps", "30", "--no-progress"]) == 2
+    assert "holds a study with a different protocol" in capsys.readouterr().err
+    # render the report headless when chromium is installed
+    chromium = shutil.which("chromium") or ("/usr/bin/chromium" if shutil.os.path.exists("/usr/bin/chromium") else None)
+    if chromium is None:
+        pytest.skip("chromium not installed: headless rendering of the report not checked")
+    png = tmp_path / "shot.png"
+    subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'chrome'}", f"--screenshot={png}", "--window-size=1200,3000",
+         (out / "report.html").as_uri()],
+        check=False, timeout=120, capture_output=True,
+    )  # fmt: skip
+    assert png.exists() and png.stat().st_size > 10_000
