@@ -27,20 +27,16 @@ def main() -> None:
     task = get_task("arithmetic")
     probs = task.problems("test", N_TEST)
     rows = []
+    rl_evals: dict = {}
     for seed in SEEDS:
         run = baseline_run(seed)
-        cache = {}
-
-        def rl(step):
-            if step not in cache:
-                cache[step] = evaluate(run / f"step_{step:06d}", task, problems=probs, k=K, seed=seed)
-            return cache[step]
-
         for a, b, target, ref in SETTINGS:
             alpha = alpha_from_steps(a, b, target)
             gen = ExtrapolatedGenerator.from_dirs(run / f"step_{a:06d}", run / f"step_{b:06d}", alpha=alpha)
             ex = evaluate(gen, task, problems=probs, k=K, seed=seed)
-            base = rl(ref)
+            if (seed, ref) not in rl_evals:
+                rl_evals[seed, ref] = evaluate(run / f"step_{ref:06d}", task, problems=probs, k=K, seed=seed)
+            base = rl_evals[seed, ref]
             ci = paired_bootstrap(base.per_problem("avg"), ex.per_problem("avg"), seed=seed)
             rows.append({"seed": seed, "a": a, "b": b, "target": target, "alpha": alpha, "compare_step": ref,
                          "extrapolated_avg8": ex.avg_at_k, "rl_avg8": base.avg_at_k,

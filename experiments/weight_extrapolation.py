@@ -1,6 +1,9 @@
 """Issue 4 (paper Figure 5 in miniature): extrapolate weights from (0, t1) to later targets, for three t1, and
 compare validation accuracy with the real RL checkpoints at those targets. 3 seeds, mean and 95% CI.
 
+Methods: the paper's two-point rule from (0, t1) (the main result), and, as a denoising check, a least-squares line
+per parameter over every saved checkpoint in [0, t1] (every 20 steps) evaluated at the target.
+
     python experiments/weight_extrapolation.py   # writes experiments/results/weight_extrapolation.json + .png
 """
 
@@ -11,8 +14,9 @@ import time
 
 from common import RESULTS, SEEDS, WORK, baseline_run, save_result
 
+from rlvr_linear.checkpoints import discover
 from rlvr_linear.evaluation import evaluate, mean_ci
-from rlvr_linear.weight_extrapolation import alpha_from_steps, extrapolate_two_point
+from rlvr_linear.weight_extrapolation import alpha_from_steps, extrapolate_fit, extrapolate_two_point
 
 # fixed before running: t1 at 10%, 30%, 50% of the 200-step run; targets up to 2x past the run's end for t1 = 100
 T1S = (20, 60, 100)
@@ -42,10 +46,14 @@ def main() -> None:
                 extrapolate_two_point(run / "step_000000", run / f"step_{t1:06d}", out, alpha=alpha, overwrite=True,
                                       progress=False)
                 acc = evaluate(out, task, problems=val, k=0).greedy_accuracy
+                extrapolate_fit(discover(run).until(t1), out, target_step=target, fit="all", overwrite=True,
+                                force=True, progress=False)
+                acc_lsq = evaluate(out, task, problems=val, k=0).greedy_accuracy
                 shutil.rmtree(out)
                 rows.append({"seed": seed, "t1": t1, "target": target, "alpha": alpha, "extrapolated": acc,
+                             "least_squares": acc_lsq,
                              "rl_at_target": real.get(target), "rl_at_t1": real[t1], "rl_at_0": real[0]})
-                print(f"seed {seed} t1={t1} -> {target} (alpha {alpha:.2f}): extrapolated {acc:.3f}, "
+                print(f"seed {seed} t1={t1} -> {target} (alpha {alpha:.2f}): two-point {acc:.3f}, lsq {acc_lsq:.3f}, "
                       f"RL at target {real.get(target)}")
     summary = []
     for t1 in T1S:
@@ -55,8 +63,10 @@ def main() -> None:
             rl = mean_ci(r["rl_at_target"] for r in sel if r["rl_at_target"] is not None)
             diff = mean_ci(r["extrapolated"] - r["rl_at_target"] for r in sel if r["rl_at_target"] is not None)
             summary.append({"t1": t1, "target": target, "alpha": sel[0]["alpha"], "extrapolated": ex,
+                            "least_squares": mean_ci(r["least_squares"] for r in sel),
                             "rl_at_target": rl, "extrapolated_minus_rl": diff,
-                            "rl_at_t1": mean_ci(r["rl_at_t1"] for r in sel)})
+                            "rl_at_t1": mean_ci(r["rl_at_t1"] for r in sel),
+                            "rl_at_0": mean_ci(r["rl_at_0"] for r in sel)})
     _plot(summary)
     save_result("weight_extrapolation", {
         "protocol": {"runs": "tiny preset, 200 RL steps", "seeds": list(SEEDS), "base_step": 0, "t1": list(T1S),
@@ -79,10 +89,13 @@ def _plot(summary):
         y = [r["extrapolated"]["mean"] for r in s]
         lo = [r["extrapolated"]["ci_low"] for r in s]
         hi = [r["extrapolated"]["ci_high"] for r in s]
-        ax.plot(x, y, "o-", color=color, label=f"extrapolated from (0, {t1})")
+        ax.plot(x, y, "o-", color=color, label=f"two-point from (0, {t1})")
         ax.fill_between(x, lo, hi, color=color, alpha=0.15)
+        ax.plot(x, [r["least_squares"]["mean"] for r in s], "s:", color=color, ms=4,
+                label=f"least squares on [0, {t1}]")
     rl = {r["target"]: r["rl_at_target"]["mean"] for r in summary if r["rl_at_target"]["mean"] is not None}
     rl.update({r["t1"]: r["rl_at_t1"]["mean"] for r in summary})
+    rl[0] = summary[0]["rl_at_0"]["mean"]
     xs = sorted(rl)
     ax.plot(xs, [rl[x] for x in xs], "k--", lw=1.5, label="real RL checkpoints")
     ax.axvline(200, color="grey", lw=0.8, ls=":")

@@ -133,11 +133,12 @@ def test_quick_study_end_to_end_and_rerun_skips(tmp_path, monkeypatch, capsys):
     if chromium is None:
         pytest.skip("chromium not installed: headless rendering of the report not checked")
     png = tmp_path / "shot.png"
-    subprocess.run(
+    proc = subprocess.run(
         [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--enable-logging=stderr",
          f"--user-data-dir={tmp_path / 'chrome'}", f"--screenshot={png}", "--window-size=1200,3000",
          (out / "report.html").as_uri()],
         check=False, timeout=120, capture_output=True,
     )  # fmt: skip
     assert png.exists() and png.stat().st_size > 10_000
+    assert "Uncaught" not in proc.stderr.decode(errors="replace")  # no script errors while rendering

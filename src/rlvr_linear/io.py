@@ -41,6 +41,12 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path
         os.replace(tmp, out)
 
 
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> Path:
     """Write JSON atomically (temp file in the same directory, then rename)."""
     path = Path(path)
@@ -50,6 +56,7 @@ def write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> Path:
         with os.fdopen(fd, "w") as f:
             json.dump(obj, f, indent=indent, default=_json_default)
             f.write("\n")
+        os.chmod(tmp, _umask_mode())  # mkstemp creates 0600; results are ordinary files
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -65,6 +72,7 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "w") as f:
         f.write(text)
+    os.chmod(tmp, _umask_mode())
     os.replace(tmp, path)
     return path
 
