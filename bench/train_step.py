@@ -95,7 +95,7 @@ def trl_steps(model_dir, rows, task, cfg, n_steps, tmp):
                       lr_scheduler_type="constant", weight_decay=0.0, temperature=1.0, top_p=1.0, beta=0.0,
                       loss_type="grpo", max_grad_norm=1.0, logging_steps=1, save_strategy="no", report_to="none",
                       bf16=False, use_cpu=True, shuffle_dataset=False, disable_tqdm=True, seed=0,
-                      gradient_checkpointing=False)
+                      activation_checkpointing=False)
     timer = Timer()
     trainer = GRPOTrainer(model=model, reward_funcs=[task.reward_function()], args=gcfg,
                           train_dataset=Dataset.from_list(rows[: n_steps * P]), processing_class=tok,

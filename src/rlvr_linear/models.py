@@ -80,7 +80,11 @@ def build_tiny_model(cfg: TinyBaseConfig, tokenizer):
     torch.manual_seed(cfg.seed)
     model = Qwen2ForCausalLM(mc)
     gc = model.generation_config
-    gc.pad_token_id, gc.eos_token_id, gc.bos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id, None
+    gc.pad_token_id, gc.eos_token_id, gc.bos_token_id = (
+        tokenizer.pad_token_id,
+        tokenizer.eos_token_id,
+        tokenizer.bos_token_id,
+    )
     return model
 
 

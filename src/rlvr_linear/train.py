@@ -287,7 +287,12 @@ def _rows(task, cfg: TrainConfig, chat: bool) -> list[dict]:
 
 
 def train(cfg: TrainConfig, run: str | Path, overwrite: bool = False, progress: bool = True) -> dict:
-    """Run RLVR training and write the trajectory to ``run``. Returns the manifest."""
+    """Run RLVR training and write the trajectory to ``run``. Returns the manifest.
+
+    If ``run`` holds an unfinished run with the same config, training resumes from its last save (weights,
+    optimizer moments, data position; sampling uses a fresh seed). Known limit: a resumed ``--reground`` run starts
+    a new re-grounding segment at the resume point (the anchor is not saved) and counts effective steps from there.
+    """
     import shutil
 
     from datasets import Dataset
@@ -366,7 +371,7 @@ def train(cfg: TrainConfig, run: str | Path, overwrite: bool = False, progress: 
         shuffle_dataset=False,
         disable_tqdm=True,
         dataloader_num_workers=0,
-        gradient_checkpointing=False,
+        activation_checkpointing=False,
         **cfg.grpo_extra,
     )
     cb = TrajectoryCallback(run, cfg, task, tok, step_offset=offset, manifest=manifest, progress=progress)
