@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from rlvr_linear.errors import RlvrLinearError
-from rlvr_linear.models import TinyBaseConfig, ensure_base, load_model
+from rlvr_linear.models import ensure_base, load_model
 from rlvr_linear.tokenizer import build_char_tokenizer, load_tokenizer, save_char_tokenizer
 
 RECIPE = dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_steps=20, eval_every=10,
