@@ -36,8 +36,11 @@ import math
 import os
 import re
 import tempfile
+import threading
 import zlib
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -507,63 +510,102 @@ class _RowSource:
 
     safetensors files are read with positioned reads (``os.preadv``) at offsets from the file header, not
     memory mapped: pages of a 40 GB trajectory pass through the page cache but never count as our RSS.
-    Pickled weights (memory mapped by ``torch.load(mmap=True)``) are sliced in memory.
+    Pickled weights (memory mapped by ``torch.load(mmap=True)``) are sliced in memory. Safe to use from
+    several threads (``preadv`` releases the GIL; opening files and parsing headers hold a lock).
     """
 
     def __init__(self, reader):
         self.reader = reader
         self._fds: dict[str, int] = {}
         self._headers: dict[str, tuple[int, dict]] = {}  # file -> (data start, header)
+        self._lock = threading.Lock()
 
-    def close(self) -> None:
-        """Close the files (headers stay cached)."""
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
+    def close(self, fname: str | None = None) -> None:
+        """Close one file (``fname``) or all of them (headers stay cached)."""
+        with self._lock:
+            for f in [fname] if fname is not None else list(self._fds):
+                fd = self._fds.pop(f, None)
+                if fd is not None:
+                    os.close(fd)
 
     def _file(self, fname: str) -> tuple[int, int, dict]:
-        fd = self._fds.get(fname)
-        if fd is None:
-            fd = self._fds[fname] = os.open(self.reader.path / fname, os.O_RDONLY)
-        if fname not in self._headers:
-            try:
-                n = int.from_bytes(os.pread(fd, 8, 0), "little")
-                self._headers[fname] = (8 + n, json.loads(os.pread(fd, n, 8)))
-            except (ValueError, OSError) as e:
-                raise RlvrLinearError(f"{self.reader.path / fname}: not a readable safetensors file ({e})") from None
-        return (fd, *self._headers[fname])
+        with self._lock:
+            fd = self._fds.get(fname)
+            if fd is None:
+                fd = self._fds[fname] = os.open(self.reader.path / fname, os.O_RDONLY)
+            if fname not in self._headers:
+                try:
+                    n = int.from_bytes(os.pread(fd, 8, 0), "little")
+                    self._headers[fname] = (8 + n, json.loads(os.pread(fd, n, 8)))
+                except (ValueError, OSError) as e:
+                    raise RlvrLinearError(f"{self.reader.path / fname}: not a readable safetensors file ({e})") from None
+            return (fd, *self._headers[fname])
 
-    def prefetch(self, name: str) -> None:
-        """Ask the kernel to start reading tensor ``name`` in the background (``POSIX_FADV_WILLNEED``)."""
-        if self.reader.kind != "safetensors" or not hasattr(os, "posix_fadvise"):
-            return
+    def _info(self, name: str) -> tuple[int, int, dict]:
         fd, start, header = self._file(self.reader.file_of(name))
-        lo, hi = header[name]["data_offsets"]
-        os.posix_fadvise(fd, start + lo, hi - lo, os.POSIX_FADV_WILLNEED)
+        info = header.get(name)
+        if info is None:
+            raise RlvrLinearError(f"{self.reader.path}: tensor {name!r} is missing from this checkpoint")
+        return fd, start, info
 
-    def read(self, name: str, a: int | None = None, b: int | None = None) -> torch.Tensor:
-        """Flattened rows ``a:b`` (all rows when ``a`` is None) in the stored dtype."""
-        r = self.reader
-        if r.kind != "safetensors":
-            t = r.get(name)
-            return t.reshape(-1) if t.dim() == 0 or a is None else t[a:b].reshape(-1)
-        fd, start, header = self._file(r.file_of(name))
-        info = header[name]
+    def dtype(self, name: str) -> torch.dtype:
+        """Stored dtype (from the header; no tensor data is read)."""
+        if self.reader.kind != "safetensors":
+            with self._lock:
+                return self.reader.dtype(name)
+        info = self._info(name)[2]
         dtype = _ST_DTYPES.get(info["dtype"])
         if dtype is None:
-            raise RlvrLinearError(f"{r.path}: tensor {name!r} has dtype {info['dtype']}, not a float")
+            raise RlvrLinearError(f"{self.reader.path}: tensor {name!r} has dtype {info['dtype']}, not a float")
+        return dtype
+
+    def position(self, name: str) -> tuple[str, int]:
+        """``(file, byte offset)`` of the tensor's data (the on-disk order); offset 0 for pickled weights."""
+        fname = self.reader.file_of(name)
+        if self.reader.kind != "safetensors":
+            return fname, 0
+        return fname, self._info(name)[2]["data_offsets"][0]
+
+    def prefetch(self, name: str, a: int | None = None, b: int | None = None) -> None:
+        """Ask the kernel to start reading rows ``a:b`` of ``name`` in the background (``POSIX_FADV_WILLNEED``)."""
+        if self.reader.kind != "safetensors" or not hasattr(os, "posix_fadvise"):
+            return
+        fd, start, info = self._info(name)
+        lo, hi = info["data_offsets"]
+        if a is not None:
+            rows = info["shape"][0] if info["shape"] else 1
+            row_bytes = (hi - lo) // rows if rows else 0
+            lo, hi = lo + a * row_bytes, lo + min(b, rows) * row_bytes
+        os.posix_fadvise(fd, start + lo, hi - lo, os.POSIX_FADV_WILLNEED)
+
+    def read(self, name: str, a: int | None = None, b: int | None = None, buf: np.ndarray | None = None) -> torch.Tensor:
+        """Flattened rows ``a:b`` (all rows when ``a`` is None) in the stored dtype.
+
+        safetensors: read into ``buf`` (a uint8 array, reused by the caller; the result is a view of it) when
+        it is large enough, else into a fresh buffer.
+        """
+        r = self.reader
+        if r.kind != "safetensors":
+            with self._lock:  # the first access of a pickled file loads (maps) it
+                t = r.get(name)
+            return t.reshape(-1) if t.dim() == 0 or a is None else t[a:b].reshape(-1)
+        fd, start, info = self._info(name)
+        dtype = self.dtype(name)
         lo, hi = info["data_offsets"]
         rows = info["shape"][0] if info["shape"] else 1
         row_bytes = (hi - lo) // rows if rows else 0
         a, b = (0, rows) if a is None else (a, b)
-        buf = bytearray((b - a) * row_bytes)
-        view, pos = memoryview(buf), start + lo + a * row_bytes
+        size = (b - a) * row_bytes
+        if size == 0:
+            return torch.zeros(0, dtype=dtype)
+        arr = buf[:size] if buf is not None and buf.size >= size else np.empty(size, dtype=np.uint8)
+        view, pos = memoryview(arr), start + lo + a * row_bytes
         while view:
             got = os.preadv(fd, [view], pos)
             if got <= 0:
                 raise RlvrLinearError(f"{r.path / r.file_of(name)}: file ends inside tensor {name!r}")
             view, pos = view[got:], pos + got
-        return torch.frombuffer(buf, dtype=dtype) if buf else torch.zeros(0, dtype=dtype)
+        return torch.from_numpy(arr).view(dtype)
 
 
 def _row_chunks(shape: tuple[int, ...], chunk: int) -> tuple[int, list[tuple[int, int]]]:

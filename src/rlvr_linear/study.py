@@ -31,17 +31,10 @@ from tqdm.auto import tqdm
 
 from .errors import RlvrLinearError
 from .io import read_json, write_json
+from .report import SECTIONS
 
-STAGES = [
-    "baseline",
-    "linearity",
-    "robustness",
-    "mechanism",
-    "weight_extrapolation",
-    "logit_extrapolation",
-    "regrounding",
-    "report",
-]
+#: one stage per report section, then the report itself
+STAGES = [*SECTIONS, "report"]
 #: stages whose inputs are the baseline RL runs
 NEEDS_BASELINE = {"linearity", "robustness", "weight_extrapolation", "logit_extrapolation", "regrounding"}
 MODES = ("quick", "default", "full")

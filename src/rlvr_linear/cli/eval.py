@@ -47,8 +47,6 @@ def run(args) -> int:
     from ..errors import RlvrLinearError
     from ..evaluation import evaluate, paired_bootstrap
 
-    if args.k < 0:
-        raise RlvrLinearError(f"k must be >= 1 (or 0 for greedy only), got {args.k}")
     common = dict(
         task=args.task,
         split=args.split,
