@@ -234,26 +234,39 @@ def _cumsum_rows(d: np.ndarray, out: np.ndarray) -> None:
         np.add(out[t], d[t], out=out[t + 1])
 
 
+def _records(y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(max, min, records)`` per column of (T, n) ``y`` in one pass over time.
+
+    ``records`` counts strict new running maxima or minima after the first value; each differs from every
+    earlier value, so a column has at least ``1 + records`` distinct values. NaN propagates to max and min.
+    """
+    T, n = y.shape
+    hi, lo = y[0].copy(), y[0].copy()
+    rec = np.zeros(n, dtype=np.uint8 if T < 256 else np.int32)
+    up, down = np.empty(n, dtype=bool), np.empty(n, dtype=bool)
+    for t in range(1, T):
+        np.greater(y[t], hi, out=up)
+        np.less(y[t], lo, out=down)
+        up |= down
+        rec += up.view(np.uint8) if rec.dtype == np.uint8 else up
+        np.maximum(hi, y[t], out=hi)
+        np.minimum(lo, y[t], out=lo)
+    return hi, lo, rec
+
+
 def has_unique(values_tn: np.ndarray, k: int) -> np.ndarray:
     """Exact per-column test "at least ``k`` distinct values" for a (T, n) array.
 
     Cheap screen first: a strict new running maximum or minimum differs from every earlier value, so
-    ``1 + #records >= k`` proves it; only the other columns are sorted (:func:`n_unique`).
+    ``1 + #records >= k`` proves it (:func:`_records`); only the other columns are sorted (:func:`n_unique`).
     """
-    y = values_tn
-    n = y.shape[1]
+    n = values_tn.shape[1]
     if k <= 1 or n == 0:
         return np.ones(n, dtype=bool)
-    hi, lo = y[0].copy(), y[0].copy()
-    rec = np.zeros(n, dtype=np.int16)
-    for t in range(1, y.shape[0]):
-        rec += (y[t] > hi) | (y[t] < lo)
-        np.maximum(hi, y[t], out=hi)
-        np.minimum(lo, y[t], out=lo)
-    ok = rec >= k - 1
+    ok = _records(values_tn)[2] >= k - 1
     amb = np.flatnonzero(~ok)
     if amb.size:
-        ok[amb] = n_unique(y[:, amb]) >= k
+        ok[amb] = n_unique(values_tn[:, amb]) >= k
     return ok
 
 
@@ -538,7 +551,8 @@ class _RowSource:
                     n = int.from_bytes(os.pread(fd, 8, 0), "little")
                     self._headers[fname] = (8 + n, json.loads(os.pread(fd, n, 8)))
                 except (ValueError, OSError) as e:
-                    raise RlvrLinearError(f"{self.reader.path / fname}: not a readable safetensors file ({e})") from None
+                    msg = f"{self.reader.path / fname}: not a readable safetensors file ({e})"
+                    raise RlvrLinearError(msg) from None
             return (fd, *self._headers[fname])
 
     def _info(self, name: str) -> tuple[int, int, dict]:
@@ -578,7 +592,9 @@ class _RowSource:
             lo, hi = lo + a * row_bytes, lo + min(b, rows) * row_bytes
         os.posix_fadvise(fd, start + lo, hi - lo, os.POSIX_FADV_WILLNEED)
 
-    def read(self, name: str, a: int | None = None, b: int | None = None, buf: np.ndarray | None = None) -> torch.Tensor:
+    def read(
+        self, name: str, a: int | None = None, b: int | None = None, buf: np.ndarray | None = None
+    ) -> torch.Tensor:
         """Flattened rows ``a:b`` (all rows when ``a`` is None) in the stored dtype.
 
         safetensors: read into ``buf`` (a uint8 array, reused by the caller; the result is a view of it) when
@@ -644,6 +660,7 @@ class TensorStats:
     r2: dict
     null: dict
     dnr: dict
+    null_sample: int = 0  #: kept parameters that got the sign-flip null (all of them in paper mode)
 
     def row(self) -> dict:
         return {
@@ -657,6 +674,7 @@ class TensorStats:
             "filtered_small_change": self.filtered_small_change,
             "filtered_few_unique": self.filtered_few_unique,
             "never_moved": self.never_moved,
+            "null_sample": self.null_sample,
             "mean": _r(self.r2["mean"], 6),
             "median": _r(self.r2["median"], 6),
             "q1": _r(self.r2["q1"], 6),
@@ -670,24 +688,44 @@ class TensorStats:
 
 TENSOR_CSV_COLUMNS = [
     "name", "layer", "module", "dtype", "numel", "sampled", "kept", "filtered_small_change", "filtered_few_unique",
-    "never_moved", "mean", "median", "q1", "q3", "share_gt_0.7", "null_median", "null_share_gt_0.7", "dnr_median",
+    "never_moved", "null_sample", "mean", "median", "q1", "q3", "share_gt_0.7", "null_median", "null_share_gt_0.7",
+    "dnr_median",
 ]  # fmt: skip
 
 
 @dataclass
 class _Block:
-    """Filter + R² + null of one (T, n) block of one tensor."""
+    """Filters, R², drift-to-noise and sign-flip null of one (T, n) block of one tensor."""
 
     n: int
     never: int
     small: int
     few: int
-    keep: np.ndarray
-    fit: LinearFit
-    null_r2: np.ndarray
-    dnr: np.ndarray
+    keep: np.ndarray  #: (n,) bool, the kept columns
+    fit: LinearFit  #: of the kept columns
+    dnr: np.ndarray  #: of the kept columns
+    null_r2: np.ndarray  #: of the null sample (kept columns selected by :func:`null_sample_mask`)
     null_dnr: np.ndarray
-    y_kept: np.ndarray
+    null_n: int
+
+
+_WEYL = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio
+
+
+def null_sample_mask(index: np.ndarray, key: int, fraction: float) -> np.ndarray:
+    """Deterministic sample of about ``fraction`` of the flat indices ``index`` for the null.
+
+    Index ``i`` is in iff ``frac(i φ + u) < fraction`` (φ the golden ratio, ``u`` a hash of ``key``), computed
+    as ``(i · 0x9E3779B97F4A7C15 + u) mod 2^64 < fraction · 2^64``: a Weyl sequence, evenly spread over the
+    tensor, the same whatever the chunking or order of the rows. ``fraction >= 1`` keeps every index.
+    """
+    idx = np.asarray(index)
+    if fraction >= 1.0:
+        return np.ones(idx.shape[0], dtype=bool)
+    u = _splitmix64(np.array([key], dtype=np.uint64))[0]
+    with np.errstate(over="ignore"):
+        h = idx.astype(np.uint64) * _WEYL + u
+    return h < np.uint64(min(int(fraction * 2.0**64), 2**64 - 1))
 
 
 def _analyze_block(
@@ -699,52 +737,184 @@ def _analyze_block(
     min_unique: int,
     steps: Sequence[int] = (),
     name: str = "",
+    null_fraction: float = 1.0,
 ) -> _Block:
-    """Filters, R², sign-flip null R² and drift-to-noise of a (T, n) float64 block (fused: ~20 passes).
+    """Filters, R², drift-to-noise and sign-flip null of a (T, n) block of stored values.
 
-    Raises :class:`RlvrLinearError` naming the checkpoint step and ``name`` if the block holds NaN or Inf.
+    ``y`` is float32 (an exact copy of bf16 / fp16 / fp32 weights) or float64. The filters compare stored
+    values; everything after them is float64 on ``z_t = y_t - y_1`` (exact): ``Σ z`` and ``S_xz`` in one
+    GEMM, ``Σ z²`` in one pass, then the increments ``d`` in place for ``Σ d²``. Per value that is about ten
+    vectorised passes over the block, all on every column (cheaper than compacting the ~2% dropped ones). The
+    null (:func:`sign_flip_null`) is computed on the kept columns selected by
+    ``null_sample_mask(index, key, null_fraction)``. Raises :class:`RlvrLinearError` naming the checkpoint step
+    and ``name`` if the block holds NaN or Inf.
     """
+    T, n = y.shape
     xc, sxx = _check_steps(x)
-    rng = y.max(axis=0) - y.min(axis=0)
+    hi, lo, rec = _records(y)
+    rng = hi.astype(np.float64) - lo
     if not np.isfinite(rng).all():  # NaN / Inf anywhere in a column makes its range non-finite
         _check_finite(y, steps, name)
-    never = int((rng == 0).sum())
+    never = int(np.count_nonzero(rng == 0))
     big = rng > min_abs_change
-    yb = y if big.all() else y[:, big]
-    few_mask = ~has_unique(yb, min_unique)
-    keep = big.copy()
-    if few_mask.any():
-        keep[np.flatnonzero(big)[few_mask]] = False
-        yb = yb[:, ~few_mask]
-    ik = index if keep.all() else index[keep]
-    const = np.zeros(yb.shape[1], dtype=bool)  # every kept row moved
-    # observed line
-    z = yb - yb[0]
-    zm, sxy, syy = _moments(z, xc)
-    slope = sxy / sxx
-    fit = LinearFit(_r2(sxy, syy, sxx, const), slope, yb[0] + zm - slope * x.mean(), const)
-    # increments, drift-to-noise, null = cumulative sum of sign-flipped increments (R² is shift invariant)
-    d = np.ascontiguousarray(np.diff(yb, axis=0))
-    ss = np.sqrt(np.einsum("tn,tn->n", d, d))
-    _flip_inplace(d, ik, key)
-    c = np.empty_like(z)
-    _cumsum_rows(d, c)
-    _, nxy, nyy = _moments(c, xc)
+    uniq = rec >= min_unique - 1
+    amb = np.flatnonzero(big & ~uniq)
+    if amb.size:
+        uniq[amb] = n_unique(y[:, amb]) >= min_unique
+    keep = big & uniq
+    kept = slice(None) if keep.all() else np.flatnonzero(keep)
+    # observed line, float64
+    y0 = y[0].astype(np.float64)
+    z = y[1:].astype(np.float64)  # z_t = y_t - y_1 for t = 2..T (z_1 = 0 adds nothing to the sums)
+    z -= y0
+    S = np.stack([np.ones(T - 1), xc[1:]]) @ z
+    zm, sxy = S[0] / T, S[1]
+    szz = np.einsum("tn,tn->n", z, z)
+    szz -= T * zm * zm
+    net = np.abs(z[-1][kept])
+    for t in range(T - 2, 0, -1):  # z -> increments d_t = y_{t+1} - y_t, in place
+        z[t] -= z[t - 1]
+    d = z
+    ss = np.sqrt(np.einsum("tn,tn->n", d, d)[kept])
+    const = np.zeros(ss.shape[0], dtype=bool)  # every kept column moved
+    slope = sxy[kept] / sxx
+    fit = LinearFit(_r2(sxy[kept], szz[kept], sxx, const), slope, y0[kept] + zm[kept] - slope * x.mean(), const)
     with np.errstate(divide="ignore", invalid="ignore"):
-        dnr = np.where(ss > 0, np.abs(z[-1]) / ss, 0.0)
-        null_dnr = np.where(ss > 0, np.abs(c[-1]) / ss, 0.0)
+        dnr = np.where(ss > 0, net / ss, 0.0)
+    # null: cumulative sums of sign-flipped increments on the null sample (R² is shift invariant)
+    ks = np.flatnonzero(keep) if isinstance(kept, slice) else kept
+    pick = null_sample_mask(index[ks], key, null_fraction)
+    js = ks if pick.all() else ks[pick]
+    dn = d[:, js]
+    _flip_inplace(dn, index[js], key)
+    c = np.empty((T, js.size))
+    _cumsum_rows(dn, c)
+    _, nxy, nyy = _moments(c, xc)
+    ssn = ss if pick.all() else ss[pick]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        null_dnr = np.where(ssn > 0, np.abs(c[-1]) / ssn, 0.0)
     return _Block(
-        n=y.shape[1],
+        n=n,
         never=never,
-        small=int((~big).sum()),
-        few=int(few_mask.sum()),
+        small=int(np.count_nonzero(~big)),
+        few=int(np.count_nonzero(big & ~uniq)),
         keep=keep,
         fit=fit,
-        null_r2=_r2(nxy, nyy, sxx, const),
         dnr=dnr,
+        null_r2=_r2(nxy, nyy, sxx, np.zeros(js.size, dtype=bool)),
         null_dnr=null_dnr,
-        y_kept=yb,
+        null_n=int(js.size),
     )
+
+
+#: bytes per positioned read when paper mode gathers samples from a whole tensor
+_PIECE_BYTES = 16 << 20
+
+
+@dataclass
+class _Job:
+    """One (T, n) block to load: rows ``a:b`` of ``name`` (all mode), or its sampled flat ``index`` (paper)."""
+
+    name: str
+    a: int
+    b: int
+    row_len: int
+    dtype: type  #: work dtype: np.float32 if every checkpoint stores <= 32-bit floats, else np.float64
+    index: np.ndarray | None = None  #: paper mode: sorted flat indices gathered from rows ``a:b``
+
+    @property
+    def n(self) -> int:
+        return (self.b - self.a) * self.row_len if self.index is None else self.index.size
+
+
+class _BlockLoader:
+    """Loads the blocks of ``jobs`` in order with ``threads`` reader threads, ``ahead`` blocks in flight.
+
+    The kernel is asked (``POSIX_FADV_WILLNEED``) to read the blocks ``prefetch`` jobs beyond those in flight.
+
+    The T checkpoints' parts of a block are read in parallel (positioned reads release the GIL), converted to
+    the work dtype by torch, and land in one (T, n) array; each thread reuses its own raw buffer (no page
+    faults or zeroing per read). Files are closed after their last block, so open files stay bounded.
+    ``threads=0`` reads in the calling thread.
+    """
+
+    def __init__(self, sources: list[_RowSource], jobs: list[_Job], threads: int, ahead: int, prefetch: int):
+        self.sources, self.jobs, self.threads = sources, jobs, threads
+        self.ahead, self.prefetch = max(1, ahead), max(0, prefetch)
+        self._bufs: dict[int, np.ndarray] = {}
+        self._last: dict[int, list[tuple[int, str]]] = {}
+        last: dict[tuple[int, str], int] = {}
+        for j, job in enumerate(jobs):
+            for t, s in enumerate(sources):
+                last[(t, s.reader.file_of(job.name))] = j
+        for tf, j in last.items():
+            self._last.setdefault(j, []).append(tf)
+
+    def _buffer(self, size: int) -> np.ndarray:
+        tid = threading.get_ident()
+        buf = self._bufs.get(tid)
+        if buf is None or buf.size < size:
+            buf = self._bufs[tid] = np.empty(size, dtype=np.uint8)
+        return buf
+
+    def _load(self, job: _Job, t: int, out: np.ndarray) -> None:
+        src = self.sources[t]
+        dst = torch.from_numpy(out)
+        item = src.dtype(job.name).itemsize
+        if job.index is None:
+            dst.copy_(src.read(job.name, job.a, job.b, self._buffer(job.n * item)))
+            return
+        rows = max(1, _PIECE_BYTES // max(1, job.row_len * item))
+        starts = np.searchsorted(job.index, np.arange(job.a, job.b + rows, rows) * job.row_len)
+        for p, a in enumerate(range(job.a, job.b, rows)):
+            lo, hi = int(starts[p]), int(starts[p + 1])
+            if hi > lo:
+                b = min(job.b, a + rows)
+                raw = src.read(job.name, a, b, self._buffer((b - a) * job.row_len * item))
+                dst[lo:hi].copy_(raw[torch.from_numpy(job.index[lo:hi] - a * job.row_len)])
+
+    def _advise(self, j: int) -> None:
+        if j < len(self.jobs):
+            job = self.jobs[j]
+            for s in self.sources:
+                s.prefetch(job.name, job.a, job.b)
+
+    def __iter__(self) -> Iterator[tuple[_Job, np.ndarray]]:
+        T = len(self.sources)
+        pool = ThreadPoolExecutor(self.threads) if self.threads > 0 else None
+        pending: deque = deque()
+
+        def submit(j: int) -> None:
+            job = self.jobs[j]
+            if self.prefetch:
+                self._advise(j + self.prefetch)
+            y = np.empty((T, job.n), dtype=job.dtype)
+            if pool is None:
+                pending.append((job, y, []))
+            else:
+                pending.append((job, y, [pool.submit(self._load, job, t, y[t]) for t in range(T)]))
+
+        try:
+            for j in range(min(self.prefetch, len(self.jobs))):
+                self._advise(j)
+            for j in range(min(self.ahead, len(self.jobs))):
+                submit(j)
+            for j in range(len(self.jobs)):
+                job, y, futures = pending.popleft()
+                if j + self.ahead < len(self.jobs):
+                    submit(j + self.ahead)
+                if pool is None:
+                    for t in range(T):
+                        self._load(job, t, y[t])
+                for f in futures:
+                    f.result()
+                yield job, y
+                for t, fname in self._last.get(j, []):
+                    self.sources[t].close(fname)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+            self._bufs.clear()
 
 
 @dataclass
@@ -765,7 +935,7 @@ class WeightLinearity:
     flat_index: np.ndarray | None = None
 
     def counts(self) -> dict:
-        c = {k: sum(getattr(t, k) for t in self.tensors) for k in ("numel", "sampled", "kept")}
+        c = {k: sum(getattr(t, k) for t in self.tensors) for k in ("numel", "sampled", "kept", "null_sample")}
         for k in ("filtered_small_change", "filtered_few_unique", "never_moved"):
             c[k] = sum(getattr(t, k) for t in self.tensors)
         c["tensors"] = len(self.tensors)
@@ -902,6 +1072,11 @@ def _summary_line(what: str, r2: dict, null: dict, kept: int, total: int) -> str
     )
 
 
+#: all mode: share of the kept parameters that also get the sign-flip null (at least NULL_MIN per tensor)
+NULL_FRACTION_ALL = 1 / 256
+NULL_MIN = 4096
+
+
 def analyze_weights(
     trajectory: Trajectory,
     sample: str = "paper",
@@ -914,25 +1089,38 @@ def analyze_weights(
     keys: Sequence[str] | None = None,
     n_examples: int = 9,
     progress: bool = False,
+    null_fraction: float | None = None,
+    null_min: int = NULL_MIN,
+    threads: int | None = None,
 ) -> WeightLinearity:
     """Per-parameter R² of weight vs step, streamed one tensor at a time.
 
     ``sample="paper"``: per tensor, ``k = min(max(min_samples, floor(fraction * numel)), numel)`` flat indices
-    (:func:`sample_indices`, seed ``tensor_seed(name, seed)``), gathered from each checkpoint in turn (what
-    ``Trajectory.stack(name, index)`` returns); peak memory is one tensor plus T x k float64. Files are read
-    with positioned reads, not memory maps, so checkpoint pages never pile up in RSS. ``sample="all"``: every
-    element, read ``chunk`` elements (whole rows) at a time from every checkpoint; about 6 x T x chunk x 8
-    bytes of work arrays (the default 2^16 keeps them in cache, faster than larger chunks).
+    (:func:`sample_indices`, seed ``tensor_seed(name, seed)``), gathered from each checkpoint (what
+    ``Trajectory.stack(name, index)`` returns) by reading the tensor in 16 MB pieces. ``sample="all"``: every
+    element, read ``chunk`` elements (whole rows) at a time from every checkpoint; about 5 x T x chunk x 8 bytes
+    of work arrays (the default 2^16 keeps them in cache). Files are read with positioned reads, not memory
+    maps, so checkpoint pages never pile up in RSS; tensors are visited in on-disk order (results come back in
+    ``keys`` order), by ``threads`` reader threads (default 4 in paper mode, 1 in all mode: the reads of the
+    next block overlap the computation of the current one) with kernel read-ahead hints.
 
     Filters (paper, in order): 1. ``max_t w - min_t w > min_abs_change`` — default
     :func:`default_min_abs_change` of the tensor's dtype (1e-4 for bf16); 2. at least ``min(min_unique, T)``
-    distinct values. Kept parameters get R², the sign-flip null R² and the drift-to-noise ratio.
-    ``keys`` defaults to every floating ``*.weight`` tensor. Needs >= 3 checkpoints.
+    distinct values. Kept parameters get R² and the drift-to-noise ratio. The sign-flip null (R² and
+    drift-to-noise) is computed for the kept parameters selected by :func:`null_sample_mask` with, per tensor,
+    ``p = min(1, max(null_fraction, null_min / numel))``: ``null_fraction`` defaults to 1 (every kept parameter)
+    in paper mode and :data:`NULL_FRACTION_ALL` in all mode, where the null would otherwise cost more than
+    the R² itself. ``keys`` defaults to every floating ``*.weight`` tensor. Needs >= 3 checkpoints.
     """
     if sample not in ("paper", "all"):
         raise RlvrLinearError(f"sample must be 'paper' or 'all', got {sample!r}")
     if chunk < 1:
         raise RlvrLinearError(f"chunk must be >= 1, got {chunk}")
+    paper = sample == "paper"
+    if null_fraction is None:
+        null_fraction = 1.0 if paper else NULL_FRACTION_ALL
+    if not 0 < null_fraction <= 1:
+        raise RlvrLinearError(f"null_fraction must be in (0, 1], got {null_fraction}")
     trajectory.validate(min_checkpoints=3)
     steps = trajectory.steps
     x = np.asarray(steps, dtype=np.float64)
@@ -946,93 +1134,135 @@ def analyze_weights(
     for k in keys:
         if k not in r0:
             raise RlvrLinearError(f"{r0.path}: tensor {k!r} is missing from this checkpoint")
-    paper = sample == "paper"
+    sources = [_RowSource(trajectory.reader(i)) for i in range(T)]
+    # plan: tensors in on-disk order of the first checkpoint, one job per block
+    order = sorted(range(len(keys)), key=lambda i: sources[0].position(keys[i]))
+    jobs: list[_Job] = []
+    info: dict[str, dict] = {}
+    for ki in order:
+        name = keys[ki]
+        dtype = r0.dtype(name)
+        wide = any(s.dtype(name).itemsize > 4 for s in sources)
+        numel = r0.numel(name)
+        row_len, spans = _row_chunks(r0.shape(name), chunk)
+        work = np.float64 if wide else np.float32
+        if paper:
+            idx = sample_indices(numel, paper_sample_size(numel, fraction, min_samples), tensor_seed(name, seed))
+            new = [_Job(name, 0, len(spans) and spans[-1][1], row_len, work, idx)] if idx.size else []
+        else:
+            new = [_Job(name, a, b, row_len, work) for a, b in spans if b > a and row_len]
+        info[name] = {"ki": ki, "dtype": dtype, "numel": numel, "blocks": len(new)}
+        jobs += new
+    if threads is None:
+        threads = 4 if paper else 1
+    loader = _BlockLoader(sources, jobs, threads, ahead=3 if paper else 2, prefetch=16 if paper else 64)
+
+    thresholds: dict[str, float] = {}
+    per_tensor: dict[str, dict] = {}
     glob = {"r2": Dist(keep=paper), "null": Dist(keep=paper), "dnr": Dist(hi=math.sqrt(T - 1), keep=paper)}
     glob["null_dnr"] = Dist(hi=math.sqrt(T - 1))
-    tensors: list[TensorStats] = []
-    candidates: list[dict] = []
-    tids: list[np.ndarray] = []
-    fidx: list[np.ndarray] = []
-    thresholds: dict[str, float] = {}
-    sources = [_RowSource(trajectory.reader(i)) for i in range(T)]
-    for ki, name in enumerate(tqdm(keys, desc="weights R²", disable=not progress)):
-        if paper and ki + 1 < len(keys):  # overlap the next tensor's reads with this one's work
-            for src in sources:
-                src.prefetch(keys[ki + 1])
-        dtype = r0.dtype(name)
-        thr = default_min_abs_change(dtype) if min_abs_change is None else float(min_abs_change)
-        thresholds[str(dtype).replace("torch.", "")] = thr
-        numel = r0.numel(name)
-        key = stable_key(name, seed)
+
+    def new_tensor(name: str) -> dict:
         loc = {"r2": Dist(keep=paper), "null": Dist(keep=paper), "dnr": Dist(hi=math.sqrt(T - 1), keep=paper)}
         loc["null_dnr"] = Dist(hi=math.sqrt(T - 1))
-        cnt = {"sampled": 0, "kept": 0, "small": 0, "few": 0, "never": 0}
-        if paper:
-            # = trajectory.stack(name, idx), one full tensor in memory at a time and no memory maps
-            idx = sample_indices(numel, paper_sample_size(numel, fraction, min_samples), tensor_seed(name, seed))
-            it = torch.from_numpy(idx)
-            y = np.stack([src.read(name)[it].to(torch.float64).numpy() for src in sources])
-            blocks = [(y, idx)]
-        else:
-            row_len, spans = _row_chunks(r0.shape(name), chunk)
-            blocks = (
-                (_read_rows(sources, name, a, b, (b - a) * row_len), np.arange(a * row_len, b * row_len))
-                for a, b in spans
-            )
-        for y, idx in blocks:
-            blk = _analyze_block(y, x, idx, key, thr, eff_unique, steps, name)
+        cnt = {"sampled": 0, "kept": 0, "small": 0, "few": 0, "never": 0, "null": 0}
+        return {"loc": loc, "cnt": cnt, "tids": [], "fidx": [], "candidates": [], "left": info[name]["blocks"]}
+
+    def finish(name: str, st: dict) -> None:
+        loc, cnt = st["loc"], st["cnt"]
+        layer, module = parse_param_name(name)
+        st["stats"] = TensorStats(
+            name=name,
+            layer=layer,
+            module=module,
+            dtype=str(info[name]["dtype"]).replace("torch.", ""),
+            numel=info[name]["numel"],
+            sampled=cnt["sampled"],
+            kept=cnt["kept"],
+            filtered_small_change=cnt["small"],
+            filtered_few_unique=cnt["few"],
+            never_moved=cnt["never"],
+            r2=loc["r2"].summary(),
+            null=loc["null"].summary(),
+            dnr=loc["dnr"].summary(share=False),
+            null_sample=cnt["null"],
+        )
+        if not paper:  # histograms only: merge now (order does not matter), keep memory per tensor small
+            for k in glob:
+                glob[k].merge(loc[k])
+            st["loc"] = None
+
+    blocks = iter(loader)
+    bar = tqdm(total=len(keys), desc="weights R²", disable=not progress)
+    try:
+        for ki in order:  # tensors without blocks (no elements)
+            if info[keys[ki]]["blocks"] == 0:
+                per_tensor[keys[ki]] = st = new_tensor(keys[ki])
+                finish(keys[ki], st)
+                bar.update()
+        for job, y in blocks:
+            name = job.name
+            st = per_tensor.get(name)
+            if st is None:
+                st = per_tensor[name] = new_tensor(name)
+            dtype, numel = info[name]["dtype"], info[name]["numel"]
+            thr = default_min_abs_change(dtype) if min_abs_change is None else float(min_abs_change)
+            thresholds[str(dtype).replace("torch.", "")] = thr
+            idx = job.index if paper else np.arange(job.a * job.row_len, job.b * job.row_len)
+            p_null = min(1.0, max(null_fraction, null_min / max(numel, 1)))
+            key = stable_key(name, seed)
+            blk = _analyze_block(y, x, idx, key, thr, eff_unique, steps, name, p_null)
+            cnt, loc = st["cnt"], st["loc"]
+            n_kept = int(np.count_nonzero(blk.keep))
             cnt["sampled"] += blk.n
-            cnt["kept"] += int(blk.keep.sum())
+            cnt["kept"] += n_kept
             cnt["small"] += blk.small
             cnt["few"] += blk.few
             cnt["never"] += blk.never
+            cnt["null"] += blk.null_n
             loc["r2"].add(blk.fit.r2)
             loc["null"].add(blk.null_r2)
             loc["dnr"].add(blk.dnr)
             loc["null_dnr"].add(blk.null_dnr)
             if paper:
-                tids.append(np.full(int(blk.keep.sum()), len(tensors), dtype=np.int32))
-                fidx.append(idx[blk.keep])
-            if blk.y_kept.shape[1] and not any(c["name"] == name for c in candidates):
-                pick = np.random.default_rng(tensor_seed(name, seed)).choice(
-                    blk.y_kept.shape[1], size=min(2, blk.y_kept.shape[1]), replace=False
-                )
-                kept_idx = idx[blk.keep]
+                st["tids"].append(np.full(n_kept, info[name]["ki"], dtype=np.int32))
+                st["fidx"].append(idx[blk.keep])
+            if n_kept and not st["candidates"]:
+                cols = np.flatnonzero(blk.keep)
+                pick = np.random.default_rng(tensor_seed(name, seed)).choice(n_kept, size=min(2, n_kept), replace=False)
                 for j in pick:
-                    candidates.append(
+                    st["candidates"].append(
                         {
                             "name": name,
-                            "index": int(kept_idx[j]),
-                            "values": blk.y_kept[:, j].tolist(),
+                            "index": int(idx[cols[j]]),
+                            "values": y[:, cols[j]].astype(np.float64).tolist(),
                             "slope": float(blk.fit.slope[j]),
                             "intercept": float(blk.fit.intercept[j]),
                             "r2": float(blk.fit.r2[j]),
                         }
                     )
-        for src in sources:  # bounded open files whatever the number of checkpoints and shards
+            st["left"] -= 1
+            if st["left"] == 0:
+                finish(name, st)
+                bar.update()
+    finally:
+        blocks.close()
+        bar.close()
+        for src in sources:
             src.close()
-        layer, module = parse_param_name(name)
-        tensors.append(
-            TensorStats(
-                name=name,
-                layer=layer,
-                module=module,
-                dtype=str(dtype).replace("torch.", ""),
-                numel=numel,
-                sampled=cnt["sampled"],
-                kept=cnt["kept"],
-                filtered_small_change=cnt["small"],
-                filtered_few_unique=cnt["few"],
-                never_moved=cnt["never"],
-                r2=loc["r2"].summary(),
-                null=loc["null"].summary(),
-                dnr=loc["dnr"].summary(share=False),
-            )
-        )
-        for k in glob:
-            glob[k].merge(loc[k])
-    for src in sources:
-        src.close()
+    tensors: list[TensorStats] = []
+    candidates: list[dict] = []
+    tids: list[np.ndarray] = []
+    fidx: list[np.ndarray] = []
+    for name in keys:  # results in keys order, whatever the reading order
+        st = per_tensor[name]
+        tensors.append(st["stats"])
+        candidates += st["candidates"]
+        tids += st["tids"]
+        fidx += st["fidx"]
+        if st["loc"] is not None:
+            for k in glob:
+                glob[k].merge(st["loc"][k])
     rng = np.random.default_rng(seed)
     examples = [candidates[i] for i in sorted(rng.choice(len(candidates), min(n_examples, len(candidates)), False))]
     for e in examples:
@@ -1046,6 +1276,8 @@ def analyze_weights(
         "seed": seed,
         "chunk": None if paper else chunk,
         "keys": f"{len(keys)} tensors" + (" (explicit)" if explicit_keys else " (*.weight)"),
+        "null_fraction": null_fraction,
+        "null_min": null_min,
     }
     return WeightLinearity(
         steps=steps,

@@ -171,6 +171,7 @@ def ensure_base(name: str = "tiny", cache_dir: str | Path | None = None, progres
     """Return the cached base model directory for ``tiny`` or ``smollm2-135m``, building it on first use."""
     import hashlib
     import json
+    import sys
 
     root = cache_root(cache_dir)
     if name == "tiny":
@@ -181,7 +182,8 @@ def ensure_base(name: str = "tiny", cache_dir: str | Path | None = None, progres
             rec = build_tiny_base(cfg, out, progress=progress)
             print(
                 f"built the tiny base model in {rec['seconds']:.0f} s: {rec['params']:,} params, "
-                f"{rec['steps']} warm-up steps, validation greedy accuracy {rec['val_greedy']:.3f} -> {out}"
+                f"{rec['steps']} warm-up steps, validation greedy accuracy {rec['val_greedy']:.3f} -> {out}",
+                file=sys.stderr,  # stdout carries only the directory: `$(rlvr-linear base)` works
             )
         return out
     if name in ("smollm2-135m", "smollm2"):
