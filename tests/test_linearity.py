@@ -274,6 +274,47 @@ def test_all_mode_chunked_equals_whole_and_in_memory(runs):
     np.testing.assert_allclose(null, p.null.array()[sel], rtol=0, atol=1e-12)
 
 
+def test_all_mode_threads_and_reading_order_do_not_change_results(runs):
+    traj = discover(runs["noisy"])
+    ref = L.analyze_weights(traj, sample="all", chunk=40, threads=1, io_threads=0)
+    for threads, io in ((2, 1), (1, 3), (3, 2)):
+        got = L.analyze_weights(traj, sample="all", chunk=40, threads=threads, io_threads=io)
+        assert [t.row() for t in got.tensors] == [t.row() for t in ref.tensors]
+        assert got.r2.total == ref.r2.total and np.array_equal(got.null.counts, ref.null.counts)
+        assert got.examples == ref.examples
+    # results come back in key order even though tensors are read in on-disk order
+    assert [t.name for t in ref.tensors] == L.weight_keys(traj)
+    p1 = L.analyze_weights(traj, io_threads=0)
+    p4 = L.analyze_weights(traj, io_threads=4)
+    np.testing.assert_array_equal(p1.r2.array(), p4.r2.array())
+    np.testing.assert_array_equal(p1.flat_index, p4.flat_index)
+
+
+def test_null_sample_is_deterministic_chunk_independent_and_close_to_the_full_null(runs):
+    assert L.null_sample(10_000, 1.0, 4096, "w") is None and L.null_sample(3000, 0.01, 4096, "w") is None
+    s = L.null_sample(100_000, 0.01, 50, "w")
+    assert s.size == 1000 and np.array_equal(s, np.unique(s))
+    assert np.array_equal(s, L.null_sample(100_000, 0.01, 50, "w"))  # deterministic
+    assert L.null_sample(100_000, 0.001, 1000, "w").size == 1000
+    assert not np.array_equal(s, L.null_sample(100_000, 0.01, 50, "v"))
+    traj = discover(runs["noisy"])
+    full = L.analyze_weights(traj, sample="all", null_fraction=1.0)
+    kw = {"sample": "all", "null_fraction": 0.3, "null_min": 0}
+    a = L.analyze_weights(traj, chunk=7, **kw)
+    b = L.analyze_weights(traj, chunk=1 << 30, **kw)
+    assert a.to_json()["config"]["null_fraction"] == 0.3 and a.to_json()["counts"]["null_sample"] == a.null.n
+    assert [t.row() for t in a.tensors] == [t.row() for t in b.tensors]  # same subsample whatever the chunking
+    assert np.array_equal(a.null.counts, b.null.counts) and np.array_equal(a.null_dnr.counts, b.null_dnr.counts)
+    for ta, tf in zip(b.tensors, full.tensors):
+        assert ta.r2 == tf.r2 and ta.dnr == tf.dnr  # observed R² and drift-to-noise: every kept parameter
+        assert tf.null_sample == tf.kept and ta.null_sample == pytest.approx(0.3 * ta.kept, abs=0.1 * ta.kept + 5)
+    assert a.null.n == pytest.approx(0.3 * full.null.n, rel=0.1)
+    # the subsampled null's distribution matches the full one (each value is the same parameter's null)
+    assert a.null.quantile(0.5) == pytest.approx(full.null.quantile(0.5), abs=0.03)
+    assert a.null.n_gt / a.null.n == pytest.approx(full.null.n_gt / full.null.n, abs=0.03)
+    assert a.null_dnr.quantile(0.5) == pytest.approx(full.null_dnr.quantile(0.5), rel=0.1)
+
+
 def test_missing_key_and_nan_are_reported(runs, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(runs["linear"], run)

@@ -234,16 +234,34 @@ def _cumsum_rows(d: np.ndarray, out: np.ndarray) -> None:
         np.add(out[t], d[t], out=out[t + 1])
 
 
-def _records(y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _buf(work: dict | None, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+    """An uninitialised array from the reusable workspace ``work`` (fresh when None).
+
+    Reusing the work arrays of a block analysis avoids a page fault per 4 KB of every large temporary,
+    which otherwise costs as much as the arithmetic.
+    """
+    if work is None:
+        return np.empty(shape, dtype=dtype)
+    size = math.prod(shape)
+    b = work.get(name)
+    if b is None or b.size < size or b.dtype != dtype:
+        b = work[name] = np.empty(max(size, 1), dtype=dtype)
+    return b[:size].reshape(shape)
+
+
+def _records(y: np.ndarray, work: dict | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(max, min, records)`` per column of (T, n) ``y`` in one pass over time.
 
     ``records`` counts strict new running maxima or minima after the first value; each differs from every
     earlier value, so a column has at least ``1 + records`` distinct values. NaN propagates to max and min.
     """
     T, n = y.shape
-    hi, lo = y[0].copy(), y[0].copy()
-    rec = np.zeros(n, dtype=np.uint8 if T < 256 else np.int32)
-    up, down = np.empty(n, dtype=bool), np.empty(n, dtype=bool)
+    hi, lo = _buf(work, "hi", (n,), y.dtype), _buf(work, "lo", (n,), y.dtype)
+    np.copyto(hi, y[0])
+    np.copyto(lo, y[0])
+    rec = _buf(work, "rec", (n,), np.uint8 if T < 256 else np.int32)
+    rec[:] = 0
+    up, down = _buf(work, "up", (n,), np.bool_), _buf(work, "down", (n,), np.bool_)
     for t in range(1, T):
         np.greater(y[t], hi, out=up)
         np.less(y[t], lo, out=down)
@@ -606,7 +624,9 @@ class _RowSource:
                 t = r.get(name)
             return t.reshape(-1) if t.dim() == 0 or a is None else t[a:b].reshape(-1)
         fd, start, info = self._info(name)
-        dtype = self.dtype(name)
+        dtype = _ST_DTYPES.get(info["dtype"])
+        if dtype is None:
+            raise RlvrLinearError(f"{r.path}: tensor {name!r} has dtype {info['dtype']}, not a float")
         lo, hi = info["data_offsets"]
         rows = info["shape"][0] if info["shape"] else 1
         row_bytes = (hi - lo) // rows if rows else 0
@@ -704,102 +724,123 @@ class _Block:
     keep: np.ndarray  #: (n,) bool, the kept columns
     fit: LinearFit  #: of the kept columns
     dnr: np.ndarray  #: of the kept columns
-    null_r2: np.ndarray  #: of the null sample (kept columns selected by :func:`null_sample_mask`)
+    null_r2: np.ndarray  #: of the kept columns in the null sample (:func:`null_sample`)
     null_dnr: np.ndarray
     null_n: int
 
 
-_WEYL = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio
+def null_sample(numel: int, fraction: float, min_count: int, name: str, seed: int = PAPER_SEED) -> np.ndarray | None:
+    """Sorted flat indices of the parameters of a tensor that get the sign-flip null (None: all of them).
 
-
-def null_sample_mask(index: np.ndarray, key: int, fraction: float) -> np.ndarray:
-    """Deterministic sample of about ``fraction`` of the flat indices ``index`` for the null.
-
-    Index ``i`` is in iff ``frac(i φ + u) < fraction`` (φ the golden ratio, ``u`` a hash of ``key``), computed
-    as ``(i · 0x9E3779B97F4A7C15 + u) mod 2^64 < fraction · 2^64``: a Weyl sequence, evenly spread over the
-    tensor, the same whatever the chunking or order of the rows. ``fraction >= 1`` keeps every index.
+    ``k = min(numel, max(min_count, ceil(fraction * numel)))`` indices drawn by :func:`sample_indices` with
+    seed ``tensor_seed("null:" + name, seed)``: deterministic, and the same whatever the chunking.
     """
-    idx = np.asarray(index)
     if fraction >= 1.0:
-        return np.ones(idx.shape[0], dtype=bool)
-    u = _splitmix64(np.array([key], dtype=np.uint64))[0]
-    with np.errstate(over="ignore"):
-        h = idx.astype(np.uint64) * _WEYL + u
-    return h < np.uint64(min(int(fraction * 2.0**64), 2**64 - 1))
+        return None
+    k = min(numel, max(int(min_count), math.ceil(fraction * numel)))
+    return None if k >= numel else sample_indices(numel, k, tensor_seed("null:" + name, seed))
 
 
 def _analyze_block(
     y: np.ndarray,
     x: np.ndarray,
-    index: np.ndarray,
+    index: int | np.ndarray,
     key: int,
     min_abs_change: float,
     min_unique: int,
     steps: Sequence[int] = (),
     name: str = "",
-    null_fraction: float = 1.0,
+    null_cols: np.ndarray | None = None,
+    lines: bool = True,
+    work: dict | None = None,
 ) -> _Block:
     """Filters, R², drift-to-noise and sign-flip null of a (T, n) block of stored values.
 
-    ``y`` is float32 (an exact copy of bf16 / fp16 / fp32 weights) or float64. The filters compare stored
-    values; everything after them is float64 on ``z_t = y_t - y_1`` (exact): ``Σ z`` and ``S_xz`` in one
-    GEMM, ``Σ z²`` in one pass, then the increments ``d`` in place for ``Σ d²``. Per value that is about ten
-    vectorised passes over the block, all on every column (cheaper than compacting the ~2% dropped ones). The
-    null (:func:`sign_flip_null`) is computed on the kept columns selected by
-    ``null_sample_mask(index, key, null_fraction)``. Raises :class:`RlvrLinearError` naming the checkpoint step
-    and ``name`` if the block holds NaN or Inf.
+    ``y`` is float32 (an exact copy of bf16 / fp16 / fp32 weights) or float64; ``index`` gives the columns'
+    flat indices in the tensor: an (n,) array, or an int ``i0`` for ``i0 + arange(n)``. The filters compare
+    stored values; everything after them is float64 on ``z_t = y_t - y_1`` (exact): ``Σ z`` and ``S_xz`` in
+    one GEMM, ``Σ z²`` in one pass, then the increments ``d`` in place for ``Σ d²`` — about ten vectorised
+    passes over the block on every column (cheaper than compacting the few dropped ones), in the reusable
+    arrays of ``work``. The null (:func:`sign_flip_null`) is computed for the kept columns among
+    ``null_cols`` (sorted column positions; None: every kept column). ``lines=False`` skips slopes and
+    intercepts (``fit.slope`` / ``fit.intercept`` are then None). Raises :class:`RlvrLinearError` naming the
+    checkpoint step and ``name`` if the block holds NaN or Inf.
     """
     T, n = y.shape
     xc, sxx = _check_steps(x)
-    hi, lo, rec = _records(y)
-    rng = hi.astype(np.float64) - lo
-    if not np.isfinite(rng).all():  # NaN / Inf anywhere in a column makes its range non-finite
+    f64 = np.float64
+    hi, lo, rec = _records(y, work)
+    rng = np.subtract(hi, lo, dtype=f64, out=_buf(work, "rng", (n,), f64))  # exact: both cast first
+    if not math.isfinite(float(rng.sum())):  # NaN / Inf anywhere in a column makes its range non-finite
         _check_finite(y, steps, name)
-    never = int(np.count_nonzero(rng == 0))
     big = rng > min_abs_change
-    uniq = rec >= min_unique - 1
-    amb = np.flatnonzero(big & ~uniq)
-    if amb.size:
-        uniq[amb] = n_unique(y[:, amb]) >= min_unique
-    keep = big & uniq
-    kept = slice(None) if keep.all() else np.flatnonzero(keep)
+    small = np.flatnonzero(~big)
+    never = int(np.count_nonzero(rng[small] == 0))
+    few = np.flatnonzero(big & (rec < min_unique - 1))  # not proven by the records: count exactly
+    if few.size:
+        few = few[n_unique(np.take(y, few, axis=1)) < min_unique]
+    keep = big
+    keep[few] = False
+    every = small.size == 0 and few.size == 0
     # observed line, float64
-    y0 = y[0].astype(np.float64)
-    z = y[1:].astype(np.float64)  # z_t = y_t - y_1 for t = 2..T (z_1 = 0 adds nothing to the sums)
+    y0 = _buf(work, "y0", (n,), f64)
+    np.copyto(y0, y[0])
+    z = _buf(work, "z", (T - 1, n), f64)  # z_t = y_t - y_1 for t = 2..T (z_1 = 0 adds nothing to the sums)
+    np.copyto(z, y[1:])
     z -= y0
-    S = np.stack([np.ones(T - 1), xc[1:]]) @ z
-    zm, sxy = S[0] / T, S[1]
-    szz = np.einsum("tn,tn->n", z, z)
-    szz -= T * zm * zm
-    net = np.abs(z[-1][kept])
+    M = np.matmul(np.stack([np.full(T - 1, 1.0 / T), xc[1:]]), z, out=_buf(work, "M", (2, n), f64))
+    zm, sxy = M[0], M[1]
+    szz = np.einsum("tn,tn->n", z, z, out=_buf(work, "szz", (n,), f64))
+
+    def kept(a: np.ndarray) -> np.ndarray:
+        return a if every else a[keep]
+
+    net = np.abs(kept(z[-1]))
     for t in range(T - 2, 0, -1):  # z -> increments d_t = y_{t+1} - y_t, in place
         z[t] -= z[t - 1]
     d = z
-    ss = np.sqrt(np.einsum("tn,tn->n", d, d)[kept])
-    const = np.zeros(ss.shape[0], dtype=bool)  # every kept column moved
-    slope = sxy[kept] / sxx
-    fit = LinearFit(_r2(sxy[kept], szz[kept], sxx, const), slope, y0[kept] + zm[kept] - slope * x.mean(), const)
+    ss2 = np.einsum("tn,tn->n", d, d, out=_buf(work, "ss2", (n,), f64))
+    # R² = S_xz² / (S_xx S_zz), S_zz = Σ z² - T zm²; kept columns moved, so S_zz > 0 and Σ d² > 0
+    zm_k, sxy_k = kept(zm), kept(sxy)
+    syy = zm_k * zm_k
+    syy *= -T
+    syy += kept(szz)
+    r2 = sxy_k * sxy_k
+    r2 /= syy
+    r2 *= 1.0 / sxx
+    if not (syy > 0).all():
+        r2 = _r2(sxy_k, syy, sxx, np.zeros(syy.size, dtype=bool))
+    np.clip(r2, 0.0, 1.0, out=r2)
+    ss = np.sqrt(kept(ss2))
     with np.errstate(divide="ignore", invalid="ignore"):
-        dnr = np.where(ss > 0, net / ss, 0.0)
-    # null: cumulative sums of sign-flipped increments on the null sample (R² is shift invariant)
-    ks = np.flatnonzero(keep) if isinstance(kept, slice) else kept
-    pick = null_sample_mask(index[ks], key, null_fraction)
-    js = ks if pick.all() else ks[pick]
+        dnr = net / ss
+    if not (ss > 0).all():
+        dnr[~(ss > 0)] = 0.0
+    slope = intercept = None
+    if lines:
+        slope = sxy_k / sxx
+        intercept = kept(y0) + zm_k - slope * x.mean()
+    # null: cumulative sums of sign-flipped increments on the kept null sample (R² is shift invariant)
+    if null_cols is None:
+        js = np.arange(n) if every else np.flatnonzero(keep)
+    else:
+        js = null_cols[keep[null_cols]]
+    flat = index + js if isinstance(index, (int, np.integer)) else np.asarray(index)[js]
     dn = d[:, js]
-    _flip_inplace(dn, index[js], key)
+    _flip_inplace(dn, flat, key)
     c = np.empty((T, js.size))
     _cumsum_rows(dn, c)
     _, nxy, nyy = _moments(c, xc)
-    ssn = ss if pick.all() else ss[pick]
+    ssn = np.sqrt(ss2[js])
     with np.errstate(divide="ignore", invalid="ignore"):
         null_dnr = np.where(ssn > 0, np.abs(c[-1]) / ssn, 0.0)
     return _Block(
         n=n,
         never=never,
-        small=int(np.count_nonzero(~big)),
-        few=int(np.count_nonzero(big & ~uniq)),
+        small=int(small.size),
+        few=int(few.size),
         keep=keep,
-        fit=fit,
+        fit=LinearFit(r2, slope, intercept, np.zeros(r2.size, dtype=bool)),
         dnr=dnr,
         null_r2=_r2(nxy, nyy, sxx, np.zeros(js.size, dtype=bool)),
         null_dnr=null_dnr,
@@ -808,7 +849,7 @@ def _analyze_block(
 
 
 #: bytes per positioned read when paper mode gathers samples from a whole tensor
-_PIECE_BYTES = 16 << 20
+_PIECE_BYTES = 8 << 20
 
 
 @dataclass
@@ -821,6 +862,7 @@ class _Job:
     row_len: int
     dtype: type  #: work dtype: np.float32 if every checkpoint stores <= 32-bit floats, else np.float64
     index: np.ndarray | None = None  #: paper mode: sorted flat indices gathered from rows ``a:b``
+    itemsize: list[int] = field(default_factory=list)  #: stored bytes per element, per checkpoint
 
     @property
     def n(self) -> int:
@@ -842,6 +884,9 @@ class _BlockLoader:
         self.sources, self.jobs, self.threads = sources, jobs, threads
         self.ahead, self.prefetch = max(1, ahead), max(0, prefetch)
         self._bufs: dict[int, np.ndarray] = {}
+        self._free: list[np.ndarray] = []  # released block arrays (flat uint8), reused to avoid page faults
+        self._base: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
         self._last: dict[int, list[tuple[int, str]]] = {}
         last: dict[tuple[int, str], int] = {}
         for j, job in enumerate(jobs):
@@ -860,7 +905,7 @@ class _BlockLoader:
     def _load(self, job: _Job, t: int, out: np.ndarray) -> None:
         src = self.sources[t]
         dst = torch.from_numpy(out)
-        item = src.dtype(job.name).itemsize
+        item = job.itemsize[t]
         if job.index is None:
             dst.copy_(src.read(job.name, job.a, job.b, self._buffer(job.n * item)))
             return
@@ -872,6 +917,22 @@ class _BlockLoader:
                 b = min(job.b, a + rows)
                 raw = src.read(job.name, a, b, self._buffer((b - a) * job.row_len * item))
                 dst[lo:hi].copy_(raw[torch.from_numpy(job.index[lo:hi] - a * job.row_len)])
+
+    def _block_array(self, shape: tuple[int, int], dtype: type) -> np.ndarray:
+        nbytes = max(1, shape[0] * shape[1] * np.dtype(dtype).itemsize)
+        with self._lock:
+            fits = [i for i, b in enumerate(self._free) if b.size >= nbytes]
+            raw = self._free.pop(fits[0]) if fits else np.empty(nbytes, dtype=np.uint8)
+            y = raw[:nbytes].view(dtype)[: shape[0] * shape[1]].reshape(shape)
+            self._base[id(y)] = raw
+        return y
+
+    def release(self, y: np.ndarray) -> None:
+        """Hand a block array back for reuse (after its analysis)."""
+        with self._lock:
+            raw = self._base.pop(id(y), None)
+            if raw is not None and len(self._free) < 8:
+                self._free.append(raw)
 
     def _advise(self, j: int) -> None:
         if j < len(self.jobs):
@@ -888,7 +949,7 @@ class _BlockLoader:
             job = self.jobs[j]
             if self.prefetch:
                 self._advise(j + self.prefetch)
-            y = np.empty((T, job.n), dtype=job.dtype)
+            y = self._block_array((T, job.n), job.dtype)
             if pool is None:
                 pending.append((job, y, []))
             else:
@@ -915,6 +976,8 @@ class _BlockLoader:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
             self._bufs.clear()
+            self._free.clear()
+            self._base.clear()
 
 
 @dataclass
@@ -1072,7 +1135,7 @@ def _summary_line(what: str, r2: dict, null: dict, kept: int, total: int) -> str
     )
 
 
-#: all mode: share of the kept parameters that also get the sign-flip null (at least NULL_MIN per tensor)
+#: all mode: share of each tensor's parameters drawn for the sign-flip null (at least NULL_MIN per tensor)
 NULL_FRACTION_ALL = 1 / 256
 NULL_MIN = 4096
 
@@ -1092,25 +1155,30 @@ def analyze_weights(
     null_fraction: float | None = None,
     null_min: int = NULL_MIN,
     threads: int | None = None,
+    io_threads: int | None = None,
 ) -> WeightLinearity:
     """Per-parameter R² of weight vs step, streamed one tensor at a time.
 
     ``sample="paper"``: per tensor, ``k = min(max(min_samples, floor(fraction * numel)), numel)`` flat indices
     (:func:`sample_indices`, seed ``tensor_seed(name, seed)``), gathered from each checkpoint (what
-    ``Trajectory.stack(name, index)`` returns) by reading the tensor in 16 MB pieces. ``sample="all"``: every
-    element, read ``chunk`` elements (whole rows) at a time from every checkpoint; about 5 x T x chunk x 8 bytes
-    of work arrays (the default 2^16 keeps them in cache). Files are read with positioned reads, not memory
-    maps, so checkpoint pages never pile up in RSS; tensors are visited in on-disk order (results come back in
-    ``keys`` order), by ``threads`` reader threads (default 4 in paper mode, 1 in all mode: the reads of the
-    next block overlap the computation of the current one) with kernel read-ahead hints.
+    ``Trajectory.stack(name, index)`` returns) while reading the tensor in 8 MB pieces. ``sample="all"``:
+    every element, read ``chunk`` elements (whole rows) at a time from every checkpoint; about 4 x T x chunk x
+    8 bytes of work arrays per thread (the default 2^16 keeps them in cache).
+
+    Reading: positioned reads, not memory maps, so checkpoint pages never pile up in RSS; tensors in on-disk
+    order (results come back in ``keys`` order); ``io_threads`` reader threads (default 4 in paper mode, where
+    the T copies of a tensor are read concurrently, 1 in all mode) with kernel read-ahead hints, the next
+    blocks loading while the current ones are analysed by ``threads`` threads (default 1: the calling thread;
+    more help only as far as numpy releases the GIL, about 1.2x for 2 on 2 cores). Results do not depend on
+    ``threads`` or ``io_threads``.
 
     Filters (paper, in order): 1. ``max_t w - min_t w > min_abs_change`` — default
     :func:`default_min_abs_change` of the tensor's dtype (1e-4 for bf16); 2. at least ``min(min_unique, T)``
     distinct values. Kept parameters get R² and the drift-to-noise ratio. The sign-flip null (R² and
-    drift-to-noise) is computed for the kept parameters selected by :func:`null_sample_mask` with, per tensor,
-    ``p = min(1, max(null_fraction, null_min / numel))``: ``null_fraction`` defaults to 1 (every kept parameter)
-    in paper mode and :data:`NULL_FRACTION_ALL` in all mode, where the null would otherwise cost more than
-    the R² itself. ``keys`` defaults to every floating ``*.weight`` tensor. Needs >= 3 checkpoints.
+    drift-to-noise) is computed for the kept parameters of :func:`null_sample` (``null_fraction`` of each
+    tensor, at least ``null_min``): ``null_fraction`` defaults to 1 (every kept parameter) in paper mode and to
+    :data:`NULL_FRACTION_ALL` in all mode, where the null would otherwise cost as much as the R² itself.
+    ``keys`` defaults to every floating ``*.weight`` tensor. Needs >= 3 checkpoints.
     """
     if sample not in ("paper", "all"):
         raise RlvrLinearError(f"sample must be 'paper' or 'all', got {sample!r}")
@@ -1135,38 +1203,76 @@ def analyze_weights(
         if k not in r0:
             raise RlvrLinearError(f"{r0.path}: tensor {k!r} is missing from this checkpoint")
     sources = [_RowSource(trajectory.reader(i)) for i in range(T)]
-    # plan: tensors in on-disk order of the first checkpoint, one job per block
+    # plan: tensors in the on-disk order of the first checkpoint, one job per (T, n) block
     order = sorted(range(len(keys)), key=lambda i: sources[0].position(keys[i]))
     jobs: list[_Job] = []
     info: dict[str, dict] = {}
+    thresholds: dict[str, float] = {}
     for ki in order:
         name = keys[ki]
         dtype = r0.dtype(name)
-        wide = any(s.dtype(name).itemsize > 4 for s in sources)
+        thr = default_min_abs_change(dtype) if min_abs_change is None else float(min_abs_change)
+        thresholds[str(dtype).replace("torch.", "")] = thr
         numel = r0.numel(name)
         row_len, spans = _row_chunks(r0.shape(name), chunk)
-        work = np.float64 if wide else np.float32
+        items = [s.dtype(name).itemsize for s in sources]
+        work_dtype = np.float64 if max(items) > 4 else np.float32
         if paper:
             idx = sample_indices(numel, paper_sample_size(numel, fraction, min_samples), tensor_seed(name, seed))
-            new = [_Job(name, 0, len(spans) and spans[-1][1], row_len, work, idx)] if idx.size else []
+            new = [_Job(name, 0, spans[-1][1], row_len, work_dtype, idx, items)] if idx.size else []
         else:
-            new = [_Job(name, a, b, row_len, work) for a, b in spans if b > a and row_len]
-        info[name] = {"ki": ki, "dtype": dtype, "numel": numel, "blocks": len(new)}
+            new = [_Job(name, a, b, row_len, work_dtype, None, items) for a, b in spans if b > a and row_len]
+        info[name] = {
+            "ki": ki, "dtype": dtype, "numel": numel, "blocks": len(new), "thr": thr, "key": stable_key(name, seed),
+            "null": null_sample(numel, null_fraction, null_min, name, seed),
+        }  # fmt: skip
         jobs += new
+    if io_threads is None:
+        io_threads = 4 if paper else 1
     if threads is None:
-        threads = 4 if paper else 1
-    loader = _BlockLoader(sources, jobs, threads, ahead=3 if paper else 2, prefetch=16 if paper else 64)
+        threads = 1
+    loader = _BlockLoader(sources, jobs, io_threads, ahead=3 if paper else 1 + threads, prefetch=2 if paper else 64)
 
-    thresholds: dict[str, float] = {}
     per_tensor: dict[str, dict] = {}
     glob = {"r2": Dist(keep=paper), "null": Dist(keep=paper), "dnr": Dist(hi=math.sqrt(T - 1), keep=paper)}
     glob["null_dnr"] = Dist(hi=math.sqrt(T - 1))
+    works: dict[int, dict] = {}  # per thread: reused work arrays of the block analysis
 
     def new_tensor(name: str) -> dict:
         loc = {"r2": Dist(keep=paper), "null": Dist(keep=paper), "dnr": Dist(hi=math.sqrt(T - 1), keep=paper)}
         loc["null_dnr"] = Dist(hi=math.sqrt(T - 1))
         cnt = {"sampled": 0, "kept": 0, "small": 0, "few": 0, "never": 0, "null": 0}
         return {"loc": loc, "cnt": cnt, "tids": [], "fidx": [], "candidates": [], "left": info[name]["blocks"]}
+
+    def analyze(job: _Job, y: np.ndarray, lines: bool) -> tuple[_Block, list[dict]]:
+        it = info[job.name]
+        i0 = job.a * job.row_len
+        index = job.index if paper else i0
+        cols = None
+        if it["null"] is not None:  # the null sample's columns in this block
+            lo, hi = np.searchsorted(it["null"], [i0, job.b * job.row_len])
+            cols = it["null"][lo:hi] - i0
+        work = works.setdefault(threading.get_ident(), {})
+        blk = _analyze_block(y, x, index, it["key"], it["thr"], eff_unique, steps, job.name, cols, lines, work)
+        cands = []
+        n_kept = blk.fit.r2.size
+        if lines and n_kept:  # two example trajectories from the tensor's first block with kept parameters
+            kcols = np.flatnonzero(blk.keep)
+            pick = np.random.default_rng(tensor_seed(job.name, seed)).choice(n_kept, min(2, n_kept), replace=False)
+            for j in pick:
+                c = int(kcols[j])
+                cands.append(
+                    {
+                        "name": job.name,
+                        "index": int(job.index[c]) if paper else i0 + c,
+                        "values": y[:, c].astype(np.float64).tolist(),
+                        "slope": float(blk.fit.slope[j]),
+                        "intercept": float(blk.fit.intercept[j]),
+                        "r2": float(blk.fit.r2[j]),
+                    }
+                )
+        loader.release(y)
+        return blk, cands
 
     def finish(name: str, st: dict) -> None:
         loc, cnt = st["loc"], st["cnt"]
@@ -1191,61 +1297,56 @@ def analyze_weights(
             for k in glob:
                 glob[k].merge(loc[k])
             st["loc"] = None
+        bar.update()
+
+    def consume(job: _Job, blk: _Block, cands: list[dict]) -> None:
+        name = job.name
+        st = per_tensor[name]
+        cnt, loc = st["cnt"], st["loc"]
+        n_kept = blk.fit.r2.size
+        cnt["sampled"] += blk.n
+        cnt["kept"] += n_kept
+        cnt["small"] += blk.small
+        cnt["few"] += blk.few
+        cnt["never"] += blk.never
+        cnt["null"] += blk.null_n
+        loc["r2"].add(blk.fit.r2)
+        loc["null"].add(blk.null_r2)
+        loc["dnr"].add(blk.dnr)
+        loc["null_dnr"].add(blk.null_dnr)
+        if paper:
+            st["tids"].append(np.full(n_kept, info[name]["ki"], dtype=np.int32))
+            st["fidx"].append(job.index[blk.keep])
+        if cands and not st["candidates"]:
+            st["candidates"] = cands
+        st["left"] -= 1
+        if st["left"] == 0:
+            finish(name, st)
 
     blocks = iter(loader)
+    pool = ThreadPoolExecutor(threads) if threads > 1 else None
     bar = tqdm(total=len(keys), desc="weights R²", disable=not progress)
     try:
-        for ki in order:  # tensors without blocks (no elements)
-            if info[keys[ki]]["blocks"] == 0:
-                per_tensor[keys[ki]] = st = new_tensor(keys[ki])
-                finish(keys[ki], st)
-                bar.update()
+        for name in keys:
+            per_tensor[name] = new_tensor(name)
+            if info[name]["blocks"] == 0:  # no elements
+                finish(name, per_tensor[name])
+        inflight: deque = deque()
         for job, y in blocks:
-            name = job.name
-            st = per_tensor.get(name)
-            if st is None:
-                st = per_tensor[name] = new_tensor(name)
-            dtype, numel = info[name]["dtype"], info[name]["numel"]
-            thr = default_min_abs_change(dtype) if min_abs_change is None else float(min_abs_change)
-            thresholds[str(dtype).replace("torch.", "")] = thr
-            idx = job.index if paper else np.arange(job.a * job.row_len, job.b * job.row_len)
-            p_null = min(1.0, max(null_fraction, null_min / max(numel, 1)))
-            key = stable_key(name, seed)
-            blk = _analyze_block(y, x, idx, key, thr, eff_unique, steps, name, p_null)
-            cnt, loc = st["cnt"], st["loc"]
-            n_kept = int(np.count_nonzero(blk.keep))
-            cnt["sampled"] += blk.n
-            cnt["kept"] += n_kept
-            cnt["small"] += blk.small
-            cnt["few"] += blk.few
-            cnt["never"] += blk.never
-            cnt["null"] += blk.null_n
-            loc["r2"].add(blk.fit.r2)
-            loc["null"].add(blk.null_r2)
-            loc["dnr"].add(blk.dnr)
-            loc["null_dnr"].add(blk.null_dnr)
-            if paper:
-                st["tids"].append(np.full(n_kept, info[name]["ki"], dtype=np.int32))
-                st["fidx"].append(idx[blk.keep])
-            if n_kept and not st["candidates"]:
-                cols = np.flatnonzero(blk.keep)
-                pick = np.random.default_rng(tensor_seed(name, seed)).choice(n_kept, size=min(2, n_kept), replace=False)
-                for j in pick:
-                    st["candidates"].append(
-                        {
-                            "name": name,
-                            "index": int(idx[cols[j]]),
-                            "values": y[:, cols[j]].astype(np.float64).tolist(),
-                            "slope": float(blk.fit.slope[j]),
-                            "intercept": float(blk.fit.intercept[j]),
-                            "r2": float(blk.fit.r2[j]),
-                        }
-                    )
-            st["left"] -= 1
-            if st["left"] == 0:
-                finish(name, st)
-                bar.update()
+            lines = not per_tensor[job.name]["candidates"]
+            if pool is None:
+                consume(job, *analyze(job, y, lines))
+                continue
+            inflight.append((job, pool.submit(analyze, job, y, lines)))
+            while len(inflight) > threads or (inflight and inflight[0][1].done()):
+                job0, fut = inflight.popleft()
+                consume(job0, *fut.result())
+        while inflight:
+            job0, fut = inflight.popleft()
+            consume(job0, *fut.result())
     finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
         blocks.close()
         bar.close()
         for src in sources:
