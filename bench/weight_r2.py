@@ -9,7 +9,8 @@ plus noise), then runs, each in a fresh subprocess so that peak RSS is measured 
 * ``ours``  — ``analyze_weights(sample="paper")``: one tensor at a time across checkpoints (the T copies of
   a tensor read concurrently by 4 reader threads, tensors in on-disk order);
 * ``all``   — ``analyze_weights(sample="all")``: every parameter, streamed in chunks (a reader thread loads
-  the next chunk while ``--threads`` threads analyse; the sign-flip null on a 1/256 subsample per tensor).
+  the next chunk while ``--threads`` threads analyse; the sign-flip null on a 1/256 subsample per tensor;
+  ``--workers`` processes share the blocks, default: the library's, 2 from 50M parameters on).
 
 Before each run the weight files are dropped from the page cache (``posix_fadvise(DONTNEED)``, no root
 needed) unless ``--warm``. Peak memory: ``ru_maxrss`` and ``VmHWM`` of the worker (``VmHWM`` belongs to the
@@ -21,6 +22,7 @@ Usage::
     python bench/weight_r2.py                    # ~300M params (the full benchmark)
     python bench/weight_r2.py --params 1e9 --workdir /big/disk
     python bench/weight_r2.py --threads 2        # --all analysed by 2 threads
+    python bench/weight_r2.py --workers 1        # --all in one process (the default is 2 from 50M params)
 
 Writes ``bench/results/weight_r2.json``.
 """
@@ -139,7 +141,7 @@ def _peak() -> dict:
     return {"ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "vm_hwm_mb": hwm}
 
 
-def worker(mode: str, run: Path, out: Path, chunk: int, threads: int | None = None) -> None:
+def worker(mode: str, run: Path, out: Path, chunk: int, threads: int | None = None, workers: int | None = None) -> None:
     import numpy as np
     import torch
 
@@ -181,12 +183,17 @@ def worker(mode: str, run: Path, out: Path, chunk: int, threads: int | None = No
         np.save(out.with_suffix(".npy"), np.concatenate(r2))
     elif mode in ("ours", "all"):
         res_ = L.analyze_weights(
-            discover(run), sample="paper" if mode == "ours" else "all", chunk=chunk, threads=threads
+            discover(run),
+            sample="paper" if mode == "ours" else "all",
+            chunk=chunk,
+            threads=threads,
+            workers=None if mode == "ours" else workers,
         )
         s = res_.to_json()
         res.update({"median": s["r2"]["median"], "null_median": s["null"]["median"], "kept": s["counts"]["kept"]})
         res.update({"null_sample": s["counts"]["null_sample"], "null_fraction": s["config"]["null_fraction"]})
         res["sampled"] = s["counts"]["sampled"]
+        res["r2_total"], res["r2_counts_sum"] = res_.r2.total, int(res_.r2.counts @ np.arange(res_.r2.bins))
         if mode == "ours":
             np.save(out.with_suffix(".npy"), res_.r2.array())
     res["wall_s"] = time.perf_counter() - t0
@@ -194,13 +201,17 @@ def worker(mode: str, run: Path, out: Path, chunk: int, threads: int | None = No
     out.write_text(json.dumps(res))
 
 
-def run_worker(mode: str, run: Path, tmp: Path, chunk: int, warm: bool, threads: int | None = None) -> dict:
+def run_worker(
+    mode: str, run: Path, tmp: Path, chunk: int, warm: bool, threads: int | None = None, workers: int | None = None
+) -> dict:
     cold = False if warm else drop_cache(weight_files(run))
     out = tmp / f"{mode}.json"
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     cmd = [sys.executable, __file__, "--worker", mode, "--run", str(run), "--out", str(out), "--chunk", str(chunk)]
     if threads is not None:
         cmd += ["--threads", str(threads)]
+    if workers is not None:
+        cmd += ["--workers", str(workers)]
     subprocess.run(cmd, check=True, env=env)
     res = json.loads(out.read_text())
     res["page_cache"] = "dropped" if cold else "warm"
@@ -217,6 +228,7 @@ def main() -> None:
     ap.add_argument("--shard-mb", type=float, help="shard size in MB (default 200; 16 with --small)")
     ap.add_argument("--chunk", type=int, default=1 << 16, help="elements per chunk for --all (default 2^16)")
     ap.add_argument("--threads", type=int, help="analysis threads for --all (default: the library's, 1)")
+    ap.add_argument("--workers", type=int, help="processes for --all (default: the library's, 2 from 50M params)")
     ap.add_argument("--workdir", help="where to write the checkpoints (default: a temp dir, removed after)")
     ap.add_argument("--keep", action="store_true", help="keep the checkpoints")
     ap.add_argument("--warm", action="store_true", help="do not drop the files from the page cache between runs")
@@ -225,7 +237,7 @@ def main() -> None:
     ap.add_argument("--run", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        worker(args.worker, Path(args.run), Path(args.out), args.chunk, args.threads)
+        worker(args.worker, Path(args.run), Path(args.out), args.chunk, args.threads, args.workers)
         return
 
     params = 20e6 if args.small else args.params
@@ -245,7 +257,10 @@ def main() -> None:
         files = weight_files(run)
         total = sum(f.stat().st_size for f in files)
         print(f"built in {build_s:.1f} s: {len(files)} files, {total / 1e6:.0f} MB")
-        r = {m: run_worker(m, run, tmp, args.chunk, args.warm, args.threads) for m in ("read", "seed", "ours", "all")}
+        r = {
+            m: run_worker(m, run, tmp, args.chunk, args.warm, args.threads, args.workers)
+            for m in ("read", "seed", "ours", "all")
+        }
         import numpy as np
 
         a, b = np.load(tmp / "ours.npy"), np.load(tmp / "seed.npy")
@@ -281,6 +296,7 @@ def main() -> None:
             "build_s": build_s,
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch_threads": 1},
             "all_mode_threads": args.threads,
+            "all_mode_workers": args.workers,
             "runs": r,
             "summary": summary,
         }

@@ -290,6 +290,48 @@ def test_all_mode_threads_and_reading_order_do_not_change_results(runs):
     np.testing.assert_array_equal(p1.flat_index, p4.flat_index)
 
 
+def _same_weights(a, b):
+    assert [t.row() for t in a.tensors] == [t.row() for t in b.tensors]
+    assert [t.r2 for t in a.tensors] == [t.r2 for t in b.tensors] and a.to_json() == b.to_json()
+    for k in ("r2", "null", "dnr", "null_dnr"):
+        da, db = getattr(a, k), getattr(b, k)
+        assert (da.n, da.n_gt, da.total) == (db.n, db.n_gt, db.total) and np.array_equal(da.counts, db.counts)
+        if da.values is not None:
+            np.testing.assert_array_equal(da.array(), db.array())
+    assert a.examples == b.examples
+
+
+def test_worker_processes_give_exactly_the_single_process_result(runs):
+    traj = discover(runs["noisy"])
+    ref = L.analyze_weights(traj, sample="all", chunk=40, workers=1)
+    jobs = [L._Job("w", i, i + 1, 40, np.float32) for i in range(300)]  # 12,000 elements / 128 = 93.75 per part
+    assert L._segments(jobs, 128) == [(i, i + 3) for i in range(0, 300, 3)]
+    for workers, threads in ((2, 1), (3, 2)):
+        got = L.analyze_weights(traj, sample="all", chunk=40, workers=workers, threads=threads)
+        _same_weights(got, ref)
+        assert got.null.n == sum(t.null_sample for t in ref.tensors) and got.r2.n == ref.counts()["kept"]
+    p1, p2 = L.analyze_weights(traj, workers=1), L.analyze_weights(traj, workers=2)
+    _same_weights(p1, p2)
+    np.testing.assert_array_equal(p1.tensor_id, p2.tensor_id)
+    np.testing.assert_array_equal(p1.flat_index, p2.flat_index)
+    with pytest.raises(RlvrLinearError, match="workers must be >= 1, got 0"):
+        L.analyze_weights(traj, sample="all", workers=0)
+
+
+def test_dist_pickles_with_sparse_counts():
+    import pickle
+
+    d = L.Dist(hi=2.0)
+    d.add(np.array([0.1, 0.1, 1.9]))
+    e = pickle.loads(pickle.dumps(d))
+    assert isinstance(d.__getstate__()["counts"], tuple) and np.array_equal(e.counts, d.counts)
+    assert (e.n, e.total, e.n_gt, e.hi, e.bins) == (3, d.total, 1, 2.0, d.bins) and e.counts.dtype == np.int64
+    full = L.Dist()
+    full.add(np.linspace(0, 1, 30_000))
+    assert isinstance(full.__getstate__()["counts"], np.ndarray)
+    assert np.array_equal(pickle.loads(pickle.dumps(full)).counts, full.counts)
+
+
 def test_null_sample_is_deterministic_chunk_independent_and_close_to_the_full_null(runs):
     assert L.null_sample(10_000, 1.0, 4096, "w") is None and L.null_sample(3000, 0.01, 4096, "w") is None
     s = L.null_sample(100_000, 0.01, 50, "w")
@@ -331,6 +373,8 @@ def test_missing_key_and_nan_are_reported(runs, tmp_path):
     for mode in ("paper", "all"):
         with pytest.raises(RlvrLinearError, match=msg):
             L.analyze_weights(discover(run), sample=mode)
+    with pytest.raises(RlvrLinearError, match=msg):  # raised in whichever process met it, re-raised here
+        L.analyze_weights(discover(run), sample="all", chunk=16, workers=2)
     with pytest.raises(RlvrLinearError, match="at least 3 checkpoints"):
         L.analyze_weights(discover([f"0={run / 'step_000000'}", f"100={run / 'step_000100'}"]))
 

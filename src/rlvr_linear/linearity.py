@@ -33,13 +33,15 @@ import csv
 import io
 import json
 import math
+import multiprocessing
 import os
 import re
+import sys
 import tempfile
 import threading
 import zlib
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -335,6 +337,21 @@ class Dist:
                 self.values = None
             else:
                 self.values.extend(other.values)
+
+    def __getstate__(self) -> dict:
+        # sent between processes by analyze_weights(workers > 1): sparse counts when most bins are empty
+        state = dict(self.__dict__)
+        nz = np.flatnonzero(self.counts)
+        if 3 * nz.size < self.counts.size:
+            state["counts"] = (nz.astype(np.int32), self.counts[nz])
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        if isinstance(state["counts"], tuple):
+            idx, c = state["counts"]
+            state["counts"] = np.zeros(state["bins"], dtype=np.int64)
+            state["counts"][idx] = c
+        self.__dict__.update(state)
 
     def array(self) -> np.ndarray | None:
         if self.values is None:
@@ -877,11 +894,21 @@ class _BlockLoader:
     The T checkpoints' parts of a block are read in parallel (positioned reads release the GIL), converted to
     the work dtype by torch, and land in one (T, n) array; each thread reuses its own raw buffer (no page
     faults or zeroing per read). Files are closed after their last block, so open files stay bounded.
-    ``threads=0`` reads in the calling thread.
+    ``threads=0`` reads in the calling thread. ``order`` (default: all jobs in turn) is an iterable of job
+    indices, drawn lazily (worker processes claim runs of jobs as they go); iterating yields ``(j, job, y)``.
     """
 
-    def __init__(self, sources: list[_RowSource], jobs: list[_Job], threads: int, ahead: int, prefetch: int):
+    def __init__(
+        self,
+        sources: list[_RowSource],
+        jobs: list[_Job],
+        threads: int,
+        ahead: int,
+        prefetch: int,
+        order: Iterable[int] | None = None,
+    ):
         self.sources, self.jobs, self.threads = sources, jobs, threads
+        self.order = range(len(jobs)) if order is None else order
         self.ahead, self.prefetch = max(1, ahead), max(0, prefetch)
         self._bufs: dict[int, np.ndarray] = {}
         self._free: list[np.ndarray] = []  # released block arrays (flat uint8), reused to avoid page faults
@@ -940,36 +967,43 @@ class _BlockLoader:
             for s in self.sources:
                 s.prefetch(job.name, job.a, job.b)
 
-    def __iter__(self) -> Iterator[tuple[_Job, np.ndarray]]:
+    def __iter__(self) -> Iterator[tuple[int, _Job, np.ndarray]]:
         T = len(self.sources)
         pool = ThreadPoolExecutor(self.threads) if self.threads > 0 else None
         pending: deque = deque()
+        order = iter(self.order)
+        started = False
 
-        def submit(j: int) -> None:
+        def submit() -> None:
+            nonlocal started
+            j = next(order, None)
+            if j is None:
+                return
             job = self.jobs[j]
+            if not started:  # the first blocks: hint them all
+                started = True
+                for k in range(j, j + self.prefetch):
+                    self._advise(k)
             if self.prefetch:
                 self._advise(j + self.prefetch)
             y = self._block_array((T, job.n), job.dtype)
             if pool is None:
-                pending.append((job, y, []))
+                pending.append((j, job, y, []))
             else:
-                pending.append((job, y, [pool.submit(self._load, job, t, y[t]) for t in range(T)]))
+                pending.append((j, job, y, [pool.submit(self._load, job, t, y[t]) for t in range(T)]))
 
         try:
-            for j in range(min(self.prefetch, len(self.jobs))):
-                self._advise(j)
-            for j in range(min(self.ahead, len(self.jobs))):
-                submit(j)
-            for j in range(len(self.jobs)):
-                job, y, futures = pending.popleft()
-                if j + self.ahead < len(self.jobs):
-                    submit(j + self.ahead)
+            for _ in range(self.ahead):
+                submit()
+            while pending:
+                j, job, y, futures = pending.popleft()
+                submit()
                 if pool is None:
                     for t in range(T):
                         self._load(job, t, y[t])
                 for f in futures:
                     f.result()
-                yield job, y
+                yield j, job, y
                 for t, fname in self._last.get(j, []):
                     self.sources[t].close(fname)
         finally:
@@ -1140,6 +1174,233 @@ NULL_FRACTION_ALL = 1 / 256
 NULL_MIN = 4096
 
 
+#: all mode: analyse with 2 worker processes (``workers=None``) from this many parameters on
+WORKERS_MIN_PARAMS = 50_000_000
+_COUNTS = ("sampled", "kept", "small", "few", "never", "null")
+
+
+@dataclass
+class _WeightsPlan:
+    """What a pass of :func:`analyze_weights` over some of its blocks needs (picklable, for worker processes)."""
+
+    checkpoints: list
+    allow_pickle: bool
+    steps: list[int]
+    jobs: list[_Job]
+    info: dict[str, dict]  #: per tensor: ki, dtype, numel, blocks, thr, key, null
+    paper: bool
+    seed: int
+    min_unique: int
+    threads: int
+    io_threads: int
+
+
+def _weights_pass(
+    plan: _WeightsPlan, order: Iterable[int], done: Callable[[int], Any], trajectory: Trajectory | None = None
+) -> dict[str, dict]:
+    """Analyse the blocks ``order`` (job indices; lazily drawn) of ``plan``.
+
+    Returns, per tensor met: ``cnt`` (filter counts), ``hist`` (a :class:`Dist` per statistic, whose counts, n and
+    share merge in any order) and ``blocks``: per job index, the sums of its values per statistic (and, in paper
+    mode, the kept values and flat indices; the example candidates where found) — what the caller needs to
+    rebuild, in block order, exactly the result of one pass over every block.
+    """
+    traj = trajectory if trajectory is not None else Trajectory(plan.checkpoints, allow_pickle=plan.allow_pickle)
+    T = len(plan.steps)
+    x = np.asarray(plan.steps, dtype=np.float64)
+    paper, info = plan.paper, plan.info
+    sources = [_RowSource(traj.reader(i)) for i in range(T)]
+    loader = _BlockLoader(
+        sources, plan.jobs, plan.io_threads, ahead=3 if paper else 1 + plan.threads, prefetch=2 if paper else 64,
+        order=order,
+    )  # fmt: skip
+    works: dict[int, dict] = {}  # per thread: reused work arrays of the block analysis
+    out: dict[str, dict] = {}
+    have_cands: dict[str, int] = {}  # tensor -> last job index of a run of consumed blocks that found candidates
+
+    def analyze(job: _Job, y: np.ndarray, lines: bool) -> tuple[_Block, list[dict]]:
+        it = info[job.name]
+        i0 = job.a * job.row_len
+        index = job.index if paper else i0
+        cols = None
+        if it["null"] is not None:  # the null sample's columns in this block
+            lo, hi = np.searchsorted(it["null"], [i0, job.b * job.row_len])
+            cols = it["null"][lo:hi] - i0
+        work = works.setdefault(threading.get_ident(), {})
+        thr, steps = it["thr"], plan.steps
+        blk = _analyze_block(y, x, index, it["key"], thr, plan.min_unique, steps, job.name, cols, lines, work)
+        cands = []
+        n_kept = blk.fit.r2.size
+        if lines and n_kept:  # two example trajectories from the tensor's first block with kept parameters
+            kcols = np.flatnonzero(blk.keep)
+            rng = np.random.default_rng(tensor_seed(job.name, plan.seed))
+            for j in rng.choice(n_kept, min(2, n_kept), replace=False):
+                c = int(kcols[j])
+                cands.append(
+                    {
+                        "name": job.name,
+                        "index": int(job.index[c]) if paper else i0 + c,
+                        "values": y[:, c].astype(np.float64).tolist(),
+                        "slope": float(blk.fit.slope[j]),
+                        "intercept": float(blk.fit.intercept[j]),
+                        "r2": float(blk.fit.r2[j]),
+                    }
+                )
+        loader.release(y)
+        return blk, cands
+
+    def consume(j: int, job: _Job, blk: _Block, cands: list[dict]) -> None:
+        st = out.get(job.name)
+        if st is None:
+            h = math.sqrt(T - 1)
+            hist = {"r2": Dist(), "null": Dist(), "dnr": Dist(hi=h), "null_dnr": Dist(hi=h)}
+            st = out[job.name] = {"cnt": dict.fromkeys(_COUNTS, 0), "hist": hist, "blocks": {}}
+        cnt = st["cnt"]
+        cnt["sampled"] += blk.n
+        cnt["kept"] += blk.fit.r2.size
+        cnt["small"] += blk.small
+        cnt["few"] += blk.few
+        cnt["never"] += blk.never
+        cnt["null"] += blk.null_n
+        rec: dict = {"sums": {}, "kept": int(blk.fit.r2.size)}
+        for k, v in (("r2", blk.fit.r2), ("null", blk.null_r2), ("dnr", blk.dnr), ("null_dnr", blk.null_dnr)):
+            v = np.asarray(v, dtype=np.float64).ravel()
+            if v.size:  # as Dist.add: the total gets float(v.sum()); values kept in paper mode
+                st["hist"][k].add(v)
+                rec["sums"][k] = float(v.sum())
+                if paper and k != "null_dnr":
+                    rec.setdefault("values", {})[k] = v
+        if paper:
+            rec["fidx"] = job.index[blk.keep]
+        if cands:
+            rec["cands"] = cands
+            have_cands[job.name] = j
+        elif have_cands.get(job.name) == j - 1:
+            have_cands[job.name] = j
+        st["blocks"][j] = rec
+        done(1)
+
+    blocks = iter(loader)
+    pool = ThreadPoolExecutor(plan.threads) if plan.threads > 1 else None
+    try:
+        inflight: deque = deque()
+        for j, job, y in blocks:
+            # slopes (for the example candidates) until a run of this tensor's blocks before j found some
+            lines = have_cands.get(job.name) != j - 1
+            if pool is None:
+                consume(j, job, *analyze(job, y, lines))
+                continue
+            inflight.append((j, job, pool.submit(analyze, job, y, lines)))
+            while len(inflight) > plan.threads or (inflight and inflight[0][2].done()):
+                j0, job0, fut = inflight.popleft()
+                consume(j0, job0, *fut.result())
+        while inflight:
+            j0, job0, fut = inflight.popleft()
+            consume(j0, job0, *fut.result())
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        blocks.close()
+        for src in sources:
+            src.close()
+    return out
+
+
+def _claim(counter, segments: list[tuple[int, int]]) -> Iterator[int]:
+    """Job indices of the segments (job ranges) this process claims, one at a time, from a shared counter."""
+    while True:
+        with counter.get_lock():
+            s = counter.value
+            if s >= len(segments):
+                return
+            counter.value = s + 1
+        yield from range(*segments[s])
+
+
+def _segments(jobs: list[_Job], parts: int) -> list[tuple[int, int]]:
+    """Consecutive job ranges of about ``1 / parts`` of the elements each (at least one job each)."""
+    target = max(1, sum(j.n for j in jobs) // parts)
+    segs, start, acc = [], 0, 0
+    for i, job in enumerate(jobs):
+        acc += job.n
+        if acc >= target:
+            segs.append((start, i + 1))
+            start, acc = i + 1, 0
+    if start < len(jobs):
+        segs.append((start, len(jobs)))
+    return segs
+
+
+def _worker_main(plan: _WeightsPlan, segments, counter, done, conn) -> None:
+    """Entry point of a worker process: claim segments until none are left, send back the pass's result."""
+    try:
+        torch.set_num_threads(1)  # one core per worker; also keeps OpenMP out of a forked child
+
+        def tick(k: int) -> None:
+            with done.get_lock():
+                done.value += k
+
+        conn.send(("ok", _weights_pass(plan, _claim(counter, segments), tick)))
+    except BaseException as e:  # noqa: BLE001 - re-raised in the parent
+        try:
+            conn.send(("error", e))
+        except Exception:  # an exception that does not pickle
+            conn.send(("error", RlvrLinearError(f"weights worker process failed: {e!r}")))
+    finally:
+        conn.close()
+
+
+def _parallel_passes(plan: _WeightsPlan, workers: int, bar) -> list[dict[str, dict]]:
+    """Run :func:`_weights_pass` in this process and ``workers - 1`` worker processes sharing the blocks.
+
+    The blocks are cut into ``64 x workers`` segments of consecutive blocks, claimed one at a time from a shared
+    counter (a late-starting or slower process simply claims fewer). Worker processes are forked on Linux (no
+    re-import: they start at once), spawned elsewhere.
+    """
+    method = "fork" if sys.platform.startswith("linux") else "spawn"
+    ctx = multiprocessing.get_context(method)
+    segments = _segments(plan.jobs, 64 * workers)
+    counter, done = ctx.Value("q", 0), ctx.Value("q", 0)
+    procs = []
+
+    def tick(k: int) -> None:
+        with done.get_lock():
+            done.value += k
+            n = done.value
+        bar.update(n - bar.n)
+
+    try:
+        for _ in range(workers - 1):
+            recv, send = ctx.Pipe(duplex=False)
+            p = ctx.Process(target=_worker_main, args=(plan, segments, counter, done, send), daemon=True)
+            p.start()
+            send.close()
+            procs.append((p, recv))
+        results = [_weights_pass(plan, _claim(counter, segments), tick)]
+        for p, recv in procs:
+            while not recv.poll(0.2):
+                bar.update(done.value - bar.n)
+            try:
+                status, payload = recv.recv()
+            except EOFError:
+                p.join()
+                raise RlvrLinearError(f"a weights worker process exited (code {p.exitcode}) without a result") from None
+            if status == "error":
+                raise payload
+            results.append(payload)
+            p.join()
+        bar.update(done.value - bar.n)
+        return results
+    finally:
+        with counter.get_lock():  # on error: stop the others claiming
+            counter.value = len(segments)
+        for p, recv in procs:
+            if p.is_alive():
+                p.terminate()
+            p.join()
+            recv.close()
+
+
 def analyze_weights(
     trajectory: Trajectory,
     sample: str = "paper",
@@ -1156,6 +1417,7 @@ def analyze_weights(
     null_min: int = NULL_MIN,
     threads: int | None = None,
     io_threads: int | None = None,
+    workers: int | None = None,
 ) -> WeightLinearity:
     """Per-parameter R² of weight vs step, streamed one tensor at a time.
 
@@ -1170,7 +1432,10 @@ def analyze_weights(
     the T copies of a tensor are read concurrently, 1 in all mode) with kernel read-ahead hints, the next
     blocks loading while the current ones are analysed by ``threads`` threads (default 1: the calling thread;
     more help only as far as numpy releases the GIL, about 1.2x for 2 on 2 cores). Results do not depend on
-    ``threads`` or ``io_threads``.
+    ``threads`` or ``io_threads``. ``workers`` processes (default: 2 in all mode from :data:`WORKERS_MIN_PARAMS`
+    parameters on, if there are 2 CPUs; else 1) share the blocks, each with its own readers and ``threads``
+    analysis threads: about 2x on 2 cores, since all mode is CPU bound. The result is the same whatever
+    ``workers`` (per-tensor parts are merged in block order); only which NaN / Inf error comes first may differ.
 
     Filters (paper, in order): 1. ``max_t w - min_t w > min_abs_change`` — default
     :func:`default_min_abs_change` of the tensor's dtype (1e-4 for bf16); 2. at least ``min(min_unique, T)``
@@ -1191,7 +1456,6 @@ def analyze_weights(
         raise RlvrLinearError(f"null_fraction must be in (0, 1], got {null_fraction}")
     trajectory.validate(min_checkpoints=3)
     steps = trajectory.steps
-    x = np.asarray(steps, dtype=np.float64)
     T = len(steps)
     eff_unique = min(min_unique, T)
     explicit_keys = keys is not None
@@ -1227,57 +1491,71 @@ def analyze_weights(
             "null": null_sample(numel, null_fraction, null_min, name, seed),
         }  # fmt: skip
         jobs += new
+    for src in sources:  # (the passes open their own)
+        src.close()
     if io_threads is None:
         io_threads = 4 if paper else 1
     if threads is None:
         threads = 1
-    loader = _BlockLoader(sources, jobs, io_threads, ahead=3 if paper else 1 + threads, prefetch=2 if paper else 64)
-
+    if workers is None:
+        total = sum(info[k]["numel"] for k in keys)
+        workers = min(2, os.cpu_count() or 1) if not paper and total >= WORKERS_MIN_PARAMS else 1
+    if workers < 1:
+        raise RlvrLinearError(f"workers must be >= 1, got {workers}")
+    plan = _WeightsPlan(
+        checkpoints=list(trajectory.checkpoints),
+        allow_pickle=trajectory.allow_pickle,
+        steps=list(steps),
+        jobs=jobs,
+        info=info,
+        paper=paper,
+        seed=seed,
+        min_unique=eff_unique,
+        threads=threads,
+        io_threads=io_threads,
+    )
+    bar = tqdm(total=len(jobs), desc="weights R²", unit="block", disable=not progress)
+    try:
+        if workers == 1 or len(jobs) < 2:
+            results = [_weights_pass(plan, range(len(jobs)), bar.update, trajectory)]
+        else:
+            results = _parallel_passes(plan, workers, bar)
+    finally:
+        bar.close()
+    # merge: per tensor, its blocks in order (exactly what one pass over every block in order gives)
+    blocks: dict[str, dict[int, dict]] = {name: {} for name in keys}
+    hists: dict[str, list[dict]] = {name: [] for name in keys}
+    cnts: dict[str, list[dict]] = {name: [] for name in keys}
+    for res in results:
+        for name, part in res.items():
+            blocks[name].update(part["blocks"])
+            hists[name].append(part["hist"])
+            cnts[name].append(part["cnt"])
+    hi = {"r2": 1.0, "null": 1.0, "dnr": math.sqrt(T - 1), "null_dnr": math.sqrt(T - 1)}
     per_tensor: dict[str, dict] = {}
-    glob = {"r2": Dist(keep=paper), "null": Dist(keep=paper), "dnr": Dist(hi=math.sqrt(T - 1), keep=paper)}
-    glob["null_dnr"] = Dist(hi=math.sqrt(T - 1))
-    works: dict[int, dict] = {}  # per thread: reused work arrays of the block analysis
-
-    def new_tensor(name: str) -> dict:
-        loc = {"r2": Dist(keep=paper), "null": Dist(keep=paper), "dnr": Dist(hi=math.sqrt(T - 1), keep=paper)}
-        loc["null_dnr"] = Dist(hi=math.sqrt(T - 1))
-        cnt = {"sampled": 0, "kept": 0, "small": 0, "few": 0, "never": 0, "null": 0}
-        return {"loc": loc, "cnt": cnt, "tids": [], "fidx": [], "candidates": [], "left": info[name]["blocks"]}
-
-    def analyze(job: _Job, y: np.ndarray, lines: bool) -> tuple[_Block, list[dict]]:
-        it = info[job.name]
-        i0 = job.a * job.row_len
-        index = job.index if paper else i0
-        cols = None
-        if it["null"] is not None:  # the null sample's columns in this block
-            lo, hi = np.searchsorted(it["null"], [i0, job.b * job.row_len])
-            cols = it["null"][lo:hi] - i0
-        work = works.setdefault(threading.get_ident(), {})
-        blk = _analyze_block(y, x, index, it["key"], it["thr"], eff_unique, steps, job.name, cols, lines, work)
-        cands = []
-        n_kept = blk.fit.r2.size
-        if lines and n_kept:  # two example trajectories from the tensor's first block with kept parameters
-            kcols = np.flatnonzero(blk.keep)
-            pick = np.random.default_rng(tensor_seed(job.name, seed)).choice(n_kept, min(2, n_kept), replace=False)
-            for j in pick:
-                c = int(kcols[j])
-                cands.append(
-                    {
-                        "name": job.name,
-                        "index": int(job.index[c]) if paper else i0 + c,
-                        "values": y[:, c].astype(np.float64).tolist(),
-                        "slope": float(blk.fit.slope[j]),
-                        "intercept": float(blk.fit.intercept[j]),
-                        "r2": float(blk.fit.r2[j]),
-                    }
-                )
-        loader.release(y)
-        return blk, cands
-
-    def finish(name: str, st: dict) -> None:
-        loc, cnt = st["loc"], st["cnt"]
+    for name in keys:
+        loc = {k: Dist(hi=hi[k], keep=paper and k != "null_dnr") for k in hi}
+        cnt = {k: sum(c[k] for c in cnts[name]) for k in _COUNTS}
+        for h in hists[name]:  # counts, n, share: order does not matter
+            for k in hi:
+                loc[k].n += h[k].n
+                loc[k].n_gt += h[k].n_gt
+                loc[k].counts += h[k].counts
+        cands: list[dict] = []
+        tids, fidx = [], []
+        for j in sorted(blocks[name]):  # sums (and kept values) in block order, as Dist.add does
+            b = blocks[name][j]
+            for k, v in b["sums"].items():
+                loc[k].total += v
+            for k, v in b.get("values", {}).items():
+                loc[k].values.append(v)
+            if paper:
+                tids.append(np.full(b["kept"], info[name]["ki"], dtype=np.int32))
+                fidx.append(b["fidx"])
+            if b.get("cands") and not cands:
+                cands = b["cands"]
         layer, module = parse_param_name(name)
-        st["stats"] = TensorStats(
+        stats = TensorStats(
             name=name,
             layer=layer,
             module=module,
@@ -1293,64 +1571,12 @@ def analyze_weights(
             dnr=loc["dnr"].summary(share=False),
             null_sample=cnt["null"],
         )
-        if not paper:  # histograms only: merge now (order does not matter), keep memory per tensor small
-            for k in glob:
-                glob[k].merge(loc[k])
-            st["loc"] = None
-        bar.update()
-
-    def consume(job: _Job, blk: _Block, cands: list[dict]) -> None:
-        name = job.name
-        st = per_tensor[name]
-        cnt, loc = st["cnt"], st["loc"]
-        n_kept = blk.fit.r2.size
-        cnt["sampled"] += blk.n
-        cnt["kept"] += n_kept
-        cnt["small"] += blk.small
-        cnt["few"] += blk.few
-        cnt["never"] += blk.never
-        cnt["null"] += blk.null_n
-        loc["r2"].add(blk.fit.r2)
-        loc["null"].add(blk.null_r2)
-        loc["dnr"].add(blk.dnr)
-        loc["null_dnr"].add(blk.null_dnr)
-        if paper:
-            st["tids"].append(np.full(n_kept, info[name]["ki"], dtype=np.int32))
-            st["fidx"].append(job.index[blk.keep])
-        if cands and not st["candidates"]:
-            st["candidates"] = cands
-        st["left"] -= 1
-        if st["left"] == 0:
-            finish(name, st)
-
-    blocks = iter(loader)
-    pool = ThreadPoolExecutor(threads) if threads > 1 else None
-    bar = tqdm(total=len(keys), desc="weights R²", disable=not progress)
-    try:
-        for name in keys:
-            per_tensor[name] = new_tensor(name)
-            if info[name]["blocks"] == 0:  # no elements
-                finish(name, per_tensor[name])
-        inflight: deque = deque()
-        for job, y in blocks:
-            lines = not per_tensor[job.name]["candidates"]
-            if pool is None:
-                consume(job, *analyze(job, y, lines))
-                continue
-            inflight.append((job, pool.submit(analyze, job, y, lines)))
-            while len(inflight) > threads or (inflight and inflight[0][1].done()):
-                job0, fut = inflight.popleft()
-                consume(job0, *fut.result())
-        while inflight:
-            job0, fut = inflight.popleft()
-            consume(job0, *fut.result())
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-        blocks.close()
-        bar.close()
-        for src in sources:
-            src.close()
+        per_tensor[name] = {"stats": stats, "loc": loc, "candidates": cands, "tids": tids, "fidx": fidx}
+    glob = {k: Dist(hi=hi[k], keep=paper and k != "null_dnr") for k in hi}
+    # all mode merged tensors as they finished (on-disk order), paper mode in keys order
+    for name in keys if paper else [keys[ki] for ki in order]:
+        for k in glob:
+            glob[k].merge(per_tensor[name]["loc"][k])
     tensors: list[TensorStats] = []
     candidates: list[dict] = []
     tids: list[np.ndarray] = []
@@ -1361,9 +1587,6 @@ def analyze_weights(
         candidates += st["candidates"]
         tids += st["tids"]
         fidx += st["fidx"]
-        if st["loc"] is not None:
-            for k in glob:
-                glob[k].merge(st["loc"][k])
     rng = np.random.default_rng(seed)
     examples = [candidates[i] for i in sorted(rng.choice(len(candidates), min(n_examples, len(candidates)), False))]
     for e in examples:

@@ -70,6 +70,11 @@ def register(subparsers) -> None:
     )
     w.add_argument("--min-unique", type=int, default=4, help="filter 2: distinct values needed (default 4)")
     w.add_argument("--chunk", type=int, default=1 << 16, help="elements per chunk with --all (default 2^16)")
+    w.add_argument(
+        "--workers",
+        type=int,
+        help="processes sharing the work (default: 2 with --all from 50M parameters on if 2 CPUs, else 1)",
+    )
     w.set_defaults(func=cmd_weights)
 
     lp = sub.add_parser("logprobs", help="per-token R² of teacher-forced log-probs (+ null baseline)")
@@ -149,6 +154,7 @@ def cmd_weights(args) -> int:
         seed=args.seed,
         chunk=args.chunk,
         progress=True,
+        workers=args.workers,
     )
     _write(res, args)
     return 0
