@@ -301,8 +301,24 @@ def _same_weights(a, b):
     assert a.examples == b.examples
 
 
-def test_worker_processes_give_exactly_the_single_process_result(runs):
+def test_column_tiles_do_not_change_results(runs, monkeypatch):
     traj = discover(runs["noisy"])
+    whole = L.analyze_weights(traj, sample="all", chunk=1 << 20)
+    monkeypatch.setattr(L, "_TILE", 16)  # every block analysed in tiles of 16 columns
+    tiled = L.analyze_weights(traj, sample="all", chunk=1 << 20)
+    assert [(t.kept, t.never_moved, t.null_sample) for t in tiled.tensors] == [
+        (t.kept, t.never_moved, t.null_sample) for t in whole.tensors
+    ]
+    for k in ("r2", "null", "dnr", "null_dnr"):
+        a, b = getattr(tiled, k), getattr(whole, k)
+        assert a.n == b.n and a.total == pytest.approx(b.total, rel=1e-13)
+        assert np.abs(a.counts - b.counts).sum() <= 2  # a value on a bin edge may move by one ulp
+    assert [e["index"] for e in tiled.examples] == [e["index"] for e in whole.examples]
+
+
+def test_worker_processes_give_exactly_the_single_process_result(runs, monkeypatch):
+    traj = discover(runs["noisy"])
+    monkeypatch.setattr(L, "_TILE", 16)  # tiles inside blocks too (the forked workers inherit it)
     ref = L.analyze_weights(traj, sample="all", chunk=40, workers=1)
     jobs = [L._Job("w", i, i + 1, 40, np.float32) for i in range(300)]  # 12,000 elements / 128 = 93.75 per part
     assert L._segments(jobs, 128) == [(i, i + 3) for i in range(0, 300, 3)]
@@ -375,6 +391,10 @@ def test_missing_key_and_nan_are_reported(runs, tmp_path):
             L.analyze_weights(discover(run), sample=mode)
     with pytest.raises(RlvrLinearError, match=msg):  # raised in whichever process met it, re-raised here
         L.analyze_weights(discover(run), sample="all", chunk=16, workers=2)
+    y = np.arange(120.0).reshape(3, 40)
+    y[2, 5] = y[1, 30] = math.nan  # tile 0 meets step 300 first, but the block's first bad checkpoint is 200
+    with pytest.raises(RlvrLinearError, match="checkpoint step 200: tensor 'w' contains NaN"):
+        L._analyze_tiled(y, np.arange(3.0), 0, 1, 1e-4, 2, [100, 200, 300], "w", None, True, None, tile=16)
     with pytest.raises(RlvrLinearError, match="at least 3 checkpoints"):
         L.analyze_weights(discover([f"0={run / 'step_000000'}", f"100={run / 'step_000100'}"]))
 
@@ -558,6 +578,10 @@ def test_cli_weights_logprobs_forecast(runs, tmp_path, capsys):
     assert json.loads((tmp_path / "w" / "weights.json").read_text())["mode"] == "paper"
     assert main(["analyze", "weights", run, "--all", "-o", str(tmp_path / "wa")]) == 0
     assert json.loads((tmp_path / "wa" / "weights.json").read_text())["mode"] == "all"
+    for w in ("1", "2"):
+        assert main(["analyze", "weights", run, "--all", "--workers", w, "--chunk", "64", "-o", str(tmp_path / w)]) == 0
+    for f in ("weights.json", "weights_per_tensor.csv"):
+        assert (tmp_path / "2" / f).read_text() == (tmp_path / "1" / f).read_text()
     assert main(["analyze", "weights", run, "-o", str(tmp_path / "w")]) == 2
     assert "already exists" in capsys.readouterr().err
     pairs = [f"{s}={p}" for s, p in zip(discover(run).steps, discover(run).paths)][::3]
