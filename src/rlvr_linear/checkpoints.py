@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -421,7 +421,3 @@ class ShardedWriter:
         (self.out_dir / SAFE_INDEX).write_text(json.dumps(index, indent=2) + "\n")
         return list(names.values())
 
-
-def iter_tensors(reader: TensorReader) -> Iterator[tuple[str, torch.Tensor]]:
-    for k in reader.keys():
-        yield k, reader.get(k)

@@ -1,0 +1,134 @@
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from rlvr_linear.checkpoints import (
+    Checkpoint,
+    ShardedWriter,
+    TensorReader,
+    Trajectory,
+    copy_model_files,
+    discover,
+    find_model_dir,
+    step_of_path,
+)
+from rlvr_linear.errors import RlvrLinearError
+from rlvr_linear.io import atomic_dir, write_json
+from rlvr_linear.testing import make_pico_dir, make_trajectory
+
+
+def _linear(n, w, s, i):
+    return w + 1e-3 * s
+
+
+def test_discover_our_trl_and_verl_layouts(tmp_path):
+    ours = make_trajectory(tmp_path / "ours", [0, 10, 20], _linear)
+    assert discover(ours).steps == [0, 10, 20]
+    trl, verl = tmp_path / "trl", tmp_path / "verl"
+    for s in (0, 10, 20):
+        shutil.copytree(ours / f"step_{s:06d}", trl / f"checkpoint-{s}")
+        shutil.copytree(ours / f"step_{s:06d}", verl / f"global_step_{s}" / "actor" / "huggingface")
+    (trl / "runs").mkdir()  # unrelated folders are ignored
+    assert discover(trl).steps == [0, 10, 20]
+    v = discover(verl)
+    assert v.steps == [0, 10, 20] and v.paths[1].name == "huggingface"
+    assert step_of_path(v.paths[2]) == 20
+    explicit = discover([f"20={ours / 'step_000020'}", f"0={ours / 'step_000000'}"][::-1])
+    assert explicit.steps == [0, 20]
+
+
+def test_trajectory_order_and_duplicates(tmp_path):
+    d = make_pico_dir(tmp_path / "m")
+    with pytest.raises(RlvrLinearError, match="duplicate checkpoint steps: \\[5\\]"):
+        Trajectory([Checkpoint(5, d), Checkpoint(5, d)])
+    with pytest.raises(RlvrLinearError, match="not in increasing order"):
+        Trajectory([Checkpoint(5, d), Checkpoint(1, d)])
+    with pytest.raises(RlvrLinearError, match="at least 3 checkpoints, found 2"):
+        Trajectory([Checkpoint(0, d), Checkpoint(1, d)]).validate(min_checkpoints=3)
+    with pytest.raises(RlvrLinearError, match="expected STEP=PATH"):
+        discover(["a", "b"])
+
+
+def test_validate_names_the_offending_checkpoint_and_tensor(tmp_path):
+    run = make_trajectory(tmp_path / "run", [0, 10, 20], _linear)
+    w = run / "step_000010" / "model.safetensors"
+    sd = load_file(w)
+    sd["model.norm.weight"] = torch.ones(7)
+    save_file(sd, str(w), metadata={"format": "pt"})
+    with pytest.raises(RlvrLinearError, match="step 10 .*'model.norm.weight' has shape \\(7,\\), expected \\(16,\\)"):
+        discover(run).validate()
+    del sd["model.norm.weight"]
+    save_file(sd, str(w), metadata={"format": "pt"})
+    with pytest.raises(RlvrLinearError, match="step 10 .*missing \\['model.norm.weight'\\]"):
+        discover(run).validate()
+
+
+def test_architecture_mismatch(tmp_path):
+    run = make_trajectory(tmp_path / "run", [0, 10, 20], _linear)
+    cfg = run / "step_000020" / "config.json"
+    c = json.loads(cfg.read_text())
+    c["num_hidden_layers"] = 3
+    cfg.write_text(json.dumps(c))
+    with pytest.raises(RlvrLinearError, match="step 20 .*num_hidden_layers=3 differs from 2"):
+        discover(run).validate()
+
+
+def test_pickle_is_refused_without_the_flag(tmp_path):
+    d = make_pico_dir(tmp_path / "m")
+    sd = load_file(d / "model.safetensors")
+    (d / "model.safetensors").unlink()
+    torch.save(sd, d / "pytorch_model.bin")
+    with pytest.raises(RlvrLinearError, match="--allow-pickle"):
+        TensorReader(d)
+    r = TensorReader(d, allow_pickle=True)
+    k = next(iter(sd))
+    assert torch.equal(r.get(k), sd[k]) and r.shape(k) == tuple(sd[k].shape)
+
+
+def test_sharded_writer_round_trip_and_reader(tmp_path):
+    tensors = {f"t{i}": torch.randn(64, 8).to(torch.bfloat16) for i in range(5)}
+    w = ShardedWriter(tmp_path / "out", max_shard_bytes=2 * 64 * 8 * 2)
+    for k, v in tensors.items():
+        w.add(k, v)
+    files = w.finalize()
+    assert len(files) == 3 and (tmp_path / "out" / "model.safetensors.index.json").exists()
+    r = TensorReader(tmp_path / "out")
+    assert sorted(r.keys()) == sorted(tensors)
+    for k, v in tensors.items():
+        assert torch.equal(r.get(k), v) and r.dtype(k) == torch.bfloat16 and r.numel(k) == 512
+        assert torch.equal(r.get_flat(k, torch.tensor([3, 100])), v.reshape(-1)[[3, 100]])
+    one = ShardedWriter(tmp_path / "one")
+    one.add("a", torch.zeros(3))
+    assert one.finalize() == ["model.safetensors"]
+
+
+def test_copy_model_files_and_find_model_dir(tmp_path):
+    d = make_pico_dir(tmp_path / "m")
+    copy_model_files(d, tmp_path / "c")
+    names = {p.name for p in (tmp_path / "c").iterdir()}
+    assert {"config.json", "tokenizer.json", "generation_config.json"} <= names
+    assert "model.safetensors" not in names
+    with pytest.raises(RlvrLinearError, match="no model weights found"):
+        find_model_dir(tmp_path / "c")
+    with pytest.raises(RlvrLinearError, match="no such file or directory"):
+        find_model_dir(tmp_path / "nope")
+
+
+def test_atomic_dir_leaves_nothing_on_failure(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError), atomic_dir(out) as tmp:
+        (tmp / "half").write_text("x")
+        raise RuntimeError("killed mid-write")
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    with atomic_dir(out) as tmp:
+        write_json(tmp / "r.json", {"a": 1})
+    assert json.loads((out / "r.json").read_text()) == {"a": 1}
+    with pytest.raises(RlvrLinearError, match="already exists"):
+        with atomic_dir(out):
+            pass
+    with atomic_dir(out, overwrite=True) as tmp:
+        (tmp / "new").write_text("y")
+    assert [p.name for p in out.iterdir()] == ["new"]
