@@ -5,6 +5,8 @@ Methods: the paper's two-point rule from (0, t1) (the main result), and, as a de
 per parameter over every saved checkpoint in [0, t1] (every 20 steps) evaluated at the target.
 
     python experiments/weight_extrapolation.py   # writes experiments/results/weight_extrapolation.json + .png
+    # exploratory variant: the same protocol on SGD runs (lr = 100 x the AdamW lr, the study's fixed factor)
+    python experiments/weight_extrapolation.py --optimizer sgd   # writes weight_extrapolation_sgd.json + .png
 """
 
 from __future__ import annotations
@@ -25,12 +27,23 @@ N_VAL = 500  # validation problems (greedy)
 
 
 def main() -> None:
+    import argparse
+
+    from rlvr_linear.study import SGD_LR_FACTOR
+    from rlvr_linear.tasks import get_task
+    from rlvr_linear.train import PRESETS
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"])
+    args = ap.parse_args()
+    overrides = {} if args.optimizer == "adamw" else {
+        "optimizer": "sgd", "learning_rate": PRESETS["tiny"]["learning_rate"] * SGD_LR_FACTOR}
+    name = "weight_extrapolation" + ("" if args.optimizer == "adamw" else f"_{args.optimizer}")
     t0 = time.time()
     val = None
     rows = []
     for seed in SEEDS:
-        run = baseline_run(seed)
-        from rlvr_linear.tasks import get_task
+        run = baseline_run(seed, **overrides)
 
         task = get_task("arithmetic")
         val = val or task.problems("validation", N_VAL)
@@ -42,7 +55,7 @@ def main() -> None:
         for t1 in T1S:
             for target in TARGETS[t1]:
                 alpha = alpha_from_steps(0, t1, target)
-                out = WORK / "wx" / f"seed{seed}-t1_{t1}-T{target}"
+                out = WORK / "wx" / f"{name}-seed{seed}-t1_{t1}-T{target}"
                 extrapolate_two_point(run / "step_000000", run / f"step_{t1:06d}", out, alpha=alpha, overwrite=True,
                                       progress=False)
                 acc = evaluate(out, task, problems=val, k=0).greedy_accuracy
@@ -67,16 +80,17 @@ def main() -> None:
                             "rl_at_target": rl, "extrapolated_minus_rl": diff,
                             "rl_at_t1": mean_ci(r["rl_at_t1"] for r in sel),
                             "rl_at_0": mean_ci(r["rl_at_0"] for r in sel)})
-    _plot(summary)
-    save_result("weight_extrapolation", {
-        "protocol": {"runs": "tiny preset, 200 RL steps", "seeds": list(SEEDS), "base_step": 0, "t1": list(T1S),
+    _plot(summary, name, args.optimizer)
+    save_result(name, {
+        "protocol": {"runs": f"tiny preset, 200 RL steps, optimizer {args.optimizer}", "overrides": overrides,
+                     "seeds": list(SEEDS), "base_step": 0, "t1": list(T1S),
                      "targets": {str(k): list(v) for k, v in TARGETS.items()}, "metric": f"greedy, {N_VAL} val",
                      "norms": "copied from t1 (paper)"},
         "summary": summary, "rows": rows,
     }, t0)
 
 
-def _plot(summary):
+def _plot(summary, name, optimizer):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -101,10 +115,10 @@ def _plot(summary):
     ax.axvline(200, color="grey", lw=0.8, ls=":")
     ax.set_xlabel("target step")
     ax.set_ylabel("validation greedy accuracy")
-    ax.set_title("Weight-space extrapolation, tiny model (mean, 95% CI over 3 seeds)")
+    ax.set_title(f"Weight-space extrapolation, tiny model, {optimizer} (mean, 95% CI over 3 seeds)", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(RESULTS / "weight_extrapolation.png", dpi=120)
+    fig.savefig(RESULTS / f"{name}.png", dpi=120)
 
 
 if __name__ == "__main__":
