@@ -334,6 +334,87 @@ def test_worker_processes_give_exactly_the_single_process_result(runs, monkeypat
         L.analyze_weights(traj, sample="all", workers=0)
 
 
+
+def _same_up_to_rounding(a, b):
+    """Fused kernel vs numpy path: identical filter counts, sums within 1e-12, a bin edge value may move."""
+    assert [(t.sampled, t.kept, t.filtered_small_change, t.filtered_few_unique, t.never_moved, t.null_sample)
+            for t in a.tensors] == [(t.sampled, t.kept, t.filtered_small_change, t.filtered_few_unique,
+                                     t.never_moved, t.null_sample) for t in b.tensors]  # fmt: skip
+    for k in ("r2", "null", "dnr", "null_dnr"):
+        da, db = getattr(a, k), getattr(b, k)
+        assert (da.n, da.n_gt) == (db.n, db.n_gt)
+        assert da.total == pytest.approx(db.total, rel=1e-12)
+        assert np.abs(da.counts - db.counts).sum() <= 2
+    for ta, tb in zip(a.tensors, b.tensors):
+        for key in ("mean", "share_gt_0.7"):
+            assert ta.r2[key] == pytest.approx(tb.r2[key], rel=1e-12, nan_ok=True)
+    assert [e["index"] for e in a.examples] == [e["index"] for e in b.examples]
+
+
+@pytest.mark.skipif(not L.HAVE_NUMBA, reason="numba is not installed")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_kernel_equals_the_numpy_path(runs, tmp_path, monkeypatch, dtype):
+    def fn(name, w, s, i):  # random walk + drift; norms never move; q_proj jumps once (too few distinct values)
+        return _mixed(name, w, s, i) if "norm" in name or "q_proj" in name else _noisy(name, w, s, i)
+
+    root = make_trajectory(tmp_path / "run", STEPS14, fn, dtype=dtype)
+    traj = discover(root)
+    for kw in ({"chunk": 40}, {"chunk": 1 << 20, "null_fraction": 1.0}, {"chunk": 40, "min_unique": 6}):
+        fused = L.analyze_weights(traj, sample="all", **kw)
+        monkeypatch.setattr(L, "USE_NUMBA", False)
+        ref = L.analyze_weights(traj, sample="all", **kw)
+        monkeypatch.setattr(L, "USE_NUMBA", True)
+        _same_up_to_rounding(fused, ref)
+        c = fused.counts()
+        assert c["never_moved"] > 0 and c["filtered_few_unique"] > 0 and c["kept"] > c["numel"] // 2
+    one, two = (L.analyze_weights(traj, sample="all", chunk=40, workers=w) for w in (1, 2))
+    assert [t.kept for t in one.tensors] == [t.kept for t in two.tensors]
+    for k in ("r2", "null", "dnr", "null_dnr"):  # processes give exactly the one-process result
+        da, db = getattr(one, k), getattr(two, k)
+        assert (da.n, da.n_gt, da.total) == (db.n, db.n_gt, db.total) and np.array_equal(da.counts, db.counts)
+
+
+@pytest.mark.skipif(not L.HAVE_NUMBA, reason="numba is not installed")
+def test_fused_kernel_on_blocks_with_ties_and_bf16_bits():
+    rng = np.random.default_rng(0)
+    T, n = 9, 3000
+    x = np.arange(T) * 100.0
+    xc, sxx = L._check_steps(x)
+    y = np.round(rng.standard_normal((T, n)) * rng.choice([0.5, 2, 8], n), 0).astype(np.float32)  # many ties
+    y[:, :50] = y[0, :50]  # never moved
+    y[:, 50:60] = 0.0
+    y[1:, 50:60] = 2.0**-16  # moved, below the threshold
+    y[:, 60] = -0.0
+    y[::2, 60] = 0.0  # -0 and +0: one value
+    bits = (y.view(np.uint32) >> 16).astype(np.uint16)  # y has <= 8 significant bits: bf16 is exact
+    assert np.array_equal((bits.astype(np.uint32) << 16).view(np.float32), y)
+    for block in (y, bits, y.astype(np.float64)):
+        for k in (1, 2, 3, 4, 5, 7):
+            keep = np.empty(n, dtype=bool)
+            hr, hd = L.Dist(), L.Dist(hi=math.sqrt(T - 1))
+            out = L.fused_kernel()(
+                block, block.dtype == np.uint16, xc, 1 / sxx, 1e-4, k, hr.counts, 1e4, hd.counts, 1e4 / hd.hi, 0.7, keep
+            )
+            blk = L._analyze_block(y, x, 0, 1, 1e-4, k)
+            assert out[:5] == (0, blk.small, blk.few, blk.never, blk.fit.r2.size)
+            np.testing.assert_array_equal(keep, blk.keep)
+            ref_r, ref_d = L.Dist(), L.Dist(hi=math.sqrt(T - 1))
+            ref_r.add(blk.fit.r2)
+            ref_d.add(blk.dnr)
+            assert out[5] == pytest.approx(blk.fit.r2.sum(), rel=1e-12) and out[6] == ref_r.n_gt
+            assert out[7] == pytest.approx(blk.dnr.sum(), rel=1e-12) and out[8] == ref_d.n_gt
+            for got, ref, v in ((hr, ref_r, blk.fit.r2), (hd, ref_d, blk.dnr)):  # small integers: many on edges
+                s = v * (ref.bins / ref.hi)
+                on_edge = int((np.abs(s - np.round(s)) < 1e-9).sum())
+                assert np.abs(got.counts - ref.counts).sum() <= 2 * on_edge
+    y[3, 100] = math.inf
+    keep = np.empty(n, dtype=bool)
+    h = L.Dist()
+    assert L.fused_kernel()(y, False, xc, 1 / sxx, 1e-4, 4, h.counts, 1e4, h.counts, 1e4, 0.7, keep)[0] == 1
+    with pytest.raises(RlvrLinearError, match="checkpoint step 300: tensor 'w' contains NaN or Inf"):
+        L._analyze_fused(y, x, 0, 1, 1e-4, 4, [0, 100, 200, 300, 400, 500, 600, 700, 800], "w", None,
+                         {"r2": L.Dist(), "dnr": L.Dist(hi=math.sqrt(T - 1))}, {})  # fmt: skip
+
 def test_dist_pickles_with_sparse_counts():
     import pickle
 

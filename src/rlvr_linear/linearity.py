@@ -30,6 +30,7 @@ filters ``range > 1e-4`` in bf16 and ``≥ 4 distinct values``; log-prob positio
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import json
 import math
@@ -926,6 +927,270 @@ def _analyze_tiled(
     )
 
 
+# --------------------------------------------------------------------------------------------------
+# The fused all-mode kernel (numba): filters, R², drift-to-noise and histograms in one pass per parameter
+
+#: numba is installed (imported on the first all-mode block only: it costs ~0.4 s and ~50 MB at import)
+HAVE_NUMBA = importlib.util.find_spec("numba") is not None
+#: use the fused numba kernel for all-mode blocks when numba is importable (False: the numpy path everywhere)
+USE_NUMBA = HAVE_NUMBA
+_KERNEL = None
+
+
+#: columns per tile of :func:`_fused_columns` (its per-column accumulators stay in L1)
+_FUSED_TILE = 512
+
+
+def _fused_columns(y, bf16, xc, inv_sxx, thr, k, r2_counts, r2_scale, dnr_counts, dnr_scale, thresh, keep):
+    """One pass over the columns of a (T, n) block ``y`` (float32 / float64 values, or bf16 bits as uint16 when
+    ``bf16``); per column, the inner loop over T:
+
+    * range filter ``max - min > thr`` (``never``: max == min), then at least ``k`` distinct values (a small
+      insertion check, stopped as soon as ``k`` are found);
+    * on ``z_t = y_t - y_1`` in float64: ``z̄ = Σ z / T``, ``S_xz = Σ xc_t z_t``, ``S_zz = Σ z² - T z̄²``,
+      ``R² = clip(S_xz² / S_zz / S_xx, 0, 1)`` (0 when ``S_zz <= 0``), drift-to-noise ``|z_T| / sqrt(Σ d²)``
+      with ``d_t = z_{t+1} - z_t`` (the formulas of :func:`_analyze_block`);
+    * kept columns add to the histograms ``r2_counts`` / ``dnr_counts`` (bin ``int(v * scale)``, clipped, as
+      :meth:`Dist.add`) and to the returned sums and counts above ``thresh``; ``keep[j]`` is set.
+
+    Returns ``(bad, small, few, never, kept, sum_r2, gt_r2, sum_dnr, gt_dnr)``; ``bad`` = 1 when a value is NaN
+    or Inf (the caller then raises with the checkpoint's step; the other outputs are then incomplete).
+    """
+    T, n = y.shape
+    W = _FUSED_TILE
+    # per-column accumulators of a tile: local arrays, so that the compiler vectorises the loops over columns
+    u = np.zeros(W, np.uint32)
+    f = u.view(np.float32)
+    v = np.empty(W)
+    hi = np.empty(W)
+    lo = np.empty(W)
+    rec = np.empty(W)
+    y0 = np.empty(W)
+    sz = np.empty(W)
+    sxz = np.empty(W)
+    szz = np.empty(W)
+    ss2 = np.empty(W)
+    zt = np.empty(W)
+    s1 = np.empty(W)  # the first 3 distinct values (NaN: none yet), enough to count up to k <= 4 exactly
+    s2 = np.empty(W)
+    s3 = np.empty(W)
+    n_seen = np.empty(W)
+    state = np.empty(W, np.int64)  # 0: filtered by the range, 1: to count distinct values, 2: kept
+    b_r2 = np.empty(W, np.int64)
+    b_dnr = np.empty(W, np.int64)
+    seen = np.empty(T)
+    small = few = never = kept = gt_r2 = gt_dnr = 0
+    sum_r2 = sum_dnr = 0.0
+    for a in range(0, n, W):
+        m = min(W, n - a)
+        for t in range(T):
+            r = y[t, a : a + m]
+            if bf16:  # bf16 -> float32: the 16 bits are the top half of the float32's
+                for j in range(m):
+                    u[j] = np.uint32(r[j]) << 16
+                for j in range(m):
+                    v[j] = f[j]
+            else:
+                for j in range(m):
+                    v[j] = r[j]
+            if t == 0:
+                for j in range(m):
+                    hi[j] = v[j]
+                    lo[j] = v[j]
+                    rec[j] = 0.0
+                    y0[j] = v[j]
+                    sz[j] = 0.0
+                    sxz[j] = 0.0
+                    szz[j] = 0.0
+                    ss2[j] = 0.0
+                    zt[j] = 0.0
+                    s1[j] = v[j]
+                    s2[j] = np.nan
+                    s3[j] = np.nan
+                    n_seen[j] = 1.0
+                continue
+            xt = xc[t]
+            for j in range(m):
+                vt = v[j]
+                h = hi[j]
+                lw = lo[j]
+                up = vt > h
+                down = vt < lw
+                rec[j] += np.float64(up | down)  # strict new running max / min: differs from all earlier values
+                hi[j] = vt if up else h
+                lo[j] = vt if down else lw
+                z = vt - y0[j]
+                sz[j] += z
+                sxz[j] += xt * z
+                szz[j] += z * z
+                d = z - zt[j]
+                ss2[j] += d * d
+                zt[j] = z
+            for j in range(m):  # (a loop of its own: one loop with both would not be vectorised)
+                vt = v[j]
+                a2 = s2[j]
+                a3 = s3[j]
+                new = (vt != s1[j]) & (vt != a2) & (vt != a3)
+                c = n_seen[j]
+                s2[j] = vt if new & (c == 1.0) else a2
+                s3[j] = vt if new & (c == 2.0) else a3
+                n_seen[j] = c + np.float64(new)
+        nbad = 0
+        for j in range(m):  # filters (but the exact distinct count), R², drift-to-noise, bins: vectorised
+            zm = sz[j] / T
+            syy = szz[j] - T * zm * zm
+            r2 = sxz[j] * sxz[j] / syy * inv_sxx
+            r2 = r2 if syy > 0 and r2 < np.inf else 0.0  # (NaN too)
+            r2 = min(max(r2, 0.0), 1.0)
+            v[j] = r2
+            ss = np.sqrt(ss2[j])
+            dnr = abs(zt[j]) / ss
+            dnr = dnr if ss > 0 else 0.0
+            zt[j] = dnr
+            b_r2[j] = min(np.int64(r2 * r2_scale), r2_counts.size - 1)
+            b_dnr[j] = min(np.int64(dnr * dnr_scale), dnr_counts.size - 1)
+            rng = hi[j] - lo[j]
+            big = rng > thr
+            small += 0 if big else 1
+            never += 1 if rng == 0 else 0
+            if k <= 4:  # exact: 2 kept, 0 filtered (by the range or too few distinct values)
+                state[j] = 2 if big and n_seen[j] >= k else 0
+                few += 1 if big and n_seen[j] < k else 0
+            else:  # 1: not proven by the records, count exactly below
+                state[j] = (2 if rec[j] >= k - 1 else 1) if big else 0
+            nbad += 0 if np.isfinite(sz[j] + y0[j]) else 1  # a NaN / Inf anywhere makes Σz (or y_1) non-finite
+        if nbad:
+            return 1, small, few, never, kept, sum_r2, gt_r2, sum_dnr, gt_dnr
+        for j in range(m):
+            if state[j] == 1:  # not proven by the records: count distinct values (stop at k)
+                nd = 0
+                for t in range(T):
+                    if bf16:
+                        u[0] = np.uint32(y[t, a + j]) << 16
+                        vt = np.float64(f[0])
+                    else:
+                        vt = np.float64(y[t, a + j])
+                    new = True
+                    for q in range(nd):
+                        if seen[q] == vt:
+                            new = False
+                            break
+                    if new:
+                        seen[nd] = vt
+                        nd += 1
+                        if nd >= k:
+                            break
+                state[j] = 2 if nd >= k else 0
+                few += 0 if nd >= k else 1
+        for j in range(m):  # the kept columns into the sums and histograms, in column order
+            w = 1 if state[j] == 2 else 0
+            keep[a + j] = w == 1
+            kept += w
+            r2 = v[j] if w else 0.0
+            dnr = zt[j] if w else 0.0
+            sum_r2 += r2
+            sum_dnr += dnr
+            gt_r2 += 1 if r2 > thresh else 0
+            gt_dnr += 1 if dnr > thresh else 0
+            r2_counts[b_r2[j]] += w
+            dnr_counts[b_dnr[j]] += w
+    return 0, small, few, never, kept, sum_r2, gt_r2, sum_dnr, gt_dnr
+
+
+def fused_kernel():
+    """:func:`_fused_columns` compiled by numba (``cache=True``: compiled once, ~1.5 s, then loaded from the cache)."""
+    global _KERNEL
+    if _KERNEL is None:
+        import numba
+
+        _KERNEL = numba.njit(cache=True, nogil=True, error_model="numpy")(_fused_columns)
+    return _KERNEL
+
+
+@dataclass
+class _FusedBlock:
+    """All-mode result of one block from :func:`_fused_columns`: counts, sums, and the null of its sample.
+
+    The observed R² and drift-to-noise went straight into the calling thread's histograms (``hist``: counts,
+    n and the share above the threshold), so only their sums (``sum_r2``, ``sum_dnr``) travel.
+    """
+
+    n: int
+    never: int
+    small: int
+    few: int
+    kept: int
+    keep: np.ndarray  #: (n,) bool, the kept columns (a work array: valid until the thread's next block)
+    sum_r2: float
+    sum_dnr: float
+    null_r2: np.ndarray
+    null_dnr: np.ndarray
+    null_n: int
+
+
+def _as_float(y: np.ndarray) -> np.ndarray:
+    """A float32 copy of a block of bf16 bits (uint16); other blocks as they are."""
+    if y.dtype == np.uint16:
+        return torch.from_numpy(y).view(torch.bfloat16).float().numpy()
+    return y
+
+
+def _null_stats(y: np.ndarray, flat: np.ndarray, key: int, xc: np.ndarray, sxx: float) -> tuple[np.ndarray, np.ndarray]:
+    """Sign-flip null R² and drift-to-noise of the (T, m) columns ``y`` (flat indices ``flat``)."""
+    d = np.diff(np.asarray(y, dtype=np.float64), axis=0)
+    ssn = np.sqrt(np.einsum("tn,tn->n", d, d))
+    _flip_inplace(d, flat, key)
+    c = np.empty((d.shape[0] + 1, d.shape[1]))
+    _cumsum_rows(d, c)
+    _, nxy, nyy = _moments(c, xc)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        null_dnr = np.where(ssn > 0, np.abs(c[-1]) / ssn, 0.0)
+    return _r2(nxy, nyy, sxx, np.zeros(d.shape[1], dtype=bool)), null_dnr
+
+
+def _analyze_fused(
+    y: np.ndarray,
+    x: np.ndarray,
+    i0: int,
+    key: int,
+    min_abs_change: float,
+    min_unique: int,
+    steps: Sequence[int],
+    name: str,
+    null_cols: np.ndarray | None,
+    hist: dict[str, Dist],
+    work: dict,
+) -> _FusedBlock:
+    """All mode without slopes: :func:`_analyze_block`'s filters, R² and drift-to-noise by the fused kernel
+    (:func:`_fused_columns`, one pass over the block), their histograms accumulated into ``hist["r2"]`` /
+    ``hist["dnr"]``; the sign-flip null on the kept columns among ``null_cols`` (numpy, a small sample).
+
+    ``y``: (T, n) float32 / float64 values or bf16 bits (uint16); columns ``i0 + arange(n)`` of the tensor.
+    """
+    T, n = y.shape
+    xc, sxx = _check_steps(x)
+    keep = _buf(work, "keep", (n,), np.bool_)
+    hr, hd = hist["r2"], hist["dnr"]
+    out = fused_kernel()(
+        y, y.dtype == np.uint16, xc, 1.0 / sxx, float(min_abs_change), int(min_unique),
+        hr.counts, hr.bins / hr.hi, hd.counts, hd.bins / hd.hi, THRESHOLD, keep,
+    )  # fmt: skip
+    bad, small, few, never, kept, sum_r2, gt_r2, sum_dnr, gt_dnr = out
+    if bad:
+        _check_finite(_as_float(y), steps, name)
+        raise RlvrLinearError(f"tensor {name!r} contains NaN or Inf values")  # (not reached)
+    hr.n += kept
+    hr.n_gt += gt_r2
+    hd.n += kept
+    hd.n_gt += gt_dnr
+    js = np.flatnonzero(keep) if null_cols is None else null_cols[keep[null_cols]]
+    null_r2, null_dnr = _null_stats(_as_float(y[:, js]), i0 + js, key, xc, sxx)
+    return _FusedBlock(
+        n=n, never=never, small=small, few=few, kept=kept, keep=keep, sum_r2=sum_r2, sum_dnr=sum_dnr,
+        null_r2=null_r2, null_dnr=null_dnr, null_n=int(js.size),
+    )  # fmt: skip
+
+
 #: bytes per positioned read when paper mode gathers samples from a whole tensor
 _PIECE_BYTES = 8 << 20
 
@@ -938,7 +1203,7 @@ class _Job:
     a: int
     b: int
     row_len: int
-    dtype: type  #: work dtype: np.float32 if every checkpoint stores <= 32-bit floats, else np.float64
+    dtype: type  #: work dtype: np.float32 (<= 32-bit floats), np.float64, or np.uint16 (bf16 bits, fused all mode)
     index: np.ndarray | None = None  #: paper mode: sorted flat indices gathered from rows ``a:b``
     itemsize: list[int] = field(default_factory=list)  #: stored bytes per element, per checkpoint
 
@@ -993,9 +1258,15 @@ class _BlockLoader:
     def _load(self, job: _Job, t: int, out: np.ndarray) -> None:
         src = self.sources[t]
         dst = torch.from_numpy(out)
+        if out.dtype == np.uint16:  # bf16 bits (all mode with the fused kernel)
+            dst = dst.view(torch.bfloat16)
         item = job.itemsize[t]
         if job.index is None:
-            dst.copy_(src.read(job.name, job.a, job.b, self._buffer(job.n * item)))
+            # stored as the block's dtype: read straight into the block (no conversion pass), else convert
+            same = src.reader.kind == "safetensors" and src.dtype(job.name) == dst.dtype
+            raw = src.read(job.name, job.a, job.b, out.view(np.uint8) if same else self._buffer(job.n * item))
+            if raw.data_ptr() != dst.data_ptr():
+                dst.copy_(raw)
             return
         rows = max(1, _PIECE_BYTES // max(1, job.row_len * item))
         starts = np.searchsorted(job.index, np.arange(job.a, job.b + rows, rows) * job.row_len)
@@ -1277,6 +1548,8 @@ def _weights_pass(
     )  # fmt: skip
     works: dict[int, dict] = {}  # per thread: reused work arrays of the block analysis
     out: dict[str, dict] = {}
+    h = math.sqrt(T - 1)
+    fused = USE_NUMBA and not paper
     have_cands: dict[str, int] = {}  # tensor -> last job index of a run of consumed blocks that found candidates
 
     def analyze(job: _Job, y: np.ndarray, lines: bool) -> tuple[_Block, list[dict]]:
@@ -1289,6 +1562,34 @@ def _weights_pass(
             cols = it["null"][lo:hi] - i0
         work = works.setdefault(threading.get_ident(), {})
         thr, steps = it["thr"], plan.steps
+        if fused:  # observed R² and drift-to-noise into this thread's histograms of the tensor
+            flush = None
+            hist = work.get("hist")
+            if hist is None or hist[0] != job.name:  # a new tensor: hand the last one's to consume()
+                flush = hist
+                hist = work["hist"] = (job.name, {"r2": Dist(), "dnr": Dist(hi=h)})
+            blk = _analyze_fused(y, x, i0, it["key"], thr, plan.min_unique, steps, job.name, cols, hist[1], work)
+            cands = []
+            if lines and blk.kept:  # as below, the lines of the two picked columns fitted on their own
+                kcols = np.flatnonzero(blk.keep)
+                rng = np.random.default_rng(tensor_seed(job.name, plan.seed))
+                picked = kcols[rng.choice(blk.kept, min(2, blk.kept), replace=False)]
+                yc = _as_float(y[:, picked]).astype(np.float64)
+                fit = _fit_tn(yc, x)
+                for i, c in enumerate(picked):
+                    cands.append(
+                        {
+                            "name": job.name,
+                            "index": i0 + int(c),
+                            "values": yc[:, i].tolist(),
+                            "slope": float(fit.slope[i]),
+                            "intercept": float(fit.intercept[i]),
+                            "r2": float(fit.r2[i]),
+                        }
+                    )
+            loader.release(y)
+            return blk, cands, flush
+        raw, y = y, _as_float(y)
         blk = _analyze_tiled(y, x, index, it["key"], thr, plan.min_unique, steps, job.name, cols, lines, work)
         cands = []
         n_kept = blk.fit.r2.size
@@ -1307,24 +1608,44 @@ def _weights_pass(
                         "r2": float(blk.fit.r2[j]),
                     }
                 )
-        loader.release(y)
-        return blk, cands
+        loader.release(raw)
+        return blk, cands, None
 
-    def consume(j: int, job: _Job, blk: _Block, cands: list[dict]) -> None:
-        st = out.get(job.name)
+    def stats(name: str) -> dict:
+        st = out.get(name)
         if st is None:
-            h = math.sqrt(T - 1)
             hist = {"r2": Dist(), "null": Dist(), "dnr": Dist(hi=h), "null_dnr": Dist(hi=h)}
-            st = out[job.name] = {"cnt": dict.fromkeys(_COUNTS, 0), "hist": hist, "blocks": {}}
+            st = out[name] = {"cnt": dict.fromkeys(_COUNTS, 0), "hist": hist, "blocks": {}}
+        return st
+
+    def merge_hist(flush: tuple[str, dict[str, Dist]] | None) -> None:
+        if flush is not None:  # a thread's histograms of a tensor (the fused kernel's): counts, n, share
+            dst = stats(flush[0])["hist"]
+            for k, d in flush[1].items():
+                dst[k].counts += d.counts
+                dst[k].n += d.n
+                dst[k].n_gt += d.n_gt
+
+    def consume(j: int, job: _Job, blk: _Block | _FusedBlock, cands: list[dict], flush) -> None:
+        merge_hist(flush)
+        st = stats(job.name)
+        fb = isinstance(blk, _FusedBlock)
+        n_kept = blk.kept if fb else int(blk.fit.r2.size)
         cnt = st["cnt"]
         cnt["sampled"] += blk.n
-        cnt["kept"] += blk.fit.r2.size
+        cnt["kept"] += n_kept
         cnt["small"] += blk.small
         cnt["few"] += blk.few
         cnt["never"] += blk.never
         cnt["null"] += blk.null_n
-        rec: dict = {"sums": {}, "kept": int(blk.fit.r2.size)}
-        for k, v in (("r2", blk.fit.r2), ("null", blk.null_r2), ("dnr", blk.dnr), ("null_dnr", blk.null_dnr)):
+        rec: dict = {"sums": {}, "kept": n_kept}
+        if fb:
+            if n_kept:  # (the values are in the thread's histograms already)
+                rec["sums"]["r2"], rec["sums"]["dnr"] = float(blk.sum_r2), float(blk.sum_dnr)
+            pairs = (("null", blk.null_r2), ("null_dnr", blk.null_dnr))
+        else:
+            pairs = (("r2", blk.fit.r2), ("null", blk.null_r2), ("dnr", blk.dnr), ("null_dnr", blk.null_dnr))
+        for k, v in pairs:
             v = np.asarray(v, dtype=np.float64).ravel()
             if v.size:  # as Dist.add: the total gets float(v.sum()); values kept in paper mode
                 st["hist"][k].add(v)
@@ -1364,6 +1685,8 @@ def _weights_pass(
         blocks.close()
         for src in sources:
             src.close()
+    for work in works.values():
+        merge_hist(work.pop("hist", None))
     return out
 
 
@@ -1542,6 +1865,8 @@ def analyze_weights(
         row_len, spans = _row_chunks(r0.shape(name), chunk)
         items = [s.dtype(name).itemsize for s in sources]
         work_dtype = np.float64 if max(items) > 4 else np.float32
+        if not paper and USE_NUMBA and all(s.dtype(name) == torch.bfloat16 for s in sources):
+            work_dtype = np.uint16  # bf16 bits, read straight into the block; the fused kernel converts them
         if paper:
             idx = sample_indices(numel, paper_sample_size(numel, fraction, min_samples), tensor_seed(name, seed))
             new = [_Job(name, 0, spans[-1][1], row_len, work_dtype, idx, items)] if idx.size else []
