@@ -393,8 +393,9 @@ def test_fused_kernel_on_blocks_with_ties_and_bf16_bits():
             keep = np.empty(n, dtype=bool)
             hr, hd = L.Dist(), L.Dist(hi=math.sqrt(T - 1))
             out = L.fused_kernel()(
-                block, block.dtype == np.uint16, xc, 1 / sxx, 1e-4, k, hr.counts, 1e4, hd.counts, 1e4 / hd.hi, 0.7, keep
-            )
+                block, block.dtype == np.uint16, L.tracking_proto(block.dtype), xc, 1 / sxx, 1e-4, k,
+                hr.counts, 1e4, hd.counts, 1e4 / hd.hi, 0.7, keep,
+            )  # fmt: skip
             blk = L._analyze_block(y, x, 0, 1, 1e-4, k)
             assert out[:5] == (0, blk.small, blk.few, blk.never, blk.fit.r2.size)
             np.testing.assert_array_equal(keep, blk.keep)
@@ -410,7 +411,8 @@ def test_fused_kernel_on_blocks_with_ties_and_bf16_bits():
     y[3, 100] = math.inf
     keep = np.empty(n, dtype=bool)
     h = L.Dist()
-    assert L.fused_kernel()(y, False, xc, 1 / sxx, 1e-4, 4, h.counts, 1e4, h.counts, 1e4, 0.7, keep)[0] == 1
+    proto = L.tracking_proto(y.dtype)
+    assert L.fused_kernel()(y, False, proto, xc, 1 / sxx, 1e-4, 4, h.counts, 1e4, h.counts, 1e4, 0.7, keep)[0] == 1
     with pytest.raises(RlvrLinearError, match="checkpoint step 300: tensor 'w' contains NaN or Inf"):
         L._analyze_fused(y, x, 0, 1, 1e-4, 4, [0, 100, 200, 300, 400, 500, 600, 700, 800], "w", None,
                          {"r2": L.Dist(), "dnr": L.Dist(hi=math.sqrt(T - 1))}, {})  # fmt: skip

@@ -941,7 +941,7 @@ _KERNEL = None
 _FUSED_TILE = 512
 
 
-def _fused_columns(y, bf16, xc, inv_sxx, thr, k, r2_counts, r2_scale, dnr_counts, dnr_scale, thresh, keep):
+def _fused_columns(y, bf16, tproto, xc, inv_sxx, thr, k, r2_counts, r2_scale, dnr_counts, dnr_scale, thresh, keep):
     """One pass over the columns of a (T, n) block ``y`` (float32 / float64 values, or bf16 bits as uint16 when
     ``bf16``); per column, the inner loop over T:
 
@@ -953,6 +953,9 @@ def _fused_columns(y, bf16, xc, inv_sxx, thr, k, r2_counts, r2_scale, dnr_counts
     * kept columns add to the histograms ``r2_counts`` / ``dnr_counts`` (bin ``int(v * scale)``, clipped, as
       :meth:`Dist.add`) and to the returned sums and counts above ``thresh``; ``keep[j]`` is set.
 
+    The range and distinct-value tracking runs in the dtype of ``tproto`` (float32 for bf16 / fp16 / fp32
+    checkpoints, whose values float32 holds exactly: twice the vector width of float64), the sums in float64.
+
     Returns ``(bad, small, few, never, kept, sum_r2, gt_r2, sum_dnr, gt_dnr)``; ``bad`` = 1 when a value is NaN
     or Inf (the caller then raises with the checkpoint's step; the other outputs are then incomplete).
     """
@@ -962,19 +965,20 @@ def _fused_columns(y, bf16, xc, inv_sxx, thr, k, r2_counts, r2_scale, dnr_counts
     u = np.zeros(W, np.uint32)
     f = u.view(np.float32)
     v = np.empty(W)
-    hi = np.empty(W)
-    lo = np.empty(W)
-    rec = np.empty(W)
+    vv = np.empty(W, tproto.dtype)  # the values again, in the tracking dtype
+    hi = np.empty(W, tproto.dtype)
+    lo = np.empty(W, tproto.dtype)
+    rec = np.empty(W, tproto.dtype)
     y0 = np.empty(W)
     sz = np.empty(W)
     sxz = np.empty(W)
     szz = np.empty(W)
     ss2 = np.empty(W)
     zt = np.empty(W)
-    s1 = np.empty(W)  # the first 3 distinct values (NaN: none yet), enough to count up to k <= 4 exactly
-    s2 = np.empty(W)
-    s3 = np.empty(W)
-    n_seen = np.empty(W)
+    s1 = np.empty(W, tproto.dtype)  # the first 3 distinct values (NaN: none yet): counts up to k <= 4 exactly
+    s2 = np.empty(W, tproto.dtype)
+    s3 = np.empty(W, tproto.dtype)
+    n_seen = np.empty(W, tproto.dtype)
     state = np.empty(W, np.int64)  # 0: filtered by the range, 1: to count distinct values, 2: kept
     b_r2 = np.empty(W, np.int64)
     b_dnr = np.empty(W, np.int64)
@@ -989,52 +993,51 @@ def _fused_columns(y, bf16, xc, inv_sxx, thr, k, r2_counts, r2_scale, dnr_counts
                 for j in range(m):
                     u[j] = np.uint32(r[j]) << 16
                 for j in range(m):
-                    v[j] = f[j]
+                    vv[j] = f[j]
             else:
                 for j in range(m):
-                    v[j] = r[j]
+                    vv[j] = r[j]
             if t == 0:
                 for j in range(m):
-                    hi[j] = v[j]
-                    lo[j] = v[j]
-                    rec[j] = 0.0
-                    y0[j] = v[j]
+                    hi[j] = vv[j]
+                    lo[j] = vv[j]
+                    rec[j] = 0
+                    y0[j] = vv[j]
                     sz[j] = 0.0
                     sxz[j] = 0.0
                     szz[j] = 0.0
                     ss2[j] = 0.0
                     zt[j] = 0.0
-                    s1[j] = v[j]
+                    s1[j] = vv[j]
                     s2[j] = np.nan
                     s3[j] = np.nan
-                    n_seen[j] = 1.0
+                    n_seen[j] = 1
                 continue
             xt = xc[t]
-            for j in range(m):
-                vt = v[j]
-                h = hi[j]
-                lw = lo[j]
-                up = vt > h
-                down = vt < lw
-                rec[j] += np.float64(up | down)  # strict new running max / min: differs from all earlier values
-                hi[j] = vt if up else h
-                lo[j] = vt if down else lw
-                z = vt - y0[j]
+            for j in range(m):  # float64 sums
+                z = np.float64(vv[j]) - y0[j]
                 sz[j] += z
                 sxz[j] += xt * z
                 szz[j] += z * z
                 d = z - zt[j]
                 ss2[j] += d * d
                 zt[j] = z
-            for j in range(m):  # (a loop of its own: one loop with both would not be vectorised)
-                vt = v[j]
+            for j in range(m):  # range and distinct values, in the tracking dtype (its own loop: vectorised)
+                vt = vv[j]
+                h = hi[j]
+                lw = lo[j]
+                up = vt > h
+                down = vt < lw
+                rec[j] += up | down  # strict new running max / min: differs from all earlier values
+                hi[j] = vt if up else h
+                lo[j] = vt if down else lw
                 a2 = s2[j]
                 a3 = s3[j]
                 new = (vt != s1[j]) & (vt != a2) & (vt != a3)
                 c = n_seen[j]
-                s2[j] = vt if new & (c == 1.0) else a2
-                s3[j] = vt if new & (c == 2.0) else a3
-                n_seen[j] = c + np.float64(new)
+                s2[j] = vt if new & (c == 1) else a2
+                s3[j] = vt if new & (c == 2) else a3
+                n_seen[j] = c + new
         nbad = 0
         for j in range(m):  # filters (but the exact distinct count), R², drift-to-noise, bins: vectorised
             zm = sz[j] / T
@@ -1049,7 +1052,7 @@ def _fused_columns(y, bf16, xc, inv_sxx, thr, k, r2_counts, r2_scale, dnr_counts
             zt[j] = dnr
             b_r2[j] = min(np.int64(r2 * r2_scale), r2_counts.size - 1)
             b_dnr[j] = min(np.int64(dnr * dnr_scale), dnr_counts.size - 1)
-            rng = hi[j] - lo[j]
+            rng = np.float64(hi[j]) - np.float64(lo[j])
             big = rng > thr
             small += 0 if big else 1
             never += 1 if rng == 0 else 0
@@ -1095,6 +1098,11 @@ def _fused_columns(y, bf16, xc, inv_sxx, thr, k, r2_counts, r2_scale, dnr_counts
             r2_counts[b_r2[j]] += w
             dnr_counts[b_dnr[j]] += w
     return 0, small, few, never, kept, sum_r2, gt_r2, sum_dnr, gt_dnr
+
+
+def tracking_proto(dtype) -> np.ndarray:
+    """The tracking dtype of :func:`_fused_columns` (as an empty array): float64 only for float64 blocks."""
+    return np.empty(0, np.float64 if dtype == np.float64 else np.float32)
 
 
 def fused_kernel():
@@ -1172,7 +1180,7 @@ def _analyze_fused(
     keep = _buf(work, "keep", (n,), np.bool_)
     hr, hd = hist["r2"], hist["dnr"]
     out = fused_kernel()(
-        y, y.dtype == np.uint16, xc, 1.0 / sxx, float(min_abs_change), int(min_unique),
+        y, y.dtype == np.uint16, tracking_proto(y.dtype), xc, 1.0 / sxx, float(min_abs_change), int(min_unique),
         hr.counts, hr.bins / hr.hi, hd.counts, hd.bins / hd.hi, THRESHOLD, keep,
     )  # fmt: skip
     bad, small, few, never, kept, sum_r2, gt_r2, sum_dnr, gt_dnr = out
