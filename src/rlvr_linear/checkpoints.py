@@ -140,7 +140,7 @@ class TensorReader:
         fname = self._check(name)
         if self.kind == "pickle":
             return self._load_bin(fname)[name].dtype
-        return _SAFE_DTYPES[self._handle(fname).get_slice(name).get_dtype()]
+        return SAFETENSORS_DTYPES[self._handle(fname).get_slice(name).get_dtype()]
 
     def numel(self, name: str) -> int:
         n = 1
@@ -170,7 +170,8 @@ class TensorReader:
         self.close()
 
 
-_SAFE_DTYPES = {
+#: safetensors dtype codes (header ``dtype`` field) -> torch dtypes
+SAFETENSORS_DTYPES = {
     "F64": torch.float64,
     "F32": torch.float32,
     "F16": torch.float16,

@@ -13,6 +13,7 @@ returning ``n`` decoded completions per prompt. :class:`HFGenerator` wraps one H
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,7 +87,8 @@ def mean_ci(values, level: float = 0.95) -> dict:
 # Generation
 
 
-def _cut_at_stop(text: str, stop: list[str] | None) -> str:
+def cut_at_stop(text: str, stop: Sequence[str] | None) -> str:
+    """``text`` cut before the first occurrence of any stop string."""
     if not stop:
         return text
     cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
@@ -139,7 +141,7 @@ class HFGenerator:
                 kw.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k or None)
             ids = model.generate(**enc, **kw)
             texts = tok.batch_decode(ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-            out.extend(_cut_at_stop(t, stop) for t in texts)
+            out.extend(cut_at_stop(t, stop) for t in texts)
             bar.update(len(chunk))
         bar.close()
         return [out[i * n : (i + 1) * n] for i in range(len(prompts))]

@@ -52,7 +52,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoints import Trajectory
+from .checkpoints import SAFETENSORS_DTYPES, Trajectory
 from .errors import RlvrLinearError
 from .io import write_json, write_text
 
@@ -551,7 +551,7 @@ def _check_finite(y: np.ndarray, steps: Sequence[int], name: str) -> None:
         raise RlvrLinearError(f"checkpoint step {steps[i]}: tensor {name!r} contains NaN or Inf values")
 
 
-_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+_ST_DTYPES = {k: v for k, v in SAFETENSORS_DTYPES.items() if v.is_floating_point}
 
 
 class _RowSource:

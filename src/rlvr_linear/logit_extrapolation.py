@@ -62,6 +62,7 @@ import torch
 
 from .checkpoints import step_of_path
 from .errors import RlvrLinearError
+from .evaluation import cut_at_stop
 from .weight_extrapolation import alpha_from_steps
 
 __all__ = [
@@ -475,7 +476,7 @@ class ExtrapolatedGenerator:
         )
         texts = self.tokenizer.batch_decode(out.sequences, skip_special_tokens=True)
         if stop:
-            texts = [_cut_at_stop(t, stop) for t in texts]
+            texts = [cut_at_stop(t, stop) for t in texts]
         return [texts[i * n : (i + 1) * n] for i in range(len(prompts))]
 
     @torch.inference_mode()
@@ -751,11 +752,6 @@ def _row_seed(seed: int, row: int) -> int:
     x = (x * 0xD6E8FEB86659FD93) % (1 << 64)
     x ^= x >> 32
     return x & ((1 << 63) - 1)
-
-
-def _cut_at_stop(text: str, stop: Sequence[str]) -> str:
-    cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
-    return text if cut < 0 else text[:cut]
 
 
 # --------------------------------------------------------------------------------------------------
