@@ -4,6 +4,8 @@ Registry (``get_task(name)``):
 
 * ``arithmetic`` — built-in integer arithmetic with adjustable difficulty (digits, operators, terms);
   options are given as ``arithmetic:digits=2,terms=2,ops=+-``.
+* ``arithmetic-cot`` — chain-of-thought arithmetic (3-5 terms): the reply writes every partial sum, then
+  ``answer: N``; only the final answer is verified (long replies, final-answer credit).
 * ``rg:<dataset>`` — any ``reasoning-gym`` dataset, scored with its ``score_answer``.
 * a path to a ``.jsonl`` / ``.parquet`` file with ``problem`` and ``answer`` fields (AIME style),
   graded with ``math-verify`` on the ``\\boxed{}`` answer.
@@ -91,6 +93,10 @@ class Task:
 
     def score(self, completion: str, problem: Problem) -> float:
         raise NotImplementedError
+
+    def reference(self, problem: Problem) -> str:
+        """The reference reply (the SFT target of the tiny base warm-up): the bare answer unless a task shows work."""
+        return problem.answer
 
     def render(self, problem: Problem, tokenizer=None) -> str:
         """The text fed to the model: the bare prompt, or the chat template for chat models."""
@@ -200,6 +206,115 @@ class ArithmeticTask(Task):
             return first
         ints = _INT_RE.findall(completion)  # chat models answer in a sentence ("23 + 45 = 68")
         return ints[-1] if ints else None
+
+    def score(self, completion: str, problem: Problem) -> float:
+        got = self.extract(completion)
+        return 1.0 if got is not None and int(got) == int(problem.answer) else 0.0
+
+
+# --------------------------------------------------------------------------------------------------
+# Chain-of-thought arithmetic: long replies, credit from the final answer only
+
+#: the final-answer marker of ``arithmetic-cot`` replies
+COT_MARKER = "answer:"
+_COT_ANSWER_RE = re.compile(r"answer:[ \t]*(-?\d+)(?!\w)", re.IGNORECASE)
+_COT_TOKEN_RE = re.compile(r"\d+|[+-]")
+
+
+@dataclass
+class ArithmeticCoTTask(Task):
+    """Chain-of-thought arithmetic: ``min_terms``..``max_terms`` operands of ``min_digits``..``digits`` digits.
+
+    The prompt is ``"12+7+45="``; the reference reply writes every partial sum (left to right) on its own line, then
+    the final answer after the marker ``answer:``::
+
+        12+7=19
+        19+45=64
+        answer: 64
+
+    Only the integer after the last ``answer:`` is verified, as the paper rewards only the final answer: a right final
+    answer after wrong partial sums scores 1; a reply without the marker, or without an integer right after it,
+    scores 0. At the defaults (3-5 terms of 1-2 digits, ``+``) the reference replies are 21-54 characters, i.e.
+    21-54 tokens of the char tokenizer plus EOS. Options: ``arithmetic-cot:min_terms=4,max_terms=4,ops=+-``.
+    """
+
+    min_terms: int = 3
+    max_terms: int = 5
+    digits: int = 2  #: most digits of an operand
+    min_digits: int = 1  #: fewest digits of an operand (each operand draws its digit count uniformly)
+    ops: str = "+"  #: ``+`` and/or ``-`` (partial results are left to right, so no ``*``)
+    name: str = "arithmetic-cot"
+    instruction: str = "Write each partial result on its own line (like 12+7=19), then a last line 'answer: N'."
+
+    def __post_init__(self):
+        if (
+            self.min_terms < 2
+            or self.max_terms < self.min_terms
+            or not 1 <= self.min_digits <= self.digits
+            or not self.ops
+            or any(o not in "+-" for o in self.ops)
+        ):
+            raise RlvrLinearError(
+                f"bad arithmetic-cot options: min_terms={self.min_terms} max_terms={self.max_terms} "
+                f"min_digits={self.min_digits} digits={self.digits} ops={self.ops!r} (ops from '+-', terms >= 2)"
+            )
+
+    def _operand(self, rng: random.Random) -> int:
+        nd = rng.randint(self.min_digits, self.digits)
+        return rng.randint(0 if nd == 1 else 10 ** (nd - 1), 10**nd - 1)
+
+    def space_size(self) -> int:
+        n_operands = 10**self.digits - (0 if self.min_digits <= 1 else 10 ** (self.min_digits - 1))
+        return sum(n_operands**t * len(self.ops) ** (t - 1) for t in range(self.min_terms, self.max_terms + 1))
+
+    def problems(self, split: str, n: int | None = None, seed: int = 0) -> list[Problem]:
+        """``n`` distinct problems of ``split`` (sampled; the hash buckets keep the splits disjoint), seeded order."""
+        _check_split(split)
+        if n is None:
+            raise RlvrLinearError("arithmetic-cot is sampled, not enumerated; give a number of problems")
+        rng = random.Random(f"{self.name}-{split}-{seed}")
+        seen: set[str] = set()
+        out: list[Problem] = []
+        for _ in range(50 * n + 10_000):
+            if len(out) == n:
+                break
+            nums = [self._operand(rng) for _ in range(rng.randint(self.min_terms, self.max_terms))]
+            expr = str(nums[0]) + "".join(rng.choice(self.ops) + str(x) for x in nums[1:])
+            if expr in seen or not _in_split(expr, split):
+                continue
+            seen.add(expr)
+            out.append(Problem(id=expr, prompt=f"{expr}=", answer=str(self._steps(expr)[-1][3])))
+        if len(out) < n:
+            raise RlvrLinearError(f"could not draw {n} distinct {split} problems from this arithmetic-cot space")
+        return out
+
+    @staticmethod
+    def _steps(expr: str) -> list[tuple[int, str, int, int]]:
+        """``(left, op, operand, result)`` for every partial result, left to right."""
+        toks = _COT_TOKEN_RE.findall(expr)
+        acc, steps = int(toks[0]), []
+        for op, x in zip(toks[1::2], toks[2::2]):
+            new = acc + int(x) if op == "+" else acc - int(x)
+            steps.append((acc, op, int(x), new))
+            acc = new
+        return steps
+
+    def reference(self, problem: Problem) -> str:
+        steps = self._steps(problem.prompt.rstrip("="))
+        lines = [f"{a}{op}{x}={r}" for a, op, x, r in steps]
+        return "\n".join([*lines, f"{COT_MARKER} {steps[-1][3]}"])
+
+    def max_new_tokens(self, chat: bool) -> int:
+        """Chat: 256. Bare prompts: the longest possible reference reply (char tokenizer) plus EOS and 4 spare."""
+        if chat:
+            return 256
+        width = len(str(self.max_terms * (10**self.digits - 1))) + ("-" in self.ops)  # widest partial result
+        line = 2 * width + 1 + self.digits + 2  # "left op operand = result\n"
+        return (self.max_terms - 1) * line + len(COT_MARKER) + 1 + width + 1 + 4
+
+    def extract(self, completion: str) -> str | None:
+        found = _COT_ANSWER_RE.findall(completion)
+        return found[-1] if found else None
 
     def score(self, completion: str, problem: Problem) -> float:
         got = self.extract(completion)
@@ -353,7 +468,7 @@ def _parse_opts(spec: str) -> dict:
     return out
 
 
-TASKS: dict[str, Callable[..., Task]] = {"arithmetic": ArithmeticTask}
+TASKS: dict[str, Callable[..., Task]] = {"arithmetic": ArithmeticTask, "arithmetic-cot": ArithmeticCoTTask}
 
 
 def get_task(name: str | Task, **kw) -> Task:
