@@ -1,0 +1,138 @@
+import json
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+from rlvr_linear.advisor import advise
+from rlvr_linear.advisor.advise import NOT_LINEAR, read_curve
+from rlvr_linear.advisor.backtest import Block, backtest, coefficients
+from rlvr_linear.errors import RlvrLinearError
+from rlvr_linear.testing import make_pico_dir, make_trajectory
+from rlvr_linear.weight_extrapolation import least_squares_weights
+
+STEPS = list(range(0, 220, 20))  # 11 checkpoints
+
+
+def _gen(name: str, extra: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(zlib.crc32(name.encode()) + 7919 * extra)
+
+
+def _direction(name, w):
+    return torch.randn(w.shape, generator=_gen(name))
+
+
+def line_plus_noise(name, w, s, i):  # drift 1e-3/step, noise sd 1e-3 (20x smaller than one save interval's drift)
+    return w + 1e-3 * s * _direction(name, w) + 1e-3 * torch.randn(w.shape, generator=_gen(name, i + 1))
+
+
+def random_walk(name, w, s, i):  # driftless: the sum of i independent N(0, 0.02^2) increments
+    steps = [torch.randn(w.shape, generator=_gen(name, t + 1)) for t in range(i)]
+    return w + 0.02 * (torch.stack(steps).sum(0) if steps else 0)
+
+
+def bends(name, w, s, i):  # slope falls linearly and reaches 0 at step 200: s - s^2 / 400
+    return w + 1e-3 * (s - s * s / 400.0) * _direction(name, w)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("adv")
+    return {name: make_trajectory(root / name, STEPS, fn) for name, fn in
+            [("line", line_plus_noise), ("walk", random_walk), ("bend", bends)]}  # fmt: skip
+
+
+def test_h_star_long_zero_short(runs):
+    line, walk, bend = (advise(runs[k]) for k in ("line", "walk", "bend"))
+    # the exact line: every predictor beats "no change" at every backtested horizon
+    assert line.recommendation["extrapolate"]
+    assert line.h_star("two_point") >= 800 and line.recommendation["h_star_steps"] >= 800
+    assert all(r["upper"] < 0.2 for r in line.spaces["weights"]["two_point"].rows)
+    # the random walk: "no change" is the best forecast, so no horizon is safe
+    assert not walk.recommendation["extrapolate"] and walk.recommendation["verdict"] == NOT_LINEAR
+    assert all(walk.h_star(p) == 0 for p in ("two_point", "lsq_last_k", "rank1"))
+    assert all(r["ratio"] > 1 for bt in walk.spaces["weights"].values() for r in bt.rows)
+    # the bend: only the local line (last 4 checkpoints) wins, and only over short jumps
+    assert bend.h_star("two_point") == 0
+    assert 0 < bend.recommendation["h_star_steps"] <= 80 and bend.recommendation["predictor"] == "lsq_last_k"
+    rows = bend.spaces["weights"]["lsq_last_k"].rows
+    assert rows[0]["ratio"] < 1 < rows[-1]["ratio"]
+
+
+def test_bend_error_ratio_matches_closed_form(runs):
+    """Two-point from step 0 on f(s) = s - s²/400.
+
+    Prediction error x_j (x_j - x_o) / 400, naive error (x_j - x_o)(1 - (x_j + x_o) / 400).
+    """
+    adv = advise(runs["bend"], predictors=["two_point"])
+    for p in adv.spaces["weights"]["two_point"].pairs:
+        xo, xj = p["origin"], p["target"]
+        expect = abs(xj / (400 - xj - xo)) if xj + xo != 400 else np.inf
+        assert p["ratio"] == pytest.approx(expect, rel=1e-3)
+
+
+def test_outputs_json_png_text(runs, tmp_path):
+    man = json.loads((runs["line"] / "manifest.json").read_text())
+    for c in man["checkpoints"]:
+        c["val_accuracy"] = 0.2 + 0.001 * c["step"] + (0.01 if c["step"] % 40 else 0.0)
+    (runs["line"] / "manifest.json").write_text(json.dumps(man))
+    adv = advise(runs["line"])
+    out = adv.save(tmp_path / "o")
+    data = json.loads((out / "advice.json").read_text())
+    assert data["recommendation"]["predictor"] in ("two_point", "lsq_last_k", "rank1")
+    assert data["recommendation"]["target_step"] == int(200 + data["recommendation"]["h_star_steps"])
+    assert set(data["spaces"]) == {"weights", "curve"} and data["stats"]["curve"]["metric"] == "val_accuracy"
+    assert data["stats"]["curve"]["values"][-1] == pytest.approx(0.4)
+    assert (out / "advice.png").stat().st_size > 1000
+    assert "recommendation: extrapolate" in (out / "advice.txt").read_text()
+
+
+def test_until_does_not_peek(runs):
+    a = advise(runs["bend"], until=100)
+    assert a.steps == [0, 20, 40, 60, 80, 100]
+    assert max(p["target"] for bt in a.spaces["weights"].values() for p in bt.pairs) == 100
+
+
+def test_coefficients_reuse_weight_extrapolation_rules():
+    x = np.array([0.0, 10.0, 20.0, 30.0])
+    assert np.allclose(coefficients("two_point", x, [0, 2], 50.0), [1 - 2.5, 2.5])
+    assert np.allclose(coefficients("lsq_last_k", x, [1, 2, 3], 50.0), least_squares_weights([10, 20, 30], 50))
+    # rank-1 on an exact rank-1 trajectory reproduces the least-squares prediction
+    y = np.outer(x**2, np.arange(1.0, 6.0))
+    c = coefficients("rank1", x, [0, 1, 2, 3], 50.0, Block("m", y))
+    assert np.allclose(c @ y, least_squares_weights(x, 50.0) @ y)
+
+
+def test_curve_alone_and_reported(tmp_path):
+    x = np.arange(0, 100, 10.0)
+    bt = backtest(x, [Block("acc", (0.1 + 0.005 * x)[:, None], low_rank=False)], "two_point")
+    assert bt.rows and all(r["ratio"] < 1e-9 and r["upper"] == r["ratio"] for r in bt.rows)
+
+
+def test_bad_inputs(tmp_path, runs):
+    few = make_trajectory(tmp_path / "few", [0, 10, 20], line_plus_noise)
+    with pytest.raises(RlvrLinearError, match="at least 4 checkpoints.*found 3"):
+        advise(few)
+    # a checkpoint of another architecture (hidden 32) has tensors of other shapes
+    big = make_pico_dir(tmp_path / "big", hidden=32)
+    mixed = [f"{s}={runs['line'] / f'step_{s:06d}'}" for s in (0, 20, 40)] + [f"60={big}"]
+    with pytest.raises(RlvrLinearError, match="checkpoint step 60 .* has shape"):
+        advise(mixed)
+    with pytest.raises(RlvrLinearError, match="unknown predictor"):
+        advise(runs["line"], predictors=["cubic"])
+
+
+def test_trl_layout_and_trainer_state_curve(tmp_path):
+    src = make_trajectory(tmp_path / "ours", STEPS[:6], line_plus_noise)
+    trl = tmp_path / "trl"
+    trl.mkdir()
+    hist = [{"step": s, "reward": 0.1 + 0.001 * s, "loss": 0.0} for s in range(1, 101)]
+    for s in STEPS[1:6]:
+        (src / f"step_{s:06d}").rename(trl / f"checkpoint-{s}")
+        (trl / f"checkpoint-{s}" / "trainer_state.json").write_text(json.dumps({"log_history": hist[:s]}))
+    metric, cs, cv = read_curve(trl, 60)
+    assert metric == "reward" and cs == list(range(1, 61)) and cv[-1] == pytest.approx(0.16)
+    adv = advise(trl)  # steps 20..100: checkpoint-N, no manifest
+    assert adv.steps == [20, 40, 60, 80, 100] and adv.stats["curve"]["metric"] == "reward"
+    assert adv.spaces["curve"]["two_point"].rows[0]["ratio"] < 1e-6  # the reward rises on a straight line
