@@ -18,7 +18,7 @@ import json
 import re
 import shutil
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -45,12 +45,23 @@ _STEP_PATTERNS = [
 # Locating weights
 
 
+def _is_hub(source: object) -> bool:
+    return str(source).startswith("hf:/")
+
+
 def has_weights(path: Path) -> bool:
     return any((path / f).exists() for f in WEIGHT_FILES) or any(path.glob("model-*.safetensors"))
 
 
 def find_model_dir(path: str | Path) -> Path:
-    """Resolve ``path`` to the directory that holds HF weights (handles verl's ``actor/huggingface``)."""
+    """Resolve ``path`` to the directory that holds HF weights (handles verl's ``actor/huggingface``).
+
+    ``hf://ORG/REPO[@REV][/SUBFOLDER]`` is fetched from the Hugging Face Hub (cache) first.
+    """
+    if _is_hub(path):
+        from .hub import resolve_checkpoint
+
+        path = resolve_checkpoint(path)
     p = Path(path)
     if not p.exists():
         raise RlvrLinearError(f"{p}: no such file or directory")
@@ -191,8 +202,12 @@ SAFETENSORS_DTYPES = {
 
 @dataclass(frozen=True)
 class Checkpoint:
+    """One checkpoint of a run. ``remote`` (a :class:`~rlvr_linear.hub.HubSource`) marks one not fetched yet:
+    ``path`` is then its ``hf://`` label, and :meth:`Trajectory.local_path` fetches it."""
+
     step: int
-    path: Path
+    path: Path | str
+    remote: object | None = field(default=None, compare=False, repr=False)
 
 
 class Trajectory:
@@ -216,15 +231,24 @@ class Trajectory:
         return [c.step for c in self.checkpoints]
 
     @property
-    def paths(self) -> list[Path]:
-        return [c.path for c in self.checkpoints]
+    def paths(self) -> Sequence[Path]:
+        """The local folders; a Hub checkpoint is fetched when its entry is first read (iterate to stream)."""
+        return _LocalPaths(self)
+
+    def local_path(self, i: int) -> Path:
+        """The local folder of checkpoint ``i``, fetching a Hub checkpoint (once) if needed."""
+        c = self.checkpoints[i]
+        if c.remote is not None:
+            c = Checkpoint(c.step, find_model_dir(c.remote.fetch()))
+            self.checkpoints[i] = c
+        return Path(c.path)
 
     def __len__(self) -> int:
         return len(self.checkpoints)
 
     def reader(self, i: int) -> TensorReader:
         if i not in self._readers:
-            self._readers[i] = TensorReader(self.checkpoints[i].path, allow_pickle=self.allow_pickle)
+            self._readers[i] = TensorReader(self.local_path(i), allow_pickle=self.allow_pickle)
         return self._readers[i]
 
     def readers(self) -> list[TensorReader]:
@@ -281,6 +305,24 @@ class Trajectory:
         self._readers.clear()
 
 
+class _LocalPaths(Sequence):
+    """``Trajectory.paths``: a lazy sequence, so that looping over it fetches one Hub checkpoint at a time."""
+
+    def __init__(self, trajectory: Trajectory):
+        self._t = trajectory
+
+    def __len__(self) -> int:
+        return len(self._t)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(i)
+        return self._t.local_path(i % n)
+
+
 def _step_of(name: str) -> int | None:
     for pat in _STEP_PATTERNS:
         m = pat.match(name)
@@ -308,19 +350,29 @@ def parse_step_path(spec: str) -> Checkpoint:
         step = int(s)
     except ValueError:
         raise RlvrLinearError(f"expected an integer step in {spec!r}") from None
+    if _is_hub(p):
+        from .hub import HubSource
+
+        return Checkpoint(step, p, remote=HubSource.parse(p))
     return Checkpoint(step, find_model_dir(p))
 
 
 def discover(source: str | Path | Sequence[str], allow_pickle: bool = False) -> Trajectory:
     """Find the checkpoints of a run.
 
-    ``source`` is a run directory (ours, TRL's or verl's) or a list of ``STEP=PATH`` strings.
-    Checkpoints come back sorted by step.
+    ``source`` is a run directory (ours, TRL's or verl's), a Hub repository ``hf://ORG/REPO`` (steps from
+    its ``step_N``-like revisions or subfolders, see :mod:`rlvr_linear.hub`; each fetched when first read)
+    or a list of ``STEP=PATH`` strings. Checkpoints come back sorted by step.
     """
     if isinstance(source, (list, tuple)):
         if len(source) == 1 and "=" not in str(source[0]):
             return discover(source[0], allow_pickle)
         cps = [parse_step_path(str(s)) for s in source]
+        return Trajectory(cps, allow_pickle=allow_pickle)
+    if _is_hub(source):
+        from .hub import list_checkpoints
+
+        cps = [Checkpoint(step, str(src), remote=src) for step, src in list_checkpoints(source)]
         return Trajectory(cps, allow_pickle=allow_pickle)
     root = Path(source)
     if not root.is_dir():

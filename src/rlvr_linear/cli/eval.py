@@ -32,6 +32,14 @@ def _targets(paths: list[str]) -> list[tuple[str, Path]]:
 
     out = []
     for p in paths:
+        if str(p).startswith("hf:/"):  # a Hub trajectory (step revisions / folders), else one checkpoint
+            try:
+                tr = discover(p)
+            except RlvrLinearError:
+                out.append((p, find_model_dir(p)))
+                continue
+            out.extend((f"{p}@step_{s}", c) for s, c in zip(tr.steps, tr.paths))
+            continue
         pp = Path(p)
         if not pp.exists():
             raise RlvrLinearError(f"{pp}: no such file or directory")
