@@ -65,3 +65,104 @@ def test_smollm2_gguf_converts_to_safetensors(tmp_path):
     with torch.no_grad():
         out = model(**tok("12+7=", return_tensors="pt")).logits
     assert torch.isfinite(out).all() and out.shape[-1] == cfg["vocab_size"]
+
+
+# --------------------------------------------------------------------------------------------------
+# The shipped tiny base models
+
+
+def _shipped(name):
+    from rlvr_linear.models import ASSETS, shipped_bases
+
+    return ASSETS / name, shipped_bases()[name]
+
+
+def test_shipped_tiny_base_matches_its_recorded_hash_recipe_and_loads():
+    from dataclasses import asdict
+
+    from rlvr_linear.models import TinyBaseConfig, file_sha256, recipe_key, verify_base_dir
+
+    src, entry = _shipped("tiny")
+    assert verify_base_dir(src, entry["sha256"]) == []
+    assert file_sha256(src / "model.safetensors") == entry["sha256"]["model.safetensors"]
+    assert "rlvr_linear_tokenizer.json" in entry["sha256"]  # the marker that keeps the char tokenizer intact
+    rec = json.loads((src / "rlvr_linear_base.json").read_text())
+    # the default recipe is the shipped one: change TinyBaseConfig's defaults only together with a new shipped model
+    assert rec["recipe"] == asdict(TinyBaseConfig()) and entry["recipe_key"] == recipe_key(TinyBaseConfig())
+    assert rec["params"] == 801_408 and rec["steps"] == 1600 and rec["val_greedy"] == 0.335
+    model, tok = load_model(src)
+    assert sum(p.numel() for p in model.parameters()) == 801_408
+    text = "12+34=46\n"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert len(ids) == len(text) and tok.decode(ids) == text  # one token per character: not Qwen2's pre-tokenizer
+    fresh = build_char_tokenizer()
+    assert ids == fresh(text, add_special_tokens=False)["input_ids"] and len(tok) == len(fresh) == 100
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits
+    assert logits.shape == (1, len(text), len(tok)) and torch.isfinite(logits).all()
+
+
+def test_shipped_base_is_installed_verified_and_a_stale_copy_replaced(tmp_path, capsys):
+    import os
+
+    from rlvr_linear.models import file_sha256
+
+    src, entry = _shipped("tiny")
+    d = ensure_base("tiny", cache_dir=tmp_path, progress=False)
+    assert d == tmp_path / f"tiny-{entry['recipe_key']}"
+    assert sorted(p.name for p in d.iterdir()) == sorted(entry["sha256"])
+    assert (d / "model.safetensors").read_bytes() == (src / "model.safetensors").read_bytes()  # no build: same bytes
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (d / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~mask
+    assert (d.stat().st_mode & 0o777) == 0o777 & ~mask
+    stamp = (d / "model.safetensors").stat().st_mtime_ns
+    assert ensure_base("tiny", cache_dir=tmp_path, progress=False) == d
+    assert (d / "model.safetensors").stat().st_mtime_ns == stamp  # verified, not copied again
+    capsys.readouterr()
+    (d / "model.safetensors").write_bytes(b"a locally built model")  # e.g. built before the base was shipped
+    assert ensure_base("tiny", cache_dir=tmp_path, progress=False) == d
+    assert file_sha256(d / "model.safetensors") == entry["sha256"]["model.safetensors"]
+    assert "differs from the shipped tiny base model; replacing it" in capsys.readouterr().err
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folders left
+
+
+def test_rebuild_builds_the_recipe_next_to_the_cached_copy(tmp_path):
+    d = ensure_base("tiny", cache_dir=tmp_path, progress=False, **RECIPE)
+    r = ensure_base("tiny", cache_dir=tmp_path, progress=False, rebuild=True, **RECIPE)
+    assert r == d.parent / f"{d.name}-rebuilt" and (r / "model.safetensors").exists()
+    rec = json.loads((r / "rlvr_linear_base.json").read_text())
+    assert rec["recipe"]["hidden_size"] == 32 and rec["steps"] == 20 and rec["val_mean_response_tokens"] >= 0
+
+
+def test_base_cli_prints_the_installed_dir_and_refuses_rebuild_of_smollm2(tmp_path, capsys):
+    from rlvr_linear.cli import main
+
+    _, entry = _shipped("tiny")
+    assert main(["base", "--cache-dir", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / f"tiny-{entry['recipe_key']}")
+    assert main(["base", "--model", "smollm2-135m", "--rebuild", "--cache-dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: --rebuild applies to the tiny presets (tiny, tiny-cot), not 'smollm2-135m'"
+    )
+
+
+@pytest.mark.slow
+def test_rebuilding_the_default_recipe_reproduces_the_shipped_model(tmp_path):
+    """Bit-identity across machines is not expected (threads, CPU, library versions change the float sums), so the
+    rebuild must match in structure and, within a tolerance, in skill: the warm-up stops at the first check (every
+    100 steps, 200 validation problems) at or above 0.25, and the shipped build's checks rose by up to 0.105 between
+    two checks (0.23 -> 0.335), so a rebuild stops in [0.25, 0.45); on 500 shared test problems the two models'
+    greedy accuracies (binomial SE ~0.02 each) must agree within 0.15."""
+    from rlvr_linear.evaluation import evaluate
+
+    src, _ = _shipped("tiny")
+    r = ensure_base("tiny", cache_dir=tmp_path, progress=False, rebuild=True)
+    shipped_cfg, rebuilt_cfg = (json.loads((d / "config.json").read_text()) for d in (src, r))
+    shipped_cfg.pop("transformers_version"), rebuilt_cfg.pop("transformers_version")
+    assert rebuilt_cfg == shipped_cfg
+    rec = json.loads((r / "rlvr_linear_base.json").read_text())
+    assert rec["params"] == 801_408 and rec["steps"] < rec["recipe"]["max_steps"]
+    assert 0.25 <= rec["val_greedy"] < 0.45
+    acc = [evaluate(d, "arithmetic", split="test", n_problems=500, k=0).greedy_accuracy for d in (src, r)]
+    assert abs(acc[0] - acc[1]) <= 0.15, acc

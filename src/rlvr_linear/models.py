@@ -129,14 +129,16 @@ def build_tiny_base(cfg: TinyBaseConfig, out: str | Path, progress: bool = True,
     for step in bar:
         model.train()
         batch = [train[rng.randrange(len(train))] for _ in range(cfg.batch_size)]
-        x, y, m = sft_batch(tok, [task.render(p) for p in batch], [p.answer for p in batch])
+        x, y, m = sft_batch(tok, [task.render(p) for p in batch], [task.reference(p) for p in batch])
         loss = model(input_ids=x, attention_mask=m, labels=y).loss
         opt.zero_grad()
         loss.backward()
         opt.step()
         sched.step()
         if step % cfg.eval_every == 0:
-            acc = evaluate((model.eval(), tok), task, problems=val, k=0).greedy_accuracy
+            res = evaluate((model.eval(), tok), task, problems=val, k=0, keep_samples=True)
+            acc = res.greedy_accuracy
+            lengths = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in res.greedy_samples]
             history.append({"step": step, "loss": round(loss.item(), 4), "val_greedy": acc})
             bar.set_postfix(loss=f"{loss.item():.3f}", val_acc=f"{acc:.3f}")
             if acc >= cfg.target_accuracy:
@@ -147,6 +149,7 @@ def build_tiny_base(cfg: TinyBaseConfig, out: str | Path, progress: bool = True,
         "steps": step,
         "seconds": round(time.time() - t0, 1),
         "val_greedy": acc,
+        "val_mean_response_tokens": round(sum(lengths) / len(lengths), 2) if history else None,  # greedy, no EOS
         "history": history,
         "params": sum(p.numel() for p in model.parameters()),
     }
@@ -167,21 +170,125 @@ def cache_root(cache_dir: str | Path | None = None) -> Path:
     return Path(cache_dir or os.environ.get("RLVR_LINEAR_CACHE", Path.home() / ".cache" / "rlvr-linear"))
 
 
-def ensure_base(name: str = "tiny", cache_dir: str | Path | None = None, progress: bool = True, **recipe) -> Path:
-    """Return the cached base model directory for ``tiny`` or ``smollm2-135m``, building it on first use."""
+#: named tiny-base recipes (``TinyBaseConfig`` overrides); each ships with the package as ``assets/<name>/``
+BASE_PRESETS: dict[str, dict] = {
+    # 2-digit addition, 2-3 answer tokens: the short-response contrast
+    "tiny": {},
+    # chain-of-thought arithmetic (3-5 terms, every partial sum, 21-54 response tokens), warmed up to ~30% greedy
+    "tiny-cot": dict(task="arithmetic-cot", max_steps=6000, eval_every=250, target_accuracy=0.25),
+}
+ASSETS = Path(__file__).parent / "assets"
+#: ``{preset: {"recipe_key", "sha256": {file: digest}}}`` of the shipped base models
+SHIPPED_MANIFEST = ASSETS / "shipped.json"
+
+
+def recipe_key(cfg: TinyBaseConfig) -> str:
+    """The cache key of a tiny-base recipe (the first 10 hex digits of the sha256 of its sorted JSON)."""
     import hashlib
     import json
+
+    return hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:10]
+
+
+def file_sha256(path: str | Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def shipped_bases() -> dict[str, dict]:
+    """The manifest of the base models shipped with the package (empty if none)."""
+    from .io import read_json
+
+    return read_json(SHIPPED_MANIFEST) if SHIPPED_MANIFEST.exists() else {}
+
+
+def verify_base_dir(d: str | Path, sha256: dict[str, str]) -> list[str]:
+    """Files of ``d`` that are missing or differ from the recorded digests (empty: ``d`` holds exactly those bytes)."""
+    d = Path(d)
+    return [f for f, digest in sorted(sha256.items()) if not (d / f).is_file() or file_sha256(d / f) != digest]
+
+
+def install_shipped_base(name: str, out: str | Path) -> Path:
+    """Copy the shipped base ``name`` to ``out`` unless ``out`` already holds the same bytes (atomic, verified)."""
+    import shutil
+    import sys
+
+    from .io import atomic_dir
+
+    entry = shipped_bases()[name]
+    src, out = ASSETS / name, Path(out)
+    if not verify_base_dir(out, entry["sha256"]):
+        return out
+    bad = verify_base_dir(src, entry["sha256"])
+    if bad:
+        raise RlvrLinearError(f"{src}: the shipped {name} base is damaged ({', '.join(bad)} differ from shipped.json)")
+    if out.exists():
+        print(f"{out} differs from the shipped {name} base model; replacing it", file=sys.stderr)
+    try:
+        with atomic_dir(out, overwrite=True) as tmp:
+            for f in entry["sha256"]:
+                shutil.copyfile(src / f, tmp / f)  # new files: the user's umask applies
+            bad = verify_base_dir(tmp, entry["sha256"])
+            if bad:
+                raise RlvrLinearError(f"copying the shipped {name} base to {out} failed: {', '.join(bad)} differ")
+    except OSError:  # another process installed it at the same moment
+        if verify_base_dir(out, entry["sha256"]):
+            raise
+    return out
+
+
+def ship_base(name: str, src: str | Path) -> dict:
+    """Maintainers: copy the built base ``src`` into ``assets/<name>/`` and record its digests in ``shipped.json``."""
+    import shutil
+
+    from .io import atomic_dir, read_json, write_json
+
+    src = Path(src)
+    rec = read_json(src / "rlvr_linear_base.json")
+    cfg = TinyBaseConfig(**rec["recipe"])
+    if name in BASE_PRESETS and cfg != TinyBaseConfig(**BASE_PRESETS[name]):
+        raise RlvrLinearError(f"{src} was built with another recipe than the {name} preset")
+    files = sorted(f.name for f in src.iterdir() if f.is_file() and not f.name.startswith("."))
+    with atomic_dir(ASSETS / name, overwrite=True) as tmp:
+        for f in files:
+            shutil.copyfile(src / f, tmp / f)
+    manifest = shipped_bases()
+    manifest[name] = {"recipe_key": recipe_key(cfg), "sha256": {f: file_sha256(ASSETS / name / f) for f in files}}
+    write_json(SHIPPED_MANIFEST, dict(sorted(manifest.items())))
+    return manifest[name]
+
+
+def ensure_base(
+    name: str = "tiny", cache_dir: str | Path | None = None, progress: bool = True, rebuild: bool = False, **recipe
+) -> Path:
+    """Return the base model directory for ``tiny``, ``tiny-cot`` or ``smollm2-135m``.
+
+    ``tiny`` / ``tiny-cot`` with their preset recipe are the models shipped with the package, copied (verified) into
+    the cache: the same bytes on every machine. Any other recipe (``**recipe`` overrides ``TinyBaseConfig``) is built
+    on first use and cached under its recipe key. ``rebuild=True`` builds the recipe afresh into
+    ``tiny-KEY-rebuilt`` (the shipped copy stays), e.g. to check that the recipe still reproduces the shipped model.
+    """
     import sys
 
     root = cache_root(cache_dir)
-    if name == "tiny":
-        cfg = TinyBaseConfig(**recipe)
-        key = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:10]
+    if name in BASE_PRESETS:
+        cfg = TinyBaseConfig(**{**BASE_PRESETS[name], **recipe})
+        key = recipe_key(cfg)
         out = root / f"tiny-{key}"
-        if not (out / "config.json").exists():
-            rec = build_tiny_base(cfg, out, progress=progress)
+        shipped = next((n for n, e in shipped_bases().items() if e["recipe_key"] == key), None)
+        if rebuild:
+            out = root / f"tiny-{key}-rebuilt"
+        elif shipped is not None:
+            return install_shipped_base(shipped, out)
+        if rebuild or not (out / "config.json").exists():
+            rec = build_tiny_base(cfg, out, progress=progress, overwrite=rebuild)
             print(
-                f"built the tiny base model in {rec['seconds']:.0f} s: {rec['params']:,} params, "
+                f"built the {name} base model in {rec['seconds']:.0f} s: {rec['params']:,} params, "
                 f"{rec['steps']} warm-up steps, validation greedy accuracy {rec['val_greedy']:.3f} -> {out}",
                 file=sys.stderr,  # stdout carries only the directory: `$(rlvr-linear base)` works
             )
@@ -191,7 +298,9 @@ def ensure_base(name: str = "tiny", cache_dir: str | Path | None = None, progres
         if not (out / "config.json").exists():
             convert_smollm2(out)
         return out
-    raise RlvrLinearError(f"unknown base model preset {name!r}; use tiny, smollm2-135m or a model directory")
+    raise RlvrLinearError(
+        f"unknown base model preset {name!r}; use {', '.join(BASE_PRESETS)}, smollm2-135m or a model directory"
+    )
 
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -44,7 +44,7 @@ ALGORITHMS = {
 class TrainConfig:
     """Every knob of an RLVR run. Load from YAML with :meth:`from_yaml`; CLI flags override fields."""
 
-    model: str = "tiny"  #: ``tiny`` (embedded default), ``smollm2-135m``, or an HF model directory
+    model: str = "tiny"  #: ``tiny`` (embedded default), ``tiny-cot``, ``smollm2-135m``, or an HF model directory
     task: str = "arithmetic"  #: task name (see ``rlvr_linear.tasks.get_task``)
     steps: int = 200  #: optimizer steps
     save_every: int = 20  #: save a weights-only checkpoint every K steps (step 0 is always saved)
@@ -106,6 +106,9 @@ class TrainConfig:
 PRESETS: dict[str, dict] = {
     # the embedded default: tiny char-level Qwen2 on 2-digit addition; ~1 s/step on 2 CPU cores
     "tiny": dict(model="tiny", task="arithmetic", steps=200, save_every=20, learning_rate=3e-4),
+    # the long-response variant: the tiny base warmed up on chain-of-thought arithmetic (21-54 response tokens, only
+    # the final answer rewarded)
+    "tiny-cot": dict(model="tiny-cot", task="arithmetic-cot", steps=200, save_every=20, learning_rate=3e-4),
     # the real-model preset: SmolLM2-135M-Instruct (paper-like lr, small batch; ~50 s/step on 2 CPU cores)
     "smollm2": dict(
         model="smollm2-135m",
@@ -259,11 +262,11 @@ class TrajectoryCallback(TrainerCallback):
 
 
 def resolve_model(name: str, cache_dir: str | Path | None = None, progress: bool = True) -> Path:
-    """``tiny`` / ``smollm2-135m`` (built once and cached) or an HF model directory."""
+    """``tiny`` / ``tiny-cot`` (shipped) / ``smollm2-135m`` (converted once and cached) or an HF model directory."""
     from .checkpoints import find_model_dir
     from .models import ensure_base
 
-    if name in ("tiny", "smollm2-135m", "smollm2"):
+    if name in ("tiny", "tiny-cot", "smollm2-135m", "smollm2"):
         return ensure_base(name, cache_dir=cache_dir, progress=progress)
     return find_model_dir(name)
 
