@@ -46,8 +46,11 @@ def test_trajectory_order_and_duplicates(tmp_path):
         Trajectory([Checkpoint(5, d), Checkpoint(5, d)])
     with pytest.raises(RlvrLinearError, match="not in increasing order"):
         Trajectory([Checkpoint(5, d), Checkpoint(1, d)])
+    with pytest.raises(RlvrLinearError, match="the same checkpoint .* given as step 0 and as step 1"):
+        Trajectory([Checkpoint(0, d), Checkpoint(1, d)])
+    d2 = make_pico_dir(tmp_path / "m2")
     with pytest.raises(RlvrLinearError, match="at least 3 checkpoints, found 2"):
-        Trajectory([Checkpoint(0, d), Checkpoint(1, d)]).validate(min_checkpoints=3)
+        Trajectory([Checkpoint(0, d), Checkpoint(1, d2)]).validate(min_checkpoints=3)
     with pytest.raises(RlvrLinearError, match="expected STEP=PATH"):
         discover(["a", "b"])
 

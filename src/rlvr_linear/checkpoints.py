@@ -83,6 +83,58 @@ class TensorReader:
         self.allow_pickle = allow_pickle
         self._handles: dict[str, object] = {}
         self._pickled: dict[str, dict[str, torch.Tensor]] = {}
+def check_safetensors(path: str | Path) -> dict:
+    """Validate a safetensors file's framing without reading its data; returns the header.
+
+    Checks what ``safe_open`` would reject (a file under 8 bytes, a header longer than the file, a header that
+    is not JSON, data that does not cover the file exactly) and turns it into one error naming the file.
+    """
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+        with open(p, "rb") as f:
+            head = f.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if n < 0:
+                raise RlvrLinearError(f"{p}: empty or truncated safetensors file ({size} bytes, no header)")
+            if n > size - 8:
+                raise RlvrLinearError(
+                    f"{p}: truncated safetensors file (the header says {n} bytes of metadata, the file has {size})"
+                )
+            header = json.loads(f.read(n))
+    except FileNotFoundError:
+        raise RlvrLinearError(f"{p}: weight file is missing") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise RlvrLinearError(f"{p}: not a safetensors file (unreadable header: {e})") from None
+    if not isinstance(header, dict):
+        raise RlvrLinearError(f"{p}: not a safetensors file (the header is not a JSON object)")
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + n + end != size:
+        how = "truncated" if 8 + n + end > size else "has trailing bytes"
+        raise RlvrLinearError(
+            f"{p}: {how} safetensors file (its tensors need {8 + n + end} bytes, the file has {size})"
+        )
+    return header
+
+
+def weight_files(path: str | Path) -> list[Path]:
+    """The safetensors files of a model directory (the single file, or every shard the index names)."""
+    d = find_model_dir(path)
+    if (d / SAFE_INDEX).exists():
+        try:
+            wm = json.loads((d / SAFE_INDEX).read_text())["weight_map"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise RlvrLinearError(f"{d / SAFE_INDEX}: not a valid safetensors index ({e})") from None
+        return [d / f for f in dict.fromkeys(wm.values())]
+    return [d / SAFE_SINGLE] if (d / SAFE_SINGLE).exists() else []
+
+
+def check_weight_files(path: str | Path) -> None:
+    """:func:`check_safetensors` on every weight file of a model directory (headers only: cheap)."""
+    for f in weight_files(path):
+        check_safetensors(f)
+
+
         self._key_to_file: dict[str, str] = {}
         if (self.path / SAFE_INDEX).exists():
             idx = json.loads((self.path / SAFE_INDEX).read_text())
@@ -90,9 +142,10 @@ class TensorReader:
             self.kind = "safetensors"
         elif (self.path / SAFE_SINGLE).exists():
             self.kind = "safetensors"
-            with safe_open(self.path / SAFE_SINGLE, framework="pt") as f:
-                self._key_to_file = {k: SAFE_SINGLE for k in f.keys()}
+            header = check_safetensors(self.path / SAFE_SINGLE)
+            self._key_to_file = {k: SAFE_SINGLE for k in sorted(header) if k != "__metadata__"}  # as safe_open
         elif (self.path / BIN_INDEX).exists() or (self.path / BIN_SINGLE).exists():
+            check_weight_files(self.path)  # a truncated / empty shard: one error naming it
             if not allow_pickle:
                 raise RlvrLinearError(
                     f"{self.path}: only pickled .bin weights found; pickle can run code, so it is refused "
@@ -116,7 +169,10 @@ class TensorReader:
     def _handle(self, fname: str):
         h = self._handles.get(fname)
         if h is None:
-            h = safe_open(self.path / fname, framework="pt")
+            try:
+                h = safe_open(self.path / fname, framework="pt")
+            except Exception as e:  # noqa: BLE001 - SafetensorError, OSError: re-raised naming the file
+                raise RlvrLinearError(f"{self.path / fname}: cannot read ({type(e).__name__}: {e})") from None
             self._handles[fname] = h
         return h
 
@@ -249,6 +305,7 @@ class Trajectory:
     def reader(self, i: int) -> TensorReader:
         if i not in self._readers:
             self._readers[i] = TensorReader(self.local_path(i), allow_pickle=self.allow_pickle)
+        check_distinct([c.path for c in checkpoints], [f"step {c.step}" for c in checkpoints])
         return self._readers[i]
 
     def readers(self) -> list[TensorReader]:
@@ -332,6 +389,25 @@ def _step_of(name: str) -> int | None:
 
 
 def step_of_path(path: str | Path) -> int | None:
+def check_distinct(paths: Sequence[str | Path], labels: Sequence[str]) -> None:
+    """Refuse the same checkpoint given twice (same resolved path, or the same folder through a link / mount)."""
+    seen: list[tuple[Path, str, tuple[int, int] | None]] = []
+    for p, label in zip(paths, labels):
+        rp = Path(p).resolve()
+        try:
+            st = rp.stat()
+            ident = (st.st_dev, st.st_ino)
+        except OSError:
+            ident = None
+        for q, other, qid in seen:
+            if rp == q or (ident is not None and ident == qid):
+                raise RlvrLinearError(
+                    f"the same checkpoint {Path(p)} is given as {other} and as {label}; the inputs must be "
+                    "different checkpoints"
+                )
+        seen.append((rp, label, ident))
+
+
     """The training step encoded in a checkpoint path (``step_N``, ``checkpoint-N``, ``global_step_N``).
 
     Climbs out of verl's ``global_step_N/actor/huggingface`` layout; any other name gives None.
@@ -449,7 +525,10 @@ class ShardedWriter:
         if not self._buf:
             return
         tmp = f"shard-{len(self._tmp_names):05d}.tmp.safetensors"
-        save_file(self._buf, str(self.out_dir / tmp), metadata={"format": "pt"})
+        try:
+            save_file(self._buf, str(self.out_dir / tmp), metadata={"format": "pt"})
+        except Exception as e:  # noqa: BLE001 - safetensors reports a full disk as its own error type
+            raise RlvrLinearError(f"{self.out_dir / tmp}: cannot write ({e})") from None
         for k in self._buf:
             self._weight_map[k] = tmp
         self._tmp_names.append(tmp)

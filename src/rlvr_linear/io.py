@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,27 +16,71 @@ from typing import Any
 
 from .errors import RlvrLinearError
 
+#: temporary names carry the writer's pid and host (``.NAME.tmp-PID@HOST-XXXXXXXX``) so that the next writer can
+#: tell the leftovers of a dead process from the work of a live one
+_TMP_RE = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-(?P<pid>\d+)@(?P<host>[^/]+?)(?:-[A-Za-z0-9_]{8})?$")
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "localhost"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temps(out: str | os.PathLike) -> list[Path]:
+    """Remove the temporary folders (``.NAME.tmp-PID@HOST-*``, ``.NAME.old-PID@HOST``) that dead processes on this
+    host left next to ``out``; a live process's (or another host's) are kept. Returns what was removed."""
+    out = Path(out)
+    removed = []
+    if not out.parent.is_dir():
+        return removed
+    host = _host()
+    for child in out.parent.glob(f".{glob.escape(out.name)}.*-*@*"):
+        m = _TMP_RE.match(child.name)
+        if not m or m["name"] != out.name or m["host"] != host or int(m["pid"]) == os.getpid():
+            continue
+        if not _pid_alive(int(m["pid"])):
+            shutil.rmtree(child, ignore_errors=True)
+            removed.append(child)
+    return removed
+
+
+def _chmod_dir(path: Path) -> None:
+    os.chmod(path, 0o777 & ~_umask())  # mkdtemp makes 0700; our outputs are ordinary folders
+
 
 @contextlib.contextmanager
 def atomic_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory next to ``out``; on success rename it to ``out``.
 
-    On any exception (or a kill) the temporary directory is removed / left as a dot-file and
-    ``out`` is untouched. With ``overwrite`` an existing ``out`` is replaced only after the new
-    content is complete.
+    On any exception the temporary directory is removed and ``out`` is untouched; after a kill it stays as
+    ``.NAME.tmp-PID@HOST-XXXXXXXX`` and the next ``atomic_dir`` for the same ``out`` removes it (once that pid is
+    gone). With ``overwrite`` an existing ``out`` is replaced only after the new content is complete. The folder
+    follows the umask.
     """
     out = Path(out)
     if out.exists() and not overwrite:
         raise RlvrLinearError(f"{out} already exists (pass --overwrite to replace it)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    remove_stale_temps(out)
+    tag = f"{os.getpid()}@{_host()}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{tag}-", dir=out.parent))
     try:
+        _chmod_dir(tmp)
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if out.exists():
-        trash = out.parent / f".{out.name}.old-{os.getpid()}"
+        trash = out.parent / f".{out.name}.old-{tag}"
         os.replace(out, trash)
         os.replace(tmp, out)
         shutil.rmtree(trash, ignore_errors=True)
@@ -41,10 +88,14 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path
         os.replace(tmp, out)
 
 
-def _umask_mode() -> int:
+def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
-    return 0o666 & ~mask
+    return mask
+
+
+def _umask_mode() -> int:
+    return 0o666 & ~_umask()
 
 
 def write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> Path:
@@ -58,9 +109,11 @@ def write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> Path:
             f.write("\n")
         os.chmod(tmp, _umask_mode())  # mkstemp creates 0600; results are ordinary files
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise RlvrLinearError(f"{path}: cannot write ({e.strerror or e})") from None
         raise
     return path
 
@@ -70,10 +123,17 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, _umask_mode())
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, _umask_mode())
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise RlvrLinearError(f"{path}: cannot write ({e.strerror or e})") from None
+        raise
     return path
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoints import find_model_dir
+from .checkpoints import check_weight_files, find_model_dir
 from .errors import RlvrLinearError
 from .tokenizer import load_tokenizer
 
@@ -24,10 +24,14 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: str
     if not (d / "config.json").exists():
         raise RlvrLinearError(f"{d}: no config.json, not an HF model directory")
     tok = load_tokenizer(d)
+    check_weight_files(d)  # a truncated / empty safetensors file: one error naming it
     try:
         model = AutoModelForCausalLM.from_pretrained(str(d), dtype=dtype)
     except Exception as e:  # noqa: BLE001 - re-raised with the path
         raise RlvrLinearError(f"{d}: cannot load the model ({type(e).__name__}: {e})") from None
+    from .threads import for_model
+
+    for_model(model)
     model.to(device).eval()
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tok.pad_token_id

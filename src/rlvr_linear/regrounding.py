@@ -47,7 +47,6 @@ import dataclasses
 import os
 import shlex
 import shutil
-import subprocess
 import sys
 import time
 import warnings
@@ -596,6 +595,7 @@ def reground_driver(
     records: list[dict] = list(state["cycles"]) if state else []
     # keep only the consistent prefix of saved cycles
     valid = []
+    from .procgroup import run_group
     for rec, p in zip(records, plans):
         if rec.get("model") != p.model or rec.get("out") != p.out:
             break
@@ -656,7 +656,7 @@ def reground_driver(
             log(f"[reground] cycle {k}/{cycles}: training {m} steps from {p.model}\n  $ {p.command}")
             t0 = time.perf_counter()
             env = {**os.environ, "REGROUND_CYCLE": str(k), "REGROUND_STEPS": str(m)}
-            rc = subprocess.run(p.command, shell=True, env=env).returncode
+            rc = run_group(p.command, env=env)  # its own process group, ended if we die or are interrupted
             if rc != 0:
                 how = f"was killed by signal {-rc}" if rc < 0 else f"exited with status {rc}"
                 raise RlvrLinearError(f"re-grounding cycle {k}/{cycles}: the trainer command {how}: {p.command}")

@@ -400,13 +400,15 @@ class FileTask(Task):
         p = Path(self.path)
         if not p.exists():
             raise RlvrLinearError(f"{p}: benchmark file not found")
-        rows = _read_rows(p)
-        if not rows:
+        numbered = _read_rows(p)
+        if not numbered:
             raise RlvrLinearError(f"{p}: the benchmark file holds no problems")
-        for i, r in enumerate(rows):
+        for where, r in numbered:
+            if not isinstance(r, dict):
+                raise RlvrLinearError(f"{p}: {where} is not a JSON object with 'problem' and 'answer' fields")
             if "problem" not in r or "answer" not in r:
-                raise RlvrLinearError(f"{p}: row {i} lacks a 'problem' or 'answer' field (has {sorted(r)})")
-        self.rows = rows
+                raise RlvrLinearError(f"{p}: {where} lacks a 'problem' or 'answer' field (has {sorted(r)})")
+        self.rows = [r for _, r in numbered]
         self.name = p.stem
 
     def problems(self, split: str, n: int | None = None, seed: int = 0) -> list[Problem]:
@@ -436,21 +438,22 @@ class FileTask(Task):
             return 0.0
 
 
-def _read_rows(p: Path) -> list[dict]:
+def _read_rows(p: Path) -> list[tuple[str, dict]]:
+    """``(where, row)`` pairs: ``where`` is ``line N`` (1-based, blank lines counted) or ``row N`` (parquet)."""
     if p.suffix == ".jsonl":
         rows = []
         with p.open() as f:
             for ln, line in enumerate(f, 1):
                 if line.strip():
                     try:
-                        rows.append(json.loads(line))
+                        rows.append((f"line {ln}", json.loads(line)))
                     except json.JSONDecodeError as e:
                         raise RlvrLinearError(f"{p}:{ln}: not valid JSON ({e.msg})") from None
         return rows
     if p.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        return pq.read_table(p).to_pylist()
+        return [(f"row {i + 1}", r) for i, r in enumerate(pq.read_table(p).to_pylist())]
     raise RlvrLinearError(f"{p}: benchmark files must be .jsonl or .parquet")
 
 

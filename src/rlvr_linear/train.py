@@ -298,14 +298,6 @@ def train(cfg: TrainConfig, run: str | Path, overwrite: bool = False, progress: 
     """
     import shutil
 
-    from datasets import Dataset
-    from safetensors.torch import load_file
-    from transformers import AutoModelForCausalLM
-    from trl import GRPOConfig, GRPOTrainer
-
-    from .tasks import get_task
-    from .tokenizer import load_tokenizer
-
     run = Path(run)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -329,17 +321,54 @@ def train(cfg: TrainConfig, run: str | Path, overwrite: bool = False, progress: 
         shutil.rmtree(run)
     run.mkdir(parents=True, exist_ok=True)
 
+        _trim_metrics(run / "metrics.jsonl", offset)
     task = get_task(cfg.task)
     base_dir = resolve_model(cfg.model, progress=progress)
     start_dir = run / f"step_{offset:06d}" if offset else base_dir
     tok = load_tokenizer(start_dir)
+    created = [p for p in [run, *run.parents] if not p.exists()]
     model = AutoModelForCausalLM.from_pretrained(str(start_dir), dtype=torch.bfloat16 if cfg.bf16 else torch.float32)
+    try:
+        return _train_in(cfg, run, manifest, offset, progress)
+    except BaseException:
+        if not (run / "manifest.json").exists():  # nothing to resume: leave no folder we created behind
+            for d in created:
+                shutil.rmtree(d, ignore_errors=True)
+        raise
+
+
+def _trim_metrics(path: Path, step: int) -> None:
+    """Keep each step's metrics once, in order, up to the resumed ``step`` (a killed run logged past its last save)."""
+    if not path.exists():
+        return
+    recs: dict[int, str] = {}
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by the kill
+        if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= step:
+            recs[rec["step"]] = line  # the last record of a step is the one the saved weights followed
+    write_text(path, "".join(recs[k] + "\n" for k in sorted(recs)))
+
+
+def _train_in(cfg: TrainConfig, run: Path, manifest: dict | None, offset: int, progress: bool) -> dict:
+    from datasets import Dataset
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+    from trl import GRPOConfig, GRPOTrainer
+
+    from .tasks import get_task
+    from .threads import for_model
+    from .tokenizer import load_tokenizer
     chat = bool(getattr(tok, "chat_template", None))
     if manifest is None:
         manifest = {"config": asdict(cfg), "base_model": str(base_dir), "task": task.name, "checkpoints": []}
         write_text(run / "config.yaml", cfg.to_yaml())
         (run / "metrics.jsonl").unlink(missing_ok=True)
 
+    if not cfg.threads:
+        for_model(model)  # 1 thread for small models, all cores for large (unless --threads / OMP_NUM_THREADS)
     rows = _rows(task, cfg, chat)[offset * cfg.prompts_per_step :]
     loss_type, is_level, scale = ALGORITHMS[cfg.algorithm]
     gcfg = GRPOConfig(

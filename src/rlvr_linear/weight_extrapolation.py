@@ -59,6 +59,7 @@ from .checkpoints import (
     ShardedWriter,
     TensorReader,
     Trajectory,
+    check_distinct,
     copy_model_files,
     discover,
     find_model_dir,
@@ -294,6 +295,33 @@ def _combine(readers: Sequence[TensorReader], name: str, coefs: Sequence[float])
     return acc.add_(w0)
 
 
+#: tokenizer files of an HF model directory (replaced together, never mixed from two sources)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "vocab.json", "vocab.txt", "merges.txt", "tokenizer.model", "chat_template.jinja",
+                   "chat_template.json")  # fmt: skip
+
+
+def keep_char_tokenizer(inputs: Sequence[Path], out: Path) -> None:
+    """Keep our char tokenizer in ``out`` when the newest input lost its marker file.
+
+    A trainer (TRL, verl) saves the tokenizer it loaded: reloaded through ``AutoTokenizer`` our char tokenizer
+    becomes a ``Qwen2Tokenizer`` that drops whitespace, and is saved without the marker. If ``out`` (copied from
+    the newest input) lacks the marker but an older input (the base, the anchor) has it, every tokenizer file is
+    taken from that input instead.
+    """
+    from .tokenizer import MARKER
+
+    if (out / MARKER).exists():
+        return
+    for d in inputs:
+        if (Path(d) / MARKER).exists():
+            for name in (*TOKENIZER_FILES, MARKER):
+                (out / name).unlink(missing_ok=True)
+                if (Path(d) / name).exists():
+                    shutil.copy2(Path(d) / name, out / name)
+            return
+
+
 def _run(job: _Job, out: str | Path, overwrite: bool) -> Path:
     from . import __version__
 
@@ -301,8 +329,12 @@ def _run(job: _Job, out: str | Path, overwrite: bool) -> Path:
     keys = src.keys()
     tensors: dict[str, dict] = {}
     t0 = time.time()
+    from .threads import for_params
+
+    for_params(sum(src.numel(k) for k in keys))  # all cores for a large model unless --threads / OMP_NUM_THREADS
     with atomic_dir(out, overwrite) as tmp:
         copy_model_files(src.path, tmp)
+        keep_char_tokenizer([r.path for r in job.readers], tmp)
         if job.dtype is not None:
             _patch_config_dtype(tmp, job.dtype)
         writer = ShardedWriter(tmp, job.max_shard_bytes)
@@ -390,6 +422,7 @@ def extrapolate_two_point(
     alpha = float(alpha)
     _check_alpha(alpha, force)
     a_dir, b_dir = find_model_dir(base), find_model_dir(second)
+    check_distinct([a_dir, b_dir], ["--base", "--second"])
     a_step = base_step if base_step is not None else step_from_path(a_dir)
     b_step = second_step if second_step is not None else step_from_path(b_dir)
     readers = [TensorReader(a_dir, allow_pickle), TensorReader(b_dir, allow_pickle)]
@@ -712,6 +745,7 @@ def sweep(
     common = dict(norms=norms, dtype=dtype, force=force, max_shard_bytes=max_shard_bytes, allow_pickle=allow_pickle)
     if run is None:
         a_dir, b_dir = find_model_dir(base), find_model_dir(second)
+        check_distinct([a_dir, b_dir], ["--base", "--second"])
         a = base_step if base_step is not None else step_from_path(a_dir)
         b = second_step if second_step is not None else step_from_path(b_dir)
         if targets is not None:

@@ -30,7 +30,21 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # command not built yet
             raise
         mod.register(sub)
+    _add_threads(p)
     return p
+
+
+def _add_threads(p: argparse.ArgumentParser) -> None:
+    """``--threads N`` on every leaf command that lacks one (see :mod:`rlvr_linear.threads`)."""
+    subs = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
+    for a in subs:
+        for child in set(a.choices.values()):
+            _add_threads(child)
+    if not subs and p.prog != "rlvr-linear" and "--threads" not in p._option_string_actions:
+        p.add_argument(
+            "--threads", type=int, default=None,
+            help="torch CPU threads (default: OMP_NUM_THREADS if set, else 1 for small models, all cores for large)",
+        )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 1
     try:
+        from ..threads import configure
+
+        configure(getattr(args, "threads", None))  # --threads, else OMP_NUM_THREADS, else 1 until a model is known
         rc = args.func(args)
     except RlvrLinearError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -53,7 +70,24 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # a full disk, a read-only or missing folder: one line naming the path
+        print(f"error: {os_error_message(e, getattr(args, 'out', None))}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        if type(e).__name__ != "SafetensorError" or "os error" not in str(e):
+            raise
+        print(f"error: {os_error_message(e, getattr(args, 'out', None))}", file=sys.stderr)  # safetensors' I/O errors
+        return 2
     return int(rc or 0)
+
+
+def os_error_message(e: BaseException, out: str | None = None) -> str:
+    """``PATH: reason`` for an I/O error; the command's output folder stands in when the error names no file."""
+    reason = getattr(e, "strerror", None) or str(e)
+    name = getattr(e, "filename", None)
+    if name:
+        return f"{name}: {reason}"
+    return f"{out}: cannot write the output ({reason})" if out else f"I/O error ({reason})"
 
 
 if __name__ == "__main__":
