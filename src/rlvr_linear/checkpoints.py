@@ -75,14 +75,6 @@ def find_model_dir(path: str | Path) -> Path:
     )
 
 
-class TensorReader:
-    """Lazy, per-tensor access to one HF checkpoint directory (single file or sharded)."""
-
-    def __init__(self, path: str | Path, allow_pickle: bool = False):
-        self.path = find_model_dir(path)
-        self.allow_pickle = allow_pickle
-        self._handles: dict[str, object] = {}
-        self._pickled: dict[str, dict[str, torch.Tensor]] = {}
 def check_safetensors(path: str | Path) -> dict:
     """Validate a safetensors file's framing without reading its data; returns the header.
 
@@ -135,8 +127,17 @@ def check_weight_files(path: str | Path) -> None:
         check_safetensors(f)
 
 
+class TensorReader:
+    """Lazy, per-tensor access to one HF checkpoint directory (single file or sharded)."""
+
+    def __init__(self, path: str | Path, allow_pickle: bool = False):
+        self.path = find_model_dir(path)
+        self.allow_pickle = allow_pickle
+        self._handles: dict[str, object] = {}
+        self._pickled: dict[str, dict[str, torch.Tensor]] = {}
         self._key_to_file: dict[str, str] = {}
         if (self.path / SAFE_INDEX).exists():
+            check_weight_files(self.path)  # a truncated / empty shard: one error naming it
             idx = json.loads((self.path / SAFE_INDEX).read_text())
             self._key_to_file = dict(idx["weight_map"])
             self.kind = "safetensors"
@@ -145,7 +146,6 @@ def check_weight_files(path: str | Path) -> None:
             header = check_safetensors(self.path / SAFE_SINGLE)
             self._key_to_file = {k: SAFE_SINGLE for k in sorted(header) if k != "__metadata__"}  # as safe_open
         elif (self.path / BIN_INDEX).exists() or (self.path / BIN_SINGLE).exists():
-            check_weight_files(self.path)  # a truncated / empty shard: one error naming it
             if not allow_pickle:
                 raise RlvrLinearError(
                     f"{self.path}: only pickled .bin weights found; pickle can run code, so it is refused "
@@ -278,6 +278,7 @@ class Trajectory:
             raise RlvrLinearError(f"duplicate checkpoint steps: {dup}")
         if steps != sorted(steps):
             raise RlvrLinearError(f"checkpoint steps are not in increasing order: {steps}")
+        check_distinct([c.path for c in checkpoints], [f"step {c.step}" for c in checkpoints])
         self.checkpoints = list(checkpoints)
         self.allow_pickle = allow_pickle
         self._readers: dict[int, TensorReader] = {}
@@ -305,7 +306,6 @@ class Trajectory:
     def reader(self, i: int) -> TensorReader:
         if i not in self._readers:
             self._readers[i] = TensorReader(self.local_path(i), allow_pickle=self.allow_pickle)
-        check_distinct([c.path for c in checkpoints], [f"step {c.step}" for c in checkpoints])
         return self._readers[i]
 
     def readers(self) -> list[TensorReader]:
@@ -380,15 +380,6 @@ class _LocalPaths(Sequence):
         return self._t.local_path(i % n)
 
 
-def _step_of(name: str) -> int | None:
-    for pat in _STEP_PATTERNS:
-        m = pat.match(name)
-        if m:
-            return int(m.group(1))
-    return None
-
-
-def step_of_path(path: str | Path) -> int | None:
 def check_distinct(paths: Sequence[str | Path], labels: Sequence[str]) -> None:
     """Refuse the same checkpoint given twice (same resolved path, or the same folder through a link / mount)."""
     seen: list[tuple[Path, str, tuple[int, int] | None]] = []
@@ -408,6 +399,33 @@ def check_distinct(paths: Sequence[str | Path], labels: Sequence[str]) -> None:
         seen.append((rp, label, ident))
 
 
+class _LocalPaths(Sequence):
+    """``Trajectory.paths``: a lazy sequence, so that looping over it fetches one Hub checkpoint at a time."""
+
+    def __init__(self, trajectory: Trajectory):
+        self._t = trajectory
+
+    def __len__(self) -> int:
+        return len(self._t)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(i)
+        return self._t.local_path(i % n)
+
+
+def _step_of(name: str) -> int | None:
+    for pat in _STEP_PATTERNS:
+        m = pat.match(name)
+        if m:
+            return int(m.group(1))
+    return None
+
+
+def step_of_path(path: str | Path) -> int | None:
     """The training step encoded in a checkpoint path (``step_N``, ``checkpoint-N``, ``global_step_N``).
 
     Climbs out of verl's ``global_step_N/actor/huggingface`` layout; any other name gives None.

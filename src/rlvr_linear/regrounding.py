@@ -561,6 +561,7 @@ def reground_driver(
     from tqdm.auto import tqdm
 
     from .checkpoints import find_model_dir
+    from .procgroup import run_group
 
     log = log or (lambda s: tqdm.write(s, file=sys.stderr))
     _check_mn(m, n)
@@ -595,7 +596,6 @@ def reground_driver(
     records: list[dict] = list(state["cycles"]) if state else []
     # keep only the consistent prefix of saved cycles
     valid = []
-    from .procgroup import run_group
     for rec, p in zip(records, plans):
         if rec.get("model") != p.model or rec.get("out") != p.out:
             break

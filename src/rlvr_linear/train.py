@@ -315,19 +315,13 @@ def train(cfg: TrainConfig, run: str | Path, overwrite: bool = False, progress: 
             raise RlvrLinearError(f"{run} is already complete ({cfg.steps} steps); use --overwrite to start over")
         offset = manifest["checkpoints"][-1]["step"] if manifest["checkpoints"] else 0
         print(f"resuming {run} from step {offset}")
+        _trim_metrics(run / "metrics.jsonl", offset)
     elif run.exists() and any(run.iterdir()):
         if not overwrite:
             raise RlvrLinearError(f"{run} exists and is not an unfinished run; use --overwrite to replace it")
         shutil.rmtree(run)
-    run.mkdir(parents=True, exist_ok=True)
-
-        _trim_metrics(run / "metrics.jsonl", offset)
-    task = get_task(cfg.task)
-    base_dir = resolve_model(cfg.model, progress=progress)
-    start_dir = run / f"step_{offset:06d}" if offset else base_dir
-    tok = load_tokenizer(start_dir)
     created = [p for p in [run, *run.parents] if not p.exists()]
-    model = AutoModelForCausalLM.from_pretrained(str(start_dir), dtype=torch.bfloat16 if cfg.bf16 else torch.float32)
+    run.mkdir(parents=True, exist_ok=True)
     try:
         return _train_in(cfg, run, manifest, offset, progress)
     except BaseException:
@@ -361,14 +355,20 @@ def _train_in(cfg: TrainConfig, run: Path, manifest: dict | None, offset: int, p
     from .tasks import get_task
     from .threads import for_model
     from .tokenizer import load_tokenizer
+
+    task = get_task(cfg.task)
+    base_dir = resolve_model(cfg.model, progress=progress)
+    start_dir = run / f"step_{offset:06d}" if offset else base_dir
+    tok = load_tokenizer(start_dir)
+    model = AutoModelForCausalLM.from_pretrained(str(start_dir), dtype=torch.bfloat16 if cfg.bf16 else torch.float32)
+    if not cfg.threads:
+        for_model(model)  # 1 thread for small models, all cores for large (unless --threads / OMP_NUM_THREADS)
     chat = bool(getattr(tok, "chat_template", None))
     if manifest is None:
         manifest = {"config": asdict(cfg), "base_model": str(base_dir), "task": task.name, "checkpoints": []}
         write_text(run / "config.yaml", cfg.to_yaml())
         (run / "metrics.jsonl").unlink(missing_ok=True)
 
-    if not cfg.threads:
-        for_model(model)  # 1 thread for small models, all cores for large (unless --threads / OMP_NUM_THREADS)
     rows = _rows(task, cfg, chat)[offset * cfg.prompts_per_step :]
     loss_type, is_level, scale = ALGORITHMS[cfg.algorithm]
     gcfg = GRPOConfig(
