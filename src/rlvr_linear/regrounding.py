@@ -44,6 +44,7 @@ generated before the jump are still consumed after it.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import shlex
 import shutil
@@ -284,10 +285,15 @@ class ReGroundingCallback(TrainerCallback, ExportableState):
     Args:
         m: gradient (optimizer) steps per segment; the jump happens in ``on_step_end`` when ``global_step % m == 0``.
         n: extrapolated steps per jump. ``n = 0`` is an exact no-op: no anchors, no arithmetic, no optimizer reset.
+            ``n = "auto"``: after each segment jump by the ``monitor``'s current h* (steps the backtested line
+            beats "no change", see :mod:`rlvr_linear.monitor`), floored, capped at ``max_n``; 0 when not linear.
         norms: ``"copy"`` (norm parameters are not jumped) or ``"extrapolate"`` (they are).
         optimizer_state: ``"keep"`` leaves Adam's moments as they are after the jump; ``"reset"`` clears them (the
             paper's behaviour, which restarts its trainer each cycle). The LR schedule is never reset.
         anchor_device: where the fp32 anchors live (``"cpu"`` by default: 4 bytes per trainable parameter of RAM).
+        monitor: the :class:`~rlvr_linear.monitor.LinearityMonitor` of ``n="auto"`` (default: a new one recording
+            every ``m`` steps); it is asked to record the pre-jump weights at each segment end, in effective steps.
+        max_n: cap on an automatic N (default ``5 * m``).
 
     Counters: ``grad_steps`` (= ``state.global_step``), ``extrapolated_steps`` (N per jump), ``effective_steps``
     (their sum), ``jumps``; ``history`` holds one ``{"grad_step", "effective_step", "jump_seconds", "alpha"}`` per
@@ -310,7 +316,18 @@ class ReGroundingCallback(TrainerCallback, ExportableState):
         norms: str = "copy",
         optimizer_state: str = "keep",
         anchor_device: str = "cpu",
+        monitor: Any = None,
+        max_n: int | None = None,
     ):
+        self.auto = n == "auto"
+        if self.auto:
+            from .monitor import LinearityMonitor
+
+            n = 0
+            self.max_n = int(max_n) if max_n is not None else 5 * int(m)
+            _check_mn(m, self.max_n)
+            self.monitor = monitor if monitor is not None else LinearityMonitor(every=int(m))
+            self.monitor.coordinate = lambda state: state.global_step + self.extrapolated_steps
         _check_mn(m, n)
         _check_choice("norms", norms, NORM_POLICIES)
         _check_choice("optimizer_state", optimizer_state, OPTIMIZER_POLICIES)
@@ -328,7 +345,12 @@ class ReGroundingCallback(TrainerCallback, ExportableState):
 
     @classmethod
     def from_spec(cls, spec: str, **kwargs) -> ReGroundingCallback:
-        """Build from ``"M,N"`` (the ``--reground M,N`` flag); ``kwargs`` go to the constructor."""
+        """Build from ``"M,N"`` or ``"M,auto"`` (the ``--reground`` flag); ``kwargs`` go to the constructor."""
+        parts = str(spec).replace(" ", "").split(",")
+        if len(parts) == 2 and parts[1] == "auto":
+            m, _ = parse_spec(f"{parts[0]},0")
+            return cls(m, "auto", **kwargs)
+        kwargs.pop("monitor", None), kwargs.pop("max_n", None)
         m, n = parse_spec(spec)
         return cls(m, n, **kwargs)
 
@@ -349,7 +371,8 @@ class ReGroundingCallback(TrainerCallback, ExportableState):
         return {
             "args": {
                 "m": self.m,
-                "n": self.n,
+                "n": "auto" if self.auto else self.n,
+                **({"max_n": self.max_n} if self.auto else {}),
                 "norms": self.norms,
                 "optimizer_state": self.optimizer_state,
                 "anchor_device": str(self.anchor_device),
@@ -368,15 +391,17 @@ class ReGroundingCallback(TrainerCallback, ExportableState):
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self.grad_steps = state.global_step
-        if self.n == 0:
+        if self.n == 0 and not self.auto:
             return
         if model is None:
             raise RlvrLinearError("ReGroundingCallback needs the model (it is passed by transformers.Trainer)")
         self._capture(model, state.global_step)
+        if self.auto:
+            self.monitor.observe(model, state)
 
     def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
         self.grad_steps = state.global_step
-        if self.n == 0 or state.global_step % self.m != 0:
+        if (self.n == 0 and not self.auto) or state.global_step % self.m != 0:
             return
         if self.anchor_step is None:
             warnings.warn("ReGroundingCallback: on_train_begin was not called; capturing the anchor now", stacklevel=1)
@@ -385,7 +410,15 @@ class ReGroundingCallback(TrainerCallback, ExportableState):
         g = state.global_step - self.anchor_step
         if g <= 0:
             return
-        alpha = self.alpha if g == self.m else (g + self.n) / g
+        if self.auto:  # the monitor sees the pre-jump weights at effective step global_step + extrapolated_steps
+            self.monitor.observe(model, state)
+            self.n = min(self.max_n, int(math.floor(self.monitor.h_star)))
+            if self.n == 0:
+                self._capture(model, state.global_step)
+                self.history.append({"grad_step": state.global_step, "effective_step": self.effective_steps,
+                                     "jump_seconds": 0.0, "alpha": 1.0, "n": 0})  # fmt: skip
+                return
+        alpha = self.alpha if g == self.m and not self.auto else (g + self.n) / g
         t0 = time.perf_counter()
         jump_(local_params(model), self.anchors, alpha, self.norms)
         refresh_master_weights(optimizer)
@@ -400,6 +433,7 @@ class ReGroundingCallback(TrainerCallback, ExportableState):
                 "effective_step": self.effective_steps,
                 "jump_seconds": time.perf_counter() - t0,
                 "alpha": alpha,
+                "n": self.n,
             }
         )
 

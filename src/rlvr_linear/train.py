@@ -67,6 +67,9 @@ class TrainConfig:
     reground: str | None = None  #: "M,N": jump N steps after every M gradient steps (ReGroundingCallback)
     reground_norms: str = "copy"  #: norm policy of the jump: copy | extrapolate
     reground_optimizer: str = "keep"  #: optimizer state after a jump: keep | reset
+    reground_max_n: int | None = None  #: "M,auto" / "auto" re-grounding: cap on the automatic N (default 5 M)
+    monitor: bool = False  #: LinearityMonitor: log drift-to-noise, R² vs null, forecast error ratio and h*
+    monitor_every: int | None = None  #: monitor record interval in steps (default: save_every); "auto" M too
     bf16: bool = False  #: bf16 training (leave off on CPU: 6-22x slower without AVX-512/AMX)
     use_vllm: bool = False  #: generate with vLLM (GPU)
     threads: int | None = None  #: torch CPU threads (default: all cores)
@@ -186,6 +189,7 @@ class TrajectoryCallback(TrainerCallback):
         self.last_acc = self.manifest["checkpoints"][-1].get("val_accuracy") if self.manifest["checkpoints"] else None
         self.optimizer = None
         self.regrounder = None
+        self.monitor = None
 
     def step(self, state) -> int:
         return self.offset + state.global_step
@@ -214,6 +218,8 @@ class TrajectoryCallback(TrainerCallback):
         }
         if self.regrounder is not None:
             entry["effective_step"] = self.regrounder.effective_steps
+        if self.monitor is not None:
+            self.manifest["monitor"] = self.monitor.history
         if self.optimizer is not None:
             tensors, meta = _optimizer_to_tensors(self.optimizer)
             with atomic_dir(self.run / "resume", overwrite=True) as tmp:
@@ -408,12 +414,19 @@ def _train_in(cfg: TrainConfig, run: Path, manifest: dict | None, offset: int, p
     )
     cb = TrajectoryCallback(run, cfg, task, tok, step_offset=offset, manifest=manifest, progress=progress)
     callbacks = [cb]
+    monitor = rg = None
+    if cfg.monitor or (cfg.reground and cfg.reground.replace(" ", "").split(",")[-1] == "auto"):
+        from .monitor import LinearityMonitor
+
+        monitor = cb.monitor = LinearityMonitor(every=cfg.monitor_every or cfg.save_every)
     if cfg.reground:
         from .regrounding import ReGroundingCallback
 
+        spec = f"{monitor.every},auto" if cfg.reground.strip() == "auto" else cfg.reground
         rg = ReGroundingCallback.from_spec(
-            cfg.reground, norms=cfg.reground_norms, optimizer_state=cfg.reground_optimizer
-        )
+            spec, norms=cfg.reground_norms, optimizer_state=cfg.reground_optimizer, monitor=monitor,
+            max_n=cfg.reground_max_n,
+        )  # fmt: skip
         cb.regrounder = rg
         callbacks.insert(0, rg)
     trainer = GRPOTrainer(
@@ -428,6 +441,10 @@ def _train_in(cfg: TrainConfig, run: Path, manifest: dict | None, offset: int, p
 
     for c in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(c)
+    if monitor is not None:
+        monitor.install(trainer)  # first: its keys reach metrics.jsonl and any reporting callback
+        if rg is not None:  # record pre-jump weights, in effective steps
+            monitor.coordinate = lambda state: state.global_step + rg.extrapolated_steps
     if offset and (run / "resume" / "state.json").exists():
         st = read_json(run / "resume" / "state.json")
         if st["step"] == offset:

@@ -24,7 +24,21 @@ def register(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, default=None)
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--reground", default=None, metavar="M,N", help="jump N steps after every M gradient steps")
+    p.add_argument(
+        "--reground",
+        default=None,
+        metavar="M,N",
+        help="jump N steps after every M gradient steps; 'M,auto' or 'auto' (M = --monitor-every): jump by the "
+        "linearity monitor's current h* (0 when not linear, capped by --reground-max-n)",
+    )
+    p.add_argument("--reground-max-n", type=int, default=None, help="cap on the automatic N (default 5 M)")
+    p.add_argument(
+        "--monitor",
+        action="store_true",
+        default=None,
+        help="log drift-to-noise, R² vs its null, forecast error ratio and h* (LinearityMonitor; kept in the manifest)",
+    )
+    p.add_argument("--monitor-every", type=int, default=None, help="monitor record interval (default: save every)")
     p.add_argument("--reground-optimizer", default=None, choices=["keep", "reset"])
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--overwrite", action="store_true", help="delete an existing run directory first")
