@@ -136,3 +136,59 @@ def test_trl_layout_and_trainer_state_curve(tmp_path):
     adv = advise(trl)  # steps 20..100: checkpoint-N, no manifest
     assert adv.steps == [20, 40, 60, 80, 100] and adv.stats["curve"]["metric"] == "reward"
     assert adv.spaces["curve"]["two_point"].rows[0]["ratio"] < 1e-6  # the reward rises on a straight line
+
+
+# --------------------------------------------------------------------------------------------------
+# validation on labelled cases, and the CLI
+
+
+def _case(run, t1, target, mean, lo, hi, predictor="two_point", t0=0):
+    gain = {"mean": mean, "lo": lo, "hi": hi}
+    return {"run": str(run), "seed": 0, "t0": t0, "t1": t1, "target": target, "alpha": (target - t0) / (t1 - t0),
+            "predictor": predictor, "n_problems": 100, "gain_vs_t1": {"greedy": gain, "avg_k": gain},
+            "gain_vs_real": None}  # fmt: skip
+
+
+def test_validate_precision_recall_and_no_peeking(runs, tmp_path):
+    from rlvr_linear.advisor.validate import validate
+
+    cases = [
+        _case(runs["line"], 100, 200, 0.05, 0.01, 0.09),  # called safe, safe
+        _case(runs["line"], 100, 160, -0.02, -0.06, 0.02),  # called safe; worse by the mean, not by the CI
+        _case(runs["walk"], 100, 150, -0.10, -0.15, -0.05),  # called unsafe, unsafe
+        _case(runs["walk"], 100, 150, 0.01, -0.03, 0.05, predictor="lsq"),  # called unsafe, safe: a miss
+        _case(runs["line"], 40, 80, 0.0, -0.02, 0.02),  # steps 0..40: 3 checkpoints, cannot be backtested
+    ]
+    path = tmp_path / "cases.jsonl"
+    path.write_text("\n".join(json.dumps(c) for c in cases) + "\n")
+    res = validate(path, tmp_path / "val", progress=False)
+    assert [r["call_safe"] for r in res["cases"]] == [True, True, False, False, False]
+    s = res["scores"]
+    assert (s["called_safe"], s["labelled_safe"], s["true_safe_calls"]) == (2, 3, 1)
+    assert s["precision"] == 0.5 and s["recall"] == pytest.approx(1 / 3)
+    o = res["scores_other_label"]  # CI upper bound >= 0: cases 1, 2, 4, 5 are safe
+    assert (o["precision"], o["recall"]) == (1.0, 0.5)
+    assert res["not_backtestable"] == 1 and "at least 4 checkpoints" in res["cases"][4]["error"]
+    ref = advise(runs["line"], until=100, base_step=0)
+    assert res["cases"][0]["h_star"] == ref.spaces["weights"]["two_point"].h_star  # only steps <= t1 were used
+    assert res["cases"][0]["rho"] == 1.0 and res["cases"][1]["rho"] == 0.6
+    assert json.loads((tmp_path / "val" / "validation.json").read_text())["scores"]["precision"] == 0.5
+    assert (tmp_path / "val" / "validation.png").stat().st_size > 1000
+
+
+def test_cli_advise_and_validate(runs, tmp_path, capsys):
+    from rlvr_linear.cli import main
+
+    assert main(["advise", str(runs["walk"]), "-o", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr().out
+    assert f"recommendation: {NOT_LINEAR}" in out
+    assert json.loads((tmp_path / "a" / "advice.json").read_text())["recommendation"]["extrapolate"] is False
+    path = tmp_path / "cases.jsonl"
+    path.write_text(json.dumps(_case(runs["line"], 100, 200, 0.05, 0.01, 0.09)) + "\n")
+    assert main(["advise", "--validate", str(path)]) == 0
+    assert "1 cases, 1 labelled safe (mean), 1 called safe: precision 1.00, recall 1.00" in capsys.readouterr().out
+    assert main(["advise"]) == 2
+    assert "give a run directory" in capsys.readouterr().err
+    path.write_text('{"run": "x"}\n')
+    assert main(["advise", "--validate", str(path)]) == 2
+    assert "line 1 lacks t0, t1, target, predictor, gain_vs_t1" in capsys.readouterr().err

@@ -13,7 +13,7 @@ import sys
 
 from ..errors import RlvrLinearError
 
-COMMANDS = ["base", "train", "eval", "analyze", "extrapolate", "generate", "reground", "study"]
+COMMANDS = ["base", "train", "eval", "analyze", "extrapolate", "generate", "reground", "advise", "study"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,75 @@
+"""``rlvr-linear advise``: backtest linear predictors on a run and say how far a jump is safe."""
+
+from __future__ import annotations
+
+import argparse
+
+EPILOG = """\
+examples:
+  rlvr-linear advise runs/tiny -o out/advice                    # weights + the run's validation curve
+  rlvr-linear advise runs/tiny --task arithmetic -o out/advice  # + teacher-forced log-probs
+  rlvr-linear advise runs/tiny --until 100                      # as if only steps <= 100 existed
+  rlvr-linear advise --validate out/regime/cases.jsonl -o out/advisor-validation
+"""
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "advise",
+        help="is the run in the linear regime, and how far can it jump? (backtested h*, a recommendation)",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run", nargs="*", help="run directory (ours, TRL, verl) or STEP=PATH pairs")
+    p.add_argument("--task", default=None, help="also backtest teacher-forced log-probs of probes sampled for TASK")
+    p.add_argument("--probes", default=None, help="probe file (JSONL prompt/response) instead of --task")
+    p.add_argument("--until", type=int, default=None, help="use only checkpoints with step <= UNTIL")
+    p.add_argument("--base-step", type=int, default=None, help="two-point / rank-1 base (default the first)")
+    p.add_argument("--predictors", default="two_point,lsq_last_k,rank1", help="comma-separated (two_point, lsq, rank1)")
+    p.add_argument("-k", type=int, default=4, help="checkpoints of the least-squares fit (default 4)")
+    p.add_argument("--validate", default=None, metavar="CASES.jsonl", help="score the advisor on labelled cases")
+    p.add_argument(
+        "--label", default="mean", choices=["mean", "ci"], help="--validate: safe = gain mean >= 0 | CI hi >= 0"
+    )
+    p.add_argument("--metric", default="greedy", help="--validate: gain metric in the cases (greedy, avg_k)")
+    p.add_argument("-o", "--out", default=None, help="output directory (advice.json/.png/.txt)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..errors import RlvrLinearError
+
+    if args.validate:
+        from ..advisor.validate import validate
+
+        res = validate(args.validate, args.out, metric=args.metric, label=args.label, k=args.k)
+        s = res["scores"]
+        prec = "n/a" if s["precision"] is None else f"{s['precision']:.2f}"
+        rec = "n/a" if s["recall"] is None else f"{s['recall']:.2f}"
+        print(f"{s['cases']} cases, {s['labelled_safe']} labelled safe ({args.label}), {s['called_safe']} called safe: "
+              f"precision {prec}, recall {rec} (base rate {s['base_rate']:.2f})")  # fmt: skip
+        for p, ps in res["per_predictor"].items():
+            print(f"  {p}: {ps['cases']} cases, precision {ps['precision']}, recall {ps['recall']}")
+        if args.out:
+            print(f"written to {args.out}")
+        return 0
+    if not args.run:
+        raise RlvrLinearError("give a run directory (or STEP=PATH pairs), or --validate CASES.jsonl")
+    from ..advisor import advise
+
+    adv = advise(
+        args.run if len(args.run) > 1 else args.run[0],
+        task=args.task,
+        probes=args.probes,
+        predictors=[p.strip() for p in args.predictors.split(",") if p.strip()],
+        until=args.until,
+        base_step=args.base_step,
+        k=args.k,
+        progress=True,
+    )
+    print(adv.summary_text())
+    if args.out:
+        adv.save(args.out)
+        print(f"written to {args.out}")
+    return 0
