@@ -25,6 +25,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from . import verl_shards
 from .errors import RlvrLinearError
 
 SAFE_SINGLE = "model.safetensors"
@@ -50,7 +51,11 @@ def _is_hub(source: object) -> bool:
 
 
 def has_weights(path: Path) -> bool:
-    return any((path / f).exists() for f in WEIGHT_FILES) or any(path.glob("model-*.safetensors"))
+    return (
+        any((path / f).exists() for f in WEIGHT_FILES)
+        or any(path.glob("model-*.safetensors"))
+        or any(path.glob("model_world_size_*_rank_*.pt"))  # verl's FSDP shards (see verl_shards)
+    )
 
 
 def find_model_dir(path: str | Path) -> Path:
@@ -67,7 +72,10 @@ def find_model_dir(path: str | Path) -> Path:
         raise RlvrLinearError(f"{p}: no such file or directory")
     if p.is_file():
         p = p.parent
-    for cand in (p, p / "huggingface", p / "actor" / "huggingface", p / "actor"):
+    cands = [p, p / "huggingface", p / "actor" / "huggingface", p / "actor"]
+    if p.name == "huggingface":  # verl's config folder, next to its FSDP shards
+        cands.append(p.parent)
+    for cand in cands:
         if cand.is_dir() and has_weights(cand):
             return cand
     raise RlvrLinearError(
@@ -157,6 +165,17 @@ class TensorReader:
             else:
                 sd = self._load_bin(BIN_SINGLE)
                 self._key_to_file = {k: BIN_SINGLE for k in sd}
+        elif verl_shards.is_shard_dir(self.path):
+            if not allow_pickle:
+                raise RlvrLinearError(
+                    f"{self.path}: verl FSDP shards (model_world_size_W_rank_R.pt) are pickles, which can run code, "
+                    "so they are refused unless you pass --allow-pickle (they are then loaded with weights_only=True "
+                    "and only DTensor classes allowed)"
+                )
+            self.kind = "verl-fsdp"
+            self._fsdp = verl_shards.FsdpShards(self.path)
+            first = self._fsdp.files[0].name
+            self._key_to_file = {k: first for k in self._fsdp.keys()}
         else:
             raise RlvrLinearError(f"{self.path}: no model weights found")
 
@@ -193,18 +212,24 @@ class TensorReader:
 
     def get(self, name: str) -> torch.Tensor:
         fname = self._check(name)
+        if self.kind == "verl-fsdp":
+            return self._fsdp.get(name)
         if self.kind == "pickle":
             return self._load_bin(fname)[name]
         return self._handle(fname).get_tensor(name)
 
     def shape(self, name: str) -> tuple[int, ...]:
         fname = self._check(name)
+        if self.kind == "verl-fsdp":
+            return self._fsdp.shape(name)
         if self.kind == "pickle":
             return tuple(self._load_bin(fname)[name].shape)
         return tuple(self._handle(fname).get_slice(name).get_shape())
 
     def dtype(self, name: str) -> torch.dtype:
         fname = self._check(name)
+        if self.kind == "verl-fsdp":
+            return self._fsdp.dtype(name)
         if self.kind == "pickle":
             return self._load_bin(fname)[name].dtype
         return SAFETENSORS_DTYPES[self._handle(fname).get_slice(name).get_dtype()]
@@ -223,12 +248,14 @@ class TensorReader:
         return t[index]
 
     def config(self) -> dict:
-        cfg = self.path / "config.json"
+        cfg = verl_shards.config_dir(self.path) / "config.json"
         return json.loads(cfg.read_text()) if cfg.exists() else {}
 
     def close(self) -> None:
         self._handles.clear()
         self._pickled.clear()
+        if self.kind == "verl-fsdp":
+            self._fsdp.close()
 
     def __enter__(self) -> TensorReader:
         return self
@@ -504,7 +531,7 @@ NON_WEIGHT_SUFFIXES = (".json", ".jinja", ".txt", ".model", ".tiktoken", ".py")
 
 def copy_model_files(src: str | Path, dst: str | Path) -> None:
     """Copy config, generation config and tokenizer files (everything but weights) from ``src`` to ``dst``."""
-    src, dst = find_model_dir(src), Path(dst)
+    src, dst = verl_shards.config_dir(find_model_dir(src)), Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
     for f in src.iterdir():
         if not f.is_file() or f.name in WEIGHT_FILES or f.name.startswith("."):

@@ -1,0 +1,168 @@
+"""verl FSDP shards read in place: real DTensor shards written by a 2-process gloo group, as verl names them."""
+
+import datetime
+import json
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rlvr_linear.checkpoints import TensorReader, discover, find_model_dir
+from rlvr_linear.errors import RlvrLinearError
+from rlvr_linear.testing import make_trajectory
+from rlvr_linear.verl_shards import FsdpShards, load_shard, shard_files
+
+STEPS = [0, 10, 20, 30]
+WORLD = 2
+pytestmark = pytest.mark.slow  # two spawned torch processes write the shards (~15-45 s on a busy 2-core machine)
+
+
+def _noisy(n, w, s, i):
+    g = torch.Generator().manual_seed(2000 + i)
+    return w + 1e-3 * s + 1e-3 * torch.randn(w.shape, generator=g)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _odd_tensors() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(7)
+    return {"uneven": torch.randn(5, 3, generator=g), "cols": torch.randn(3, 6, generator=g),
+            "rep": torch.randn(4, generator=g), "hsdp": torch.randn(6, 2, generator=g)}  # fmt: skip
+
+
+def _save_shards(rank: int, port: int, jobs: list[tuple[str, str]], odd_dir: str) -> None:
+    """In each of WORLD processes: shard every tensor of each (safetensors file, actor dir) with
+    distribute_tensor(Shard(0)) on a 1-D ("fsdp",) mesh and torch.save the rank's state dict as verl does."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        mesh = init_device_mesh("cpu", (WORLD,), mesh_dim_names=("fsdp",))
+        for weights, actor in jobs:
+            sd = load_file(weights)
+            sd["lm_head.weight"] = sd["model.embed_tokens.weight"]  # tied: model.state_dict() has both names
+            local = {k: distribute_tensor(v, mesh, [Shard(0)]) for k, v in sd.items()}
+            torch.save(local, Path(actor) / f"model_world_size_{WORLD}_rank_{rank}.pt")
+            torch.save({"state": {}, "param_groups": []}, Path(actor) / f"optim_world_size_{WORLD}_rank_{rank}.pt")
+        # other placements: uneven Shard(0), Shard(1), Replicate, and HSDP's 2-D ("ddp", "fsdp") mesh
+        odd = _odd_tensors()
+        mesh2 = init_device_mesh("cpu", (WORLD, 1), mesh_dim_names=("ddp", "fsdp"))
+        local = {
+            "uneven": distribute_tensor(odd["uneven"], mesh, [Shard(0)]),
+            "cols": distribute_tensor(odd["cols"], mesh, [Shard(1)]),
+            "rep": distribute_tensor(odd["rep"], mesh, [Replicate()]),
+            "hsdp": distribute_tensor(odd["hsdp"], mesh2, [Replicate(), Shard(0)]),
+        }
+        torch.save(local, Path(odd_dir) / f"model_world_size_{WORLD}_rank_{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """``local``: merged HF checkpoints; ``verl``: the same weights as verl FSDP shards only (no merged copy)."""
+    import torch.multiprocessing as mp
+
+    root = tmp_path_factory.mktemp("verl")
+    local = make_trajectory(root / "local", STEPS, _noisy)
+    jobs = []
+    for s in STEPS:
+        actor = root / "verl" / f"global_step_{s}" / "actor"
+        hf = actor / "huggingface"
+        hf.mkdir(parents=True)
+        for f in (local / f"step_{s:06d}").iterdir():
+            if f.name != "model.safetensors":
+                shutil.copy(f, hf / f.name)  # config and tokenizer only
+        (actor / "fsdp_config.json").write_text(json.dumps({"FSDP_version": 2, "world_size": WORLD}))
+        jobs.append((str(local / f"step_{s:06d}" / "model.safetensors"), str(actor)))
+    (root / "verl" / "latest_checkpointed_iteration.txt").write_text(str(STEPS[-1]))
+    odd = root / "odd"
+    odd.mkdir()
+    mp.spawn(_save_shards, args=(_free_port(), jobs, str(odd)), nprocs=WORLD, join=True)
+    return {"local": local, "verl": root / "verl", "odd": odd}
+
+
+def test_discover_and_gather_equal_the_unsharded_weights(runs):
+    traj = discover(runs["verl"], allow_pickle=True)
+    assert traj.steps == STEPS and traj.paths[1] == runs["verl"] / "global_step_10" / "actor"
+    assert not any(f.suffix == ".safetensors" for f in runs["verl"].rglob("*"))
+    ref = TensorReader(runs["local"] / "step_000020")
+    with TensorReader(runs["verl"] / "global_step_20", allow_pickle=True) as r:
+        assert r.kind == "verl-fsdp" and sorted(r.keys()) == sorted(ref.keys())  # the tied lm_head is dropped
+        assert r.config()["model_type"] == "qwen2"
+        for k in ref.keys():
+            assert r.shape(k) == ref.shape(k) and r.dtype(k) == ref.dtype(k)
+            assert torch.equal(r.get(k), ref.get(k)), k
+    assert find_model_dir(runs["verl"] / "global_step_0" / "actor" / "huggingface").name == "actor"
+
+
+def test_other_placements_and_meshes(runs):
+    sh = FsdpShards(runs["odd"])
+    assert sh.world_size == WORLD and sorted(sh.keys()) == ["cols", "hsdp", "rep", "uneven"]
+    for k, v in _odd_tensors().items():
+        assert sh.shape(k) == tuple(v.shape)
+        assert torch.equal(sh.get(k), v), k
+    sd = load_shard(runs["odd"] / f"model_world_size_{WORLD}_rank_1.pt")
+    assert tuple(sd["uneven"].to_local().shape) == (2, 3)  # torch.chunk: 3 + 2 rows
+
+
+def test_r2_and_extrapolation_equal_those_of_the_unsharded_run(runs, tmp_path):
+    from rlvr_linear.cli import main  # (imported here: the spawned writers import this module; keep it light)
+    from rlvr_linear.linearity import analyze_weights
+
+    local = analyze_weights(discover(runs["local"]))
+    sharded = analyze_weights(discover(runs["verl"], allow_pickle=True))
+    assert sharded.summary() == local.summary() and sharded.steps == STEPS
+    all_l = analyze_weights(discover(runs["local"]), sample="all", chunk=64)
+    all_v = analyze_weights(discover(runs["verl"], allow_pickle=True), sample="all", chunk=64)
+    assert all_v.summary() == all_l.summary()
+    for name, src, extra in (("local", runs["local"], []), ("verl", runs["verl"], ["--allow-pickle"])):
+        assert main(["analyze", "weights", str(src), *extra, "-o", str(tmp_path / f"w-{name}")]) == 0
+        args = ["extrapolate", "weights", "--run", str(src), "--target-step", "50", *extra]
+        assert main([*args, "-o", str(tmp_path / f"x-{name}")]) == 0
+    assert (tmp_path / "w-verl" / "weights_per_tensor.csv").read_text() == (
+        tmp_path / "w-local" / "weights_per_tensor.csv"
+    ).read_text()
+    x, ref = (load_file(tmp_path / f"x-{n}" / "model.safetensors") for n in ("verl", "local"))
+    assert x.keys() == ref.keys() and all(torch.equal(x[k], ref[k]) for k in x)
+    for f in ("config.json", "tokenizer.json", "rlvr_linear_tokenizer.json"):
+        assert (tmp_path / "x-verl" / f).read_text() == (tmp_path / "x-local" / f).read_text()
+    assert not (tmp_path / "x-verl" / "fsdp_config.json").exists()
+    # two-point extrapolation straight from two sharded checkpoints (steps from the global_step_N names)
+    two = ["extrapolate", "weights", "--base", str(runs["verl"] / "global_step_10"), "--allow-pickle"]
+    two += ["--second", str(runs["verl"] / "global_step_20"), "--alpha", "2"]
+    assert main([*two, "-o", str(tmp_path / "tp")]) == 0
+    a, b = (load_file(runs["local"] / f"step_0000{s}" / "model.safetensors") for s in (10, 20))
+    tp = load_file(tmp_path / "tp" / "model.safetensors")
+    k = "model.layers.1.self_attn.q_proj.weight"
+    assert torch.allclose(tp[k], a[k] + 2 * (b[k] - a[k]), atol=1e-6)
+
+
+def test_pickle_flag_and_refusals(runs, tmp_path, capsys):
+    from rlvr_linear.cli import main
+
+    assert main(["analyze", "weights", str(runs["verl"]), "-o", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err
+    assert "verl FSDP shards (model_world_size_W_rank_R.pt) are pickles" in err and "--allow-pickle" in err
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    torch.save({"w": torch.zeros(2), "when": datetime.date(2025, 1, 1)}, bad / "model_world_size_1_rank_0.pt")
+    with pytest.raises(RlvrLinearError, match=r"model_world_size_1_rank_0.pt: refused: .*datetime.date"):
+        TensorReader(bad, allow_pickle=True)
+    part = tmp_path / "part"
+    shutil.copytree(runs["odd"], part)
+    (part / f"model_world_size_{WORLD}_rank_1.pt").unlink()
+    with pytest.raises(RlvrLinearError, match=r"incomplete verl checkpoint: .* missing for ranks \[1\]"):
+        shard_files(part)
