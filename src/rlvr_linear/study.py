@@ -35,6 +35,8 @@ from .report import SECTIONS
 
 #: one stage per report section, then the report itself
 STAGES = [*SECTIONS, "report"]
+#: stages that run only when named (``--stages regime``: the regime map, hours of compute; rlvr_linear.regime)
+OPT_IN_STAGES = ["regime"]
 #: stages whose inputs are the baseline RL runs
 NEEDS_BASELINE = {"linearity", "robustness", "weight_extrapolation", "logit_extrapolation", "regrounding"}
 MODES = ("quick", "default", "full")
@@ -1162,10 +1164,11 @@ def parse_stages(spec: str | None) -> list[str]:
     if spec is None or spec == "all":
         return list(STAGES)
     names = [s.strip() for s in spec.split(",") if s.strip()]
-    bad = [s for s in names if s not in STAGES]
+    known = [*SECTIONS, *OPT_IN_STAGES, "report"]
+    bad = [s for s in names if s not in known]
     if bad:
-        raise RlvrLinearError(f"unknown stages {bad}; choose from {', '.join(STAGES)}")
-    return [s for s in STAGES if s in names]
+        raise RlvrLinearError(f"unknown stages {bad}; choose from {', '.join(known)}")
+    return [s for s in known if s in names]
 
 
 def stage_done(out: str | Path, stage: str) -> bool:
@@ -1209,9 +1212,17 @@ def run_study(cfg: StudyConfig, out: str | Path, stages: list[str] | None = None
     import torch
 
     out = Path(out)
+    stages = list(stages or STAGES)
+    if "regime" in stages:  # its own protocol (rlvr_linear.regime.grid): OUT itself, or OUT/regime with others
+        from .regime import run_regime
+
+        rest = [s for s in stages if s != "regime"]
+        reg = run_regime(out if not rest else out / "regime", quick=cfg.mode == "quick", progress=progress)
+        if not rest:
+            return {"regime": reg}
+        stages = rest
     out.mkdir(parents=True, exist_ok=True)
     _check_config(out, cfg)
-    stages = list(stages or STAGES)
     if any(s in NEEDS_BASELINE for s in stages) and "baseline" not in stages and not stage_done(out, "baseline"):
         stages = ["baseline", *stages]
     stages = [s for s in STAGES if s in stages]

@@ -1,0 +1,157 @@
+"""The regime map's points, horizons and queue (every protocol choice is fixed here, before any result is seen).
+
+Measured cost (one thread, ``--preset tiny`` base, short task, 3 to 10 steps each, 2-core machine shared with
+other jobs; ``/tmp/h10b_time.py``): 0.24 s per optimizer step at 128 responses (16 prompts x 8), 1.2 s at 512
+(64 x 8) and 2.4 s at 1,024 (128 x 8), i.e. time grows linearly with the responses per step.
+
+Main grid: learning rate {1e-5, 3e-5, 1e-4, 3e-4} x responses per step {128, 512, 1024} (prompts x group size 8),
+AdamW, short task (2-digit addition), seeds 0, 1, 2.
+
+Horizons: AdamW moves each weight by about ``lr`` per step whatever the batch, so the distance travelled scales
+with ``lr x H``. The issue asks for >= 1,400 steps at 1e-5 (lr x H = 0.014); keeping ``lr x H`` equal at every rate
+would leave 47 steps at 3e-4, too few for 15 checkpoints of a steady rise, so the horizon shrinks more slowly than
+1/lr: H = 1400, 560, 280, 112 steps at 1e-5, 3e-5, 1e-4, 3e-4 (``lr x H`` = 0.014, 0.017, 0.028, 0.034, within a
+factor 2.4), with a checkpoint every H/14 steps (100, 40, 20, 8), i.e. 15 checkpoints including step 0. The
+horizon does not depend on the batch (a bigger batch lowers the gradient noise, not the step size).
+
+Training cost: 2,352 steps per batch size per seed x (0.24 + 1.2 + 2.4) s = 2.5 h per seed, 7.5 h for 3 seeds.
+
+Contrast points, one seed (seed 0): SGD (lr x 100, as the study's robustness stage) at every rate with 128
+responses and at 3e-5 with 512 responses (~20 min); the long-response task (``arithmetic-cot``, base ``tiny-cot``)
+at 3e-5 and 1e-4 with 128 responses (cost measured when they run). Re-grounding: one (M, N) per main-grid point,
+seed 0 only, run last (see ``analysis``).
+
+Queue order (partial results are useful): seed 0 of every main-grid point (cheapest batch first), then the contrast
+points, then seeds 1 and 2, then the re-grounding runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+LRS = (1e-5, 3e-5, 1e-4, 3e-4)
+RESPONSES = (128, 512, 1024)
+GROUP = 8
+SEEDS = (0, 1, 2)
+#: learning rate -> horizon (steps); a checkpoint every H/14 steps
+HORIZON = {1e-5: 1400, 3e-5: 560, 1e-4: 280, 3e-4: 112}
+SGD_LR_FACTOR = 100.0
+N_SAVES = 14
+
+#: the --quick map: 2 x 2 points of the quick base (64 wide, 2 layers), pico horizons, one seed
+QUICK_LRS = (3e-4, 1e-3)
+QUICK_RESPONSES = (16, 32)
+QUICK_HORIZON = 16
+QUICK_SAVE_EVERY = 2
+
+
+@dataclass(frozen=True)
+class Point:
+    """One point of the map: a training setting (without the seed)."""
+
+    lr: float
+    responses: int
+    horizon: int
+    save_every: int
+    task: str = "arithmetic"
+    model: str = "tiny"
+    optimizer: str = "adamw"
+    group: int = GROUP
+
+    @property
+    def prompts(self) -> int:
+        return self.responses // self.group
+
+    @property
+    def kind(self) -> str:
+        """``main`` (lr x responses grid), ``sgd`` or ``cot`` (contrast points)."""
+        if self.optimizer == "sgd":
+            return "sgd"
+        if self.task != "arithmetic":
+            return "cot"
+        return "main"
+
+    @property
+    def name(self) -> str:
+        extra = "" if self.kind == "main" else f"_{self.kind}"
+        return f"lr{self.lr:.0e}_r{self.responses}{extra}".replace("e-0", "e-")
+
+    def run_name(self, seed: int) -> str:
+        return f"{self.name}_s{seed}"
+
+    def train_config(self, seed: int, model: str | None = None, threads: int | None = 1, eval_problems: int = 200):
+        from ..train import TrainConfig
+
+        return TrainConfig(
+            model=model or self.model,
+            task=self.task,
+            steps=self.horizon,
+            save_every=self.save_every,
+            learning_rate=self.lr,
+            optimizer=self.optimizer,
+            prompts_per_step=self.prompts,
+            samples_per_prompt=self.group,
+            seed=seed,
+            threads=threads,
+            eval_problems=eval_problems,
+        )
+
+
+@dataclass(frozen=True)
+class Item:
+    """One queue entry: train (and analyse) ``point`` with ``seed``; ``full`` = every analysis case."""
+
+    point: Point
+    seed: int
+    full: bool
+    reground: bool = False
+
+    @property
+    def run_name(self) -> str:
+        return self.point.run_name(self.seed) + ("_reground" if self.reground else "")
+
+
+def main_point(lr: float, responses: int) -> Point:
+    h = HORIZON[lr]
+    return Point(lr=lr, responses=responses, horizon=h, save_every=h // N_SAVES)
+
+
+def main_grid() -> list[Point]:
+    return [main_point(lr, r) for r in RESPONSES for lr in LRS]
+
+
+def contrast_points() -> list[Point]:
+    sgd = [
+        Point(lr=lr * SGD_LR_FACTOR, responses=128, horizon=HORIZON[lr], save_every=HORIZON[lr] // N_SAVES,
+              optimizer="sgd")
+        for lr in LRS
+    ]  # fmt: skip
+    sgd.append(Point(lr=3e-5 * SGD_LR_FACTOR, responses=512, horizon=560, save_every=40, optimizer="sgd"))
+    cot = [
+        Point(lr=lr, responses=128, horizon=HORIZON[lr], save_every=HORIZON[lr] // N_SAVES, task="arithmetic-cot",
+              model="tiny-cot")
+        for lr in (3e-5, 1e-4)
+    ]  # fmt: skip
+    return sgd + cot
+
+
+def quick_grid() -> list[Point]:
+    return [
+        Point(lr=lr, responses=r, horizon=QUICK_HORIZON, save_every=QUICK_SAVE_EVERY, group=4)
+        for r in QUICK_RESPONSES
+        for lr in QUICK_LRS
+    ]
+
+
+def queue(quick: bool = False, cot_available: bool = True) -> list[Item]:
+    """The map's work list in run order (see the module docstring)."""
+    if quick:
+        pts = quick_grid()
+        items = [Item(p, 0, full=i == 0) for i, p in enumerate(pts)]
+        return items + [Item(pts[0], 0, full=True, reground=True)]
+    grid = main_grid()
+    items = [Item(p, 0, full=True) for p in grid]
+    items += [Item(p, 0, full=True) for p in contrast_points() if cot_available or p.kind != "cot"]
+    items += [Item(p, s, full=False) for s in SEEDS[1:] for p in grid]
+    items += [Item(p, 0, full=True, reground=True) for p in grid]
+    return items

@@ -1,0 +1,156 @@
+"""The regime map's driver: train every queue item, analyse it, render the map; resumable and cached.
+
+Layout of ``OUT`` (e.g. ``out/regime``)::
+
+    runs/<point>_s<seed>/            training trajectory (``train.train``; resumes from its last save)
+    runs/<point>_s<seed>_reground/   the re-grounded run of a point (seed 0)
+    analysis/<run>.json              cached per-run analysis (each part under its own key, written atomically)
+    cases.jsonl                      every extrapolation case, one JSON object per line (rendered from the cache)
+    regime_map.json, regime_*.png    the map (rendered from the cache; ``render_only`` re-renders without training)
+    pid, log.txt                     the background process (see docs/regime.md)
+
+A kill at any moment is safe: checkpoints, manifests and cache files are written atomically, extrapolated models
+live under ``OUT/tmp`` (wiped at start), and a rerun of the same command continues where the last one stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import traceback
+from dataclasses import asdict, fields
+from pathlib import Path
+
+from ..errors import RlvrLinearError
+from ..io import read_json, write_text
+from .grid import Item, queue
+
+
+def _log(msg: str) -> None:
+    print(f"[regime {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def cot_available() -> bool:
+    """Whether the long-response task and its base preset exist in this checkout."""
+    try:
+        from ..models import BASE_PRESETS
+        from ..tasks import get_task
+
+        get_task("arithmetic-cot")
+        return "tiny-cot" in BASE_PRESETS
+    except Exception:  # noqa: BLE001 - any failure means "not available yet"
+        return False
+
+
+class Regime:
+    """One regime map in ``out``; ``quick`` = the CI-sized 2 x 2 map on the quick base."""
+
+    def __init__(self, out: str | Path, quick: bool = False, progress: bool = False):
+        self.out, self.quick, self.progress = Path(out), quick, progress
+        self._bases: dict[str, str] = {}
+
+    # models ----------------------------------------------------------------------------------------
+    def base(self, name: str) -> str:
+        if name not in self._bases:
+            from ..models import ensure_base
+
+            if self.quick:
+                from ..study import QUICK_BASE_RECIPE
+
+                self._bases[name] = str(ensure_base("tiny", progress=self.progress, **QUICK_BASE_RECIPE))
+            else:
+                self._bases[name] = str(ensure_base(name, progress=self.progress))
+        return self._bases[name]
+
+    def items(self) -> list[Item]:
+        return queue(quick=self.quick, cot_available=self.quick or cot_available())
+
+    def train_config(self, item: Item):
+        p = item.point
+        # the full map names its base ("tiny", "tiny-cot": train resolves the shipped/cached model); the quick map
+        # trains the quick base by path
+        model = self.base(p.model) if self.quick else p.model
+        cfg = p.train_config(item.seed, model=model, eval_problems=50 if self.quick else 200)
+        if item.reground:
+            m = p.save_every
+            cfg.steps = p.horizon // 2
+            cfg.reground = f"{m},{m}"
+            cfg.reground_optimizer = "reset"
+        return cfg
+
+    def run_dir(self, item: Item) -> Path:
+        return self.out / "runs" / item.run_name
+
+    # training --------------------------------------------------------------------------------------
+    def train(self, item: Item) -> dict:
+        """Train ``item`` (or reuse its finished run, or resume an unfinished one). Returns the manifest."""
+        from ..study import _jsonable
+        from ..train import TrainConfig, train
+
+        run, cfg = self.run_dir(item), self.train_config(item)
+        man_path = run / "manifest.json"
+        if man_path.exists():
+            man = read_json(man_path)
+            known = {f.name for f in fields(TrainConfig)}
+            saved = TrainConfig(**{k: v for k, v in man.get("config", {}).items() if k in known})
+            if _jsonable(asdict(saved)) != _jsonable(asdict(cfg)):
+                raise RlvrLinearError(f"{run} holds a run with another config; move it away or use a new folder")
+            if man.get("finished"):
+                return man
+            _log(f"resuming {item.run_name} from step {man['checkpoints'][-1]['step'] if man['checkpoints'] else 0}")
+        else:
+            if run.exists():  # killed before its first manifest: nothing worth keeping
+                shutil.rmtree(run)
+            _log(f"training {item.run_name} ({cfg.steps} steps, {cfg.prompts_per_step}x{cfg.samples_per_prompt})")
+        t0 = time.time()
+        man = train(cfg, run, progress=self.progress)
+        _log(f"trained {item.run_name} in {time.time() - t0:.0f} s")
+        return man
+
+    # the whole map ---------------------------------------------------------------------------------
+    def run(self, render_only: bool = False, results_dir: str | Path | None = None, train_only: bool = False) -> dict:
+        from .render import render
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        if not render_only:
+            write_text(self.out / "pid", f"{os.getpid()}\n")
+            shutil.rmtree(self.out / "tmp", ignore_errors=True)
+            items = self.items()
+            _log(f"{len(items)} queue items in {self.out}")
+            for i, item in enumerate(items):
+                self.train(item)
+                if not train_only:
+                    from .analysis import analyze_item
+
+                    t0 = time.time()
+                    try:
+                        changed = analyze_item(self, item)
+                    except Exception:  # the full map keeps training; the failed part reruns next time
+                        if self.quick:
+                            raise
+                        _log(f"analysis of {item.run_name} failed:\n{traceback.format_exc()}")
+                        continue
+                    if changed:
+                        _log(f"analysed {item.run_name} in {time.time() - t0:.0f} s")
+                        render(self, results_dir=results_dir)
+                _log(f"item {i + 1}/{len(items)} done: {item.run_name}")
+        return render(self, results_dir=results_dir)
+
+
+def run_regime(
+    out: str | Path,
+    quick: bool = False,
+    render_only: bool = False,
+    results_dir: str | Path | None = None,
+    progress: bool = False,
+    train_only: bool = False,
+) -> dict:
+    """Run (or continue) the regime map into ``out`` and return the rendered map (see ``regime_map.json``)."""
+    import torch
+
+    if not quick:
+        torch.set_num_threads(1)
+    return Regime(out, quick=quick, progress=progress).run(
+        render_only=render_only, results_dir=results_dir, train_only=train_only
+    )
