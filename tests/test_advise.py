@@ -158,10 +158,12 @@ def test_validate_precision_recall_and_no_peeking(runs, tmp_path):
         _case(runs["walk"], 100, 150, -0.10, -0.15, -0.05),  # called unsafe, unsafe
         _case(runs["walk"], 100, 150, 0.01, -0.03, 0.05, predictor="lsq"),  # called unsafe, safe: a miss
         _case(runs["line"], 40, 80, 0.0, -0.02, 0.02),  # steps 0..40: 3 checkpoints, cannot be backtested
+        {**_case(runs["line"], 100, 150, 0.1, 0.0, 0.2), "space": "logit"},  # output space: skipped
     ]
     path = tmp_path / "cases.jsonl"
     path.write_text("\n".join(json.dumps(c) for c in cases) + "\n")
     res = validate(path, tmp_path / "val", progress=False)
+    assert res["skipped"] == {"logit": 1, "no_gain": 0}
     assert [r["call_safe"] for r in res["cases"]] == [True, True, False, False, False]
     s = res["scores"]
     assert (s["called_safe"], s["labelled_safe"], s["true_safe_calls"]) == (2, 3, 1)
@@ -169,6 +171,7 @@ def test_validate_precision_recall_and_no_peeking(runs, tmp_path):
     o = res["scores_other_label"]  # CI upper bound >= 0: cases 1, 2, 4, 5 are safe
     assert (o["precision"], o["recall"]) == (1.0, 0.5)
     assert res["not_backtestable"] == 1 and "at least 4 checkpoints" in res["cases"][4]["error"]
+    assert res["cases"][3]["predictor"] == "lsq_all"  # the regime map's "lsq" fits every checkpoint in [t0, t1]
     ref = advise(runs["line"], until=100, base_step=0)
     assert res["cases"][0]["h_star"] == ref.spaces["weights"]["two_point"].h_star  # only steps <= t1 were used
     assert res["cases"][0]["rho"] == 1.0 and res["cases"][1]["rho"] == 0.6

@@ -35,7 +35,7 @@ import torch
 from transformers import TrainerCallback
 
 from .advisor.advise import weight_stats
-from .advisor.backtest import PREDICTORS, Block, backtest, canonical
+from .advisor.backtest import EXTRA_PREDICTORS, PREDICTORS, Block, backtest, canonical
 from .linearity import PAPER_FRACTION, PAPER_MIN_SAMPLES, PAPER_SEED, paper_sample_size, sample_indices, tensor_seed
 from .regrounding import local_params
 
@@ -162,7 +162,7 @@ class LinearityMonitor(TrainerCallback):
             r = best.rows[0]["ratio"]
             out[PREFIX + "error_ratio"] = r if math.isfinite(r) else 1e6
             out[PREFIX + "h_star"] = best.h_star
-            out[PREFIX + "predictor"] = float(PREDICTORS.index(best.predictor))
+            out[PREFIX + "predictor"] = float((PREDICTORS + EXTRA_PREDICTORS).index(best.predictor))
         return {k: (0.0 if isinstance(v, float) and math.isnan(v) else v) for k, v in out.items()}
 
     @property

@@ -199,7 +199,7 @@ def plot_advice(adv: Advice, path: str | Path) -> Path:
     spaces = list(adv.spaces)
     fig = Figure(figsize=(5 * len(spaces), 4))
     axes = np.atleast_1d(fig.subplots(1, len(spaces), squeeze=False)).ravel()
-    colors = {"two_point": "tab:blue", "lsq_last_k": "tab:orange", "rank1": "tab:green"}
+    colors = {"two_point": "tab:blue", "lsq_last_k": "tab:orange", "rank1": "tab:green", "lsq_all": "tab:purple"}
     for ax, space in zip(axes, spaces):
         for p, bt in adv.spaces[space].items():
             if not bt.rows:

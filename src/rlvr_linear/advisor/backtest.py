@@ -8,6 +8,7 @@ on checkpoints ``<= o`` only and predicts ``Y_j``; the naive predictor is ``Y_o`
     predictors (coefficient rules from :mod:`rlvr_linear.weight_extrapolation`, not rewritten here)
       two_point   Y_b + α (Y_o − Y_b), α = alpha_from_steps(x_b, x_o, x_j), b = the base checkpoint (default the first)
       lsq_last_k  least-squares line over the k newest checkpoints <= o (least_squares_weights)
+      lsq_all     least-squares line over every checkpoint b..o
       rank1       RELEX-style rank-1 over checkpoints b..o (rank_r_weights on D Dᵀ, D = [Y_i − Y_b]); a block that is
                   not a matrix (1-D tensors, curves) uses the least-squares line, as extrapolate_fit does
 
@@ -36,6 +37,8 @@ from ..errors import RlvrLinearError
 from ..weight_extrapolation import alpha_from_steps, least_squares_weights, rank_r_weights
 
 PREDICTORS = ("two_point", "lsq_last_k", "rank1")
+#: also available: least squares over every checkpoint from the base (the regime map's "lsq" cases)
+EXTRA_PREDICTORS = ("lsq_all",)
 ALIASES = {"lsq": "lsq_last_k", "two-point": "two_point", "rank-1": "rank1", "lsq_last": "lsq_last_k"}
 #: relative-horizon bin edges, bins are (lo, hi]
 RHO_EDGES = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, math.inf)
@@ -49,7 +52,7 @@ CONFIDENCE_TEXT = (
 
 def canonical(predictor: str) -> str:
     p = ALIASES.get(predictor, predictor)
-    if p not in PREDICTORS:
+    if p not in PREDICTORS + EXTRA_PREDICTORS:
         raise RlvrLinearError(f"unknown predictor {predictor!r}; choose from {', '.join(PREDICTORS)} (or 'lsq')")
     return p
 
@@ -70,7 +73,7 @@ def window(predictor: str, o: int, base: int = 0, k: int = 4) -> list[int] | Non
     if predictor == "lsq_last_k":
         lo = o - k + 1
         return list(range(lo, o + 1)) if lo >= base and k >= 2 else None
-    if predictor == "rank1":
+    if predictor in ("rank1", "lsq_all"):
         return list(range(base, o + 1)) if o - base >= 2 else None
     raise RlvrLinearError(f"unknown predictor {predictor!r}")
 

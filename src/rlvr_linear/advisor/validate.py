@@ -3,7 +3,9 @@
 A *case* (one JSON object per line of ``cases.jsonl``, as the regime map writes them) is one extrapolation:
 ``{"run", "t0", "t1", "target", "predictor": "two_point" | "lsq" | "rank1", "gain_vs_t1": {"greedy": {"mean", "lo",
 "hi"}, "avg_k": {...}}, ...}`` with gain = accuracy of the extrapolated model minus the t1 checkpoint's (paired
-bootstrap 95% CI); optional ``"fit"`` (``"all"`` / ``"last-K"``) or ``"k"`` for least squares.
+bootstrap 95% CI); optional ``"fit"`` (``"all"``, the default, as the regime map fits every checkpoint in
+[t0, t1], or ``"last-K"``) for least squares. Cases with ``"space": "logit"`` (output-space extrapolation) and cases
+without a measured gain are skipped and counted.
 
 The advisor's call uses only the run's checkpoints with ``t0 <= step <= t1`` (no peeking; t0 is the two-point /
 rank-1 base): **safe** when the jump ``target - t1`` is at most the predictor's h* in weight space. A case with
@@ -59,13 +61,12 @@ def read_cases(path: str | Path) -> list[dict]:
     return cases
 
 
-def _k(case: dict, default: int) -> int | str:
-    if "k" in case:
-        return int(case["k"])
-    fit = case.get("fit")
+def _k(case: dict) -> int | str:
+    """Least-squares window of a case: ``"all"`` checkpoints in [t0, t1] unless ``"fit": "last-K"``."""
+    fit = case.get("fit", "all")
     if isinstance(fit, str) and fit.startswith("last-") and fit[5:].isdigit():
         return int(fit[5:])
-    return "all" if fit == "all" else default
+    return "all"
 
 
 def label_of(gain: dict, rule: str) -> bool:
@@ -92,7 +93,6 @@ def validate(
     *,
     metric: str = "greedy",
     label: str = "mean",
-    k: int = 4,
     progress: bool = True,
 ) -> dict:
     """Call every case with the advisor and score the calls (see the module docstring). Writes
@@ -102,25 +102,28 @@ def validate(
     cases = read_cases(cases) if isinstance(cases, (str, Path)) else list(cases)
     cache: dict = {}
     rows = []
+    skipped = {"logit": 0, "no_gain": 0}
     for c in tqdm(cases, desc="advising cases", disable=not progress):
-        if metric not in c["gain_vs_t1"] or c["gain_vs_t1"][metric] is None:
-            raise RlvrLinearError(f"case {c['run']} t1={c['t1']}: no gain_vs_t1[{metric!r}]")
+        if c.get("space", "weight") != "weight":
+            skipped["logit"] += 1
+            continue
+        gain = (c["gain_vs_t1"] or {}).get(metric)
+        if not gain or gain.get("mean") is None:
+            skipped["no_gain"] += 1
+            continue
         pred = canonical(c["predictor"])
         t0, t1, target = int(c["t0"]), int(c["t1"]), float(c["target"])
-        kk = _k(c, k)
+        kk = _k(c) if pred == "lsq_last_k" else 4
+        if kk == "all":
+            pred, kk = "lsq_all", 4
         key = (c["run"], t0, t1, kk)
         if key not in cache:
             try:
-                n_fit = None
-                if kk == "all":
-                    from ..checkpoints import discover
-
-                    n_fit = sum(1 for s in discover(c["run"]).steps if t0 <= s <= t1)
-                cache[key] = advise(c["run"], until=t1, base_step=t0, k=n_fit or kk)
+                preds = ("two_point", "lsq_all", "lsq_last_k", "rank1")
+                cache[key] = advise(c["run"], until=t1, base_step=t0, k=kk, predictors=preds, progress=False)
             except RlvrLinearError as e:
                 cache[key] = str(e)
         adv = cache[key]
-        gain = c["gain_vs_t1"][metric]
         row = {"run": c["run"], "seed": c.get("seed"), "t0": t0, "t1": t1, "target": target, "predictor": pred,
                "gain": gain, "label_mean": label_of(gain, "mean"), "label_ci": label_of(gain, "ci")}  # fmt: skip
         if isinstance(adv, str):
@@ -147,6 +150,7 @@ def validate(
             for p in sorted({r["predictor"] for r in rows})
         },  # fmt: skip
         "not_backtestable": sum(1 for r in rows if "error" in r),
+        "skipped": skipped,
         "cases": rows,
     }
     if out is not None:
@@ -164,7 +168,7 @@ def plot_validation(rows: list[dict], path: str | Path, label: str = "mean") -> 
 
     fig = Figure(figsize=(6, 4.5))
     ax = fig.subplots()
-    marks = {"two_point": "o", "lsq_last_k": "s", "rank1": "^"}
+    marks = {"two_point": "o", "lsq_last_k": "s", "lsq_all": "s", "rank1": "^"}
     for r in rows:
         if r["predicted_ratio"] is None:
             continue
