@@ -195,3 +195,62 @@ def test_cli_advise_and_validate(runs, tmp_path, capsys):
     path.write_text('{"run": "x"}\n')
     assert main(["advise", "--validate", str(path)]) == 2
     assert "line 1 lacks t0, t1, target, predictor, gain_vs_t1" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------
+# adaptive re-grounding vs standard RL and fixed (M, N)
+
+
+def _man(accs):
+    return {"checkpoints": [{"step": i, "val_accuracy": a} for i, a in enumerate(accs)], "finished": True}
+
+
+def test_summarize_comparison_speedups_budgets_best_fixed():
+    from rlvr_linear.advisor.compare import summarize_comparison
+
+    std = [0.0, 0.1, 0.2, 0.3, 0.4]
+    mans = {
+        "standard": {0: _man(std), 1: _man(std)},
+        "(2,2)": {0: _man(std), 1: _man(std)},
+        "(2,6)": {0: _man([0.0] * 5), 1: _man([0.0] * 5)},
+        "auto": {0: _man([0.0, 0.2, 0.4, 0.4, 0.5]), 1: _man([0.0, 0.1, 0.2, 0.4, 0.4])},
+    }
+    scores = {(n, s, 4): np.array([1.0, 0.0, 1.0, 0.0]) for n in mans for s in (0, 1)}
+    scores[("auto", 0, 4)] = np.array([1.0, 1.0, 1.0, 0.0])
+    res = summarize_comparison(mans, steps=4, save_every=1, threshold_fractions=(0.5, 1.0), budget_scores=scores)
+    assert res["thresholds"] == [0.2, 0.4]
+    assert res["steps_to_threshold"]["auto"] == [[1, 2], [2, 3]]
+    auto = res["speedups"]["auto"]
+    assert auto[0]["speedup"]["mean"] == pytest.approx(1.5) and auto[1]["speedup"]["mean"] == pytest.approx(5 / 3)
+    assert [r["speedup"]["mean"] for r in res["speedups"]["(2,2)"]] == [1.0, 1.0]
+    assert res["speedups"]["(2,6)"][0]["reached"] == "0/2" and res["speedups"]["(2,6)"][0]["speedup"]["mean"] is None
+    b = res["fixed_budgets"]["auto"][0]
+    assert b["gradient_steps"] == 4 and b["diff"]["mean"] == pytest.approx(0.125)  # (0.25 + 0) / 2
+    assert res["best_fixed"] == "(2,2)"
+    assert "auto beats the best fixed (M, N)" in res["verdict"]
+
+
+@pytest.mark.slow
+def test_compare_adaptive_toy(tmp_path, pico_dir, monkeypatch):
+    from rlvr_linear.advisor.compare import compare_adaptive
+    from rlvr_linear.tasks import TASKS, ArithmeticTask
+    from rlvr_linear.train import TrainConfig
+
+    class HasDigitTask(ArithmeticTask):
+        def score(self, completion, problem):
+            return float(any(ch.isdigit() for ch in completion))
+
+    monkeypatch.setitem(TASKS, "has-digit", HasDigitTask)
+    cfg = TrainConfig(model=str(pico_dir), task="has-digit:digits=1", steps=4, save_every=1, prompts_per_step=2,
+                      samples_per_prompt=4, max_new_tokens=8, eval_problems=8, learning_rate=1e-2,
+                      threads=1)  # fmt: skip
+    res = compare_adaptive(tmp_path / "cmp", cfg, m=2, fixed=("2,2",), seeds=(0, 1), max_n=4,
+                           threshold_fractions=(0.5,), budget_fractions=(0.5, 1.0), budget_problems=8,
+                           progress=False)  # fmt: skip
+    assert set(res["speedups"]) == {"(2,2)", "auto"} and res["best_fixed"] == "(2,2)"
+    assert [b["gradient_steps"] for b in res["fixed_budgets"]["auto"]] == [2, 4]
+    man = json.loads((tmp_path / "cmp" / "runs" / "auto_seed0" / "manifest.json").read_text())
+    assert [h["grad_step"] for h in man["reground_history"]] == [2, 4]  # one decision per 2-step segment
+    assert all(0 <= h["n"] <= 4 for h in man["reground_history"])
+    assert man["config"]["reground"] == "2,auto" and "monitor" in man
+    assert json.loads((tmp_path / "cmp" / "comparison.json").read_text())["best_fixed"] == "(2,2)"

@@ -220,6 +220,8 @@ class TrajectoryCallback(TrainerCallback):
             entry["effective_step"] = self.regrounder.effective_steps
         if self.monitor is not None:
             self.manifest["monitor"] = self.monitor.history
+        if self.regrounder is not None:
+            self.manifest["reground_history"] = self.regrounder.history
         if self.optimizer is not None:
             tensors, meta = _optimizer_to_tensors(self.optimizer)
             with atomic_dir(self.run / "resume", overwrite=True) as tmp:
