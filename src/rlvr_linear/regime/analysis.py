@@ -17,6 +17,7 @@ which is ever trained on (training draws from the train split only); the quick m
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -262,7 +263,11 @@ def analyze_item(regime, item: Item) -> bool:
     cache = RunCache(regime.out / "analysis" / item.run_name)
     changed = False
     meta = {"point": item.point.name, "seed": item.seed, "run": str(run), "full": item.full,
-            "reground": item.reground}  # fmt: skip
+            "reground": item.reground, "trained_wall_time": man.get("wall_time")}  # fmt: skip
+    old = cache.parts.get("meta")
+    if old is not None and old.get("trained_wall_time") not in (None, meta["trained_wall_time"]):  # retrained
+        shutil.rmtree(cache.root, ignore_errors=True)
+        cache = RunCache(cache.root)
     if cache.parts.get("meta") != meta:
         cache.parts["meta"] = meta
         cache.save()

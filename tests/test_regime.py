@@ -1,0 +1,207 @@
+"""The regime map (rlvr_linear.regime): grid and queue, the --quick map end to end, resume and caching."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+
+import pytest
+
+from rlvr_linear.errors import RlvrLinearError
+from rlvr_linear.io import read_json, write_json
+from rlvr_linear.regime import cases as regime_cases
+from rlvr_linear.regime import grid
+from rlvr_linear.regime.grid import Item, main_grid, queue
+
+CASE_KEYS = {"point", "run", "seed", "t0", "t1", "target", "alpha", "predictor", "space", "n_problems", "acc_t1",
+             "acc_x", "acc_real_target", "gain_vs_t1", "gain_vs_real", "forecast_ratio"}  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------------
+# Grid and queue (fast)
+
+
+def test_main_grid_horizons_and_checkpoints():
+    pts = main_grid()
+    assert sorted({(p.lr, p.responses) for p in pts}) == sorted(
+        (lr, r) for lr in (1e-5, 3e-5, 1e-4, 3e-4) for r in (128, 512, 1024)
+    )
+    for p in pts:
+        assert p.horizon == p.save_every * 14  # 15 checkpoints including step 0
+        assert p.prompts * p.group == p.responses
+        assert p.optimizer == "adamw" and p.task == "arithmetic"
+    assert {p.horizon for p in pts if p.lr == 1e-5} == {1400}
+    lr_h = [p.lr * p.horizon for p in pts]
+    assert max(lr_h) / min(lr_h) < 2.5
+
+
+def test_queue_order_seed0_then_contrasts_then_seeds_then_reground():
+    q = queue(cot_available=True)
+    kinds = [("reground" if i.reground else i.point.kind, i.seed) for i in q]
+    assert kinds[:12] == [("main", 0)] * 12 and all(i.full for i in q[:12])
+    contrast = [k for k in kinds[12:] if k[0] in ("sgd", "cot")]
+    assert contrast and kinds[12 : 12 + len(contrast)] == contrast
+    rest = kinds[12 + len(contrast) :]
+    assert rest[:24] == [("main", 1)] * 12 + [("main", 2)] * 12
+    assert rest[24:] == [("reground", 0)] * 12
+    assert len({i.run_name for i in q}) == len(q)
+    for p in [i.point for i in q if i.point.kind == "sgd"]:  # SGD at 100x an AdamW rate, that rate's horizon
+        lr = round(p.lr / 100, 12)
+        assert lr in grid.LRS and p.horizon == grid.HORIZON[lr]
+    assert not [i for i in queue(cot_available=False) if i.point.kind == "cot"]
+
+
+def test_case_plan_windows_targets_and_reductions():
+    p = grid.main_point(1e-4, 512)  # H = 280, u = 20
+    full = regime_cases.plan(Item(p, 0, full=True))
+    red = regime_cases.plan(Item(p, 1, full=False))
+    assert {(c["t0"], c["t1"]) for c in full if c["space"] == "weight"} == {
+        (t0, t1) for t0 in (0, 40) for t1 in (100, 140, 280)
+    }
+    for c in full + red:
+        assert c["target"] == pytest.approx(c["t0"] + c["alpha"] * (c["t1"] - c["t0"]))
+    w = [c for c in full if c["space"] == "weight"]
+    assert len(w) == 6 * 3 * 4 and {c["predictor"] for c in w} == {"two_point", "lsq", "rank1"}
+    assert {c["alpha"] for c in w} == {1.25, 1.5, 2.0, 3.0}
+    assert len([c for c in full if c["space"] == "logit"]) == 4 * 2
+    assert len(red) == 4 * 2 * 2 and {c["predictor"] for c in red} == {"two_point", "lsq"}
+    assert len({c["id"] for c in full}) == len(full)
+
+
+def test_study_stage_is_opt_in():
+    from rlvr_linear.study import STAGES, parse_stages
+
+    assert "regime" not in parse_stages(None) and "regime" not in STAGES
+    assert parse_stages("regime") == ["regime"]
+    assert parse_stages("report,regime") == ["regime", "report"]
+    with pytest.raises(RlvrLinearError, match="unknown stages"):
+        parse_stages("regimes")
+
+
+def test_render_only_needs_the_regime_stage(tmp_path, capsys):
+    from rlvr_linear.cli import main
+
+    rc = main(["study", "--stages", "baseline", "--render-only", "-o", str(tmp_path / "o")])
+    assert rc == 2
+    assert "--render-only goes with --stages regime" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------
+# The quick map end to end (slow: ~2 min on 2 cores)
+
+
+@pytest.fixture(scope="module")
+def quick_map(tmp_path_factory):
+    from rlvr_linear.regime import run_regime
+
+    out = tmp_path_factory.mktemp("regime") / "map"
+    t0 = time.time()
+    res = run_regime(out, quick=True)
+    return out, res, time.time() - t0
+
+
+def _cases(out):
+    return [json.loads(line) for line in (out / "cases.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_quick_map_end_to_end(quick_map):
+    out, res, _ = quick_map
+    m = read_json(out / "regime_map.json")
+    assert m == json.loads(json.dumps(res))
+    assert set(m["points"]) == {"lr3e-4_r16", "lr1e-3_r16", "lr3e-4_r32", "lr1e-3_r32"}
+    assert m["queue"] == {"items": 5, "trained": 5, "analysed": 5}
+    for p in m["points"].values():
+        w, lp = p["weights"], p["logprobs"]
+        for d in (w["median"], w["share_gt_0.7"], w["null_median"], lp["median"], lp["null_median"]):
+            assert 0.0 <= d["mean"] <= 1.0
+        assert w["median_minus_null"]["mean"] == pytest.approx(w["median"]["mean"] - w["null_median"]["mean"], abs=2e-4)
+        assert w["drift_to_noise_median"]["mean"] > 0
+        for q in ("q1", "q2"):
+            assert p["forecast_ratio"][q]["mean"] > 0
+        b = p["best_weight_extrapolation"]
+        for g in (b["gain_vs_t1_greedy"], b["per_seed"][0]["gain_vs_t1"]["greedy"]):
+            assert g["lo"] <= g["mean"] <= g["hi"]
+        assert b["gain_vs_t1_greedy"]["mean"] == pytest.approx(b["per_seed"][0]["acc_x"] - b["per_seed"][0]["acc_t1"],
+                                                               abs=1e-3)  # fmt: skip
+        assert 0 <= p["val_accuracy_start"]["mean"] <= 1
+    full = m["points"]["lr3e-4_r16"]
+    assert full["best_logit_extrapolation"] is not None
+    rg = full["reground"]
+    assert rg["spec"] == "2,2" and rg["gradient_steps"] == 8 and len(rg["thresholds"]) == 2
+    assert rg["std_curve"]["steps"] == [0, 2, 4, 6, 8]
+    for f in m["figures"]:
+        assert (out / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(m["figures"]) == 4
+
+
+@pytest.mark.slow
+def test_quick_map_cases_file(quick_map):
+    out, res, _ = quick_map
+    cases = _cases(out)
+    assert len(cases) == sum(p["n_cases"] for p in res["points"].values())
+    expect = sum(len(regime_cases.plan(i)) for i in queue(quick=True) if not i.reground)
+    assert len(cases) == expect
+    for c in cases:
+        assert CASE_KEYS <= set(c)
+        assert c["n_problems"] == 100
+        assert c["target"] == pytest.approx(c["t0"] + c["alpha"] * (c["t1"] - c["t0"]))
+        for v in (c["acc_t1"], c["acc_x"]):
+            assert 0 <= v <= 1
+        g = c["gain_vs_t1"]["greedy"]
+        assert g["lo"] <= g["mean"] <= g["hi"]
+        assert g["mean"] == pytest.approx(c["acc_x"] - c["acc_t1"], abs=1e-3)
+        assert (c["gain_vs_real"] is None) == (c["acc_real_target"] is None) == (c["target"] > c["horizon"])
+        if c["gain_vs_real"] is not None:
+            assert c["gain_vs_real"]["greedy"]["mean"] == pytest.approx(c["acc_x"] - c["acc_real_target"], abs=1e-3)
+        if c["predictor"] == "two_point" and c["seed"] == 0 and c["point"] == "lr3e-4_r16":
+            a = c["gain_vs_t1"]["avg_k"]  # full items score avg@k on every two-point case
+            assert a["lo"] <= a["mean"] <= a["hi"]
+            assert a["mean"] == pytest.approx(c["avg_k"]["acc_x"] - c["avg_k"]["acc_t1"], abs=1e-3)
+    assert {c["space"] for c in cases} == {"weight", "logit"}
+    assert not any((out / "tmp").rglob("*.safetensors"))  # extrapolated models deleted after scoring
+
+
+@pytest.mark.slow
+def test_quick_map_resume_reuses_and_killed_point_resumes(quick_map):
+    from rlvr_linear.regime import run_regime
+
+    out, res, first_s = quick_map
+    stamps = {p: os.stat(p).st_mtime_ns for p in out.rglob("*") if p.is_file() and "parts.json" in p.name}
+    t0 = time.time()
+    again = run_regime(out, quick=True)
+    assert again["points"] == res["points"]
+    assert {p: os.stat(p).st_mtime_ns for p in stamps} == stamps  # nothing recomputed
+    assert time.time() - t0 < first_s / 2
+
+    # a point killed mid-training: manifest up to step 8, later checkpoints gone, no analysis yet
+    run = out / "runs" / "lr1e-3_r32_s0"
+    man = read_json(run / "manifest.json")
+    man["checkpoints"] = [c for c in man["checkpoints"] if c["step"] <= 8]
+    man.pop("finished")
+    write_json(run / "manifest.json", man)
+    for d in run.glob("step_*"):
+        if int(d.name.split("_")[1]) > 8:
+            shutil.rmtree(d)
+    shutil.rmtree(out / "analysis" / "lr1e-3_r32_s0")
+    other = out / "analysis" / "lr3e-4_r16_s0" / "parts.json"
+    other_stamp = os.stat(other).st_mtime_ns
+    run_regime(out, quick=True)
+    man = read_json(run / "manifest.json")
+    assert man["finished"] and [c["step"] for c in man["checkpoints"]] == list(range(0, 17, 2))
+    parts = read_json(out / "analysis" / "lr1e-3_r32_s0" / "parts.json")
+    assert len(parts["cases"]) == len(regime_cases.plan(Item(grid.quick_grid()[3], 0, full=False)))
+    assert os.stat(other).st_mtime_ns == other_stamp
+    assert len(_cases(out)) == sum(len(regime_cases.plan(i)) for i in queue(quick=True) if not i.reground)
+
+    good = read_json(run / "manifest.json")  # a folder holding another setting is refused, not overwritten
+    bad = json.loads(json.dumps(good))
+    bad["config"]["learning_rate"] = 0.5
+    write_json(run / "manifest.json", bad)
+    try:
+        with pytest.raises(RlvrLinearError, match="another config"):
+            run_regime(out, quick=True)
+    finally:
+        write_json(run / "manifest.json", good)
