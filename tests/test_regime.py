@@ -205,3 +205,20 @@ def test_quick_map_resume_reuses_and_killed_point_resumes(quick_map):
             run_regime(out, quick=True)
     finally:
         write_json(run / "manifest.json", good)
+
+
+@pytest.mark.slow
+def test_report_section_leads_when_the_map_is_present(quick_map, tmp_path):
+    from rlvr_linear.regime.render import report_html
+
+    out, res, _ = quick_map
+    assert report_html(tmp_path, str) == ""
+    (tmp_path / "regime").mkdir()
+    for f in ["regime_map.json", *res["figures"]]:
+        shutil.copyfile(out / f, tmp_path / "regime" / f)
+    seen = []
+    h = report_html(tmp_path, lambda rel: seen.append(rel) or f"<img {rel}>")
+    assert h.startswith("<h2 id='regime'>Regime map</h2>")
+    assert seen == [f"regime/{f}" for f in res["figures"]]
+    for name in res["points"]:
+        assert f"<td>{name}</td>" in h

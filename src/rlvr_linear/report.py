@@ -413,6 +413,9 @@ def render_html(results: dict, out: str | Path) -> str:
         f"{html.escape(m['model'])}; seeds {m['seeds']}; total stage wall time {m['wall_time_s']:.0f} s; "
         f"created {html.escape(m['created'])}; machine: {html.escape(json.dumps(m['machine']))}.</p>",
     ]
+    from .regime.render import report_html as regime_html
+
+    parts.append(regime_html(out, lambda rel: _img(out, rel)))  # the regime map leads when OUT/regime has one
     summary = []
     for s in SECTIONS:
         if s in results:

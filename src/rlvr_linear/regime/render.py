@@ -229,3 +229,36 @@ def render(regime, results_dir: str | Path | None = None) -> dict:
             shutil.copyfile(out / f, tmp)
             tmp.replace(rd / f)
     return result
+
+
+def report_html(out: str | Path, img) -> str:
+    """The study report's leading section when ``OUT/regime/regime_map.json`` exists (else ``""``); ``img(rel)``
+    inlines a figure given its path relative to ``OUT``."""
+    import html
+
+    p = Path(out) / "regime" / "regime_map.json"
+    if not p.exists():
+        return ""
+    m = read_json(p)
+    rows = []
+    for name, pt in sorted(m.get("points", {}).items()):
+        def f(d):
+            return "—" if not d or d.get("mean") is None else f"{d['mean']:.3f}"
+
+        b = pt.get("best_weight_extrapolation") or {}
+        g = b.get("gain_vs_t1_greedy")
+        gain = "—" if not g else f"{g['mean']:+.3f} [{g['lo']:+.3f}, {g['hi']:+.3f}] ({html.escape(b['case'])})"
+        rows.append(f"<tr><td>{html.escape(name)}</td><td>{len(pt['seeds'])}</td><td>{f(pt['weights']['median'])}"
+                    f" (null {f(pt['weights']['null_median'])})</td><td>{f(pt['logprobs']['median'])} (null "
+                    f"{f(pt['logprobs']['null_median'])})</td><td>{f(pt['forecast_ratio']['q2'])}</td>"
+                    f"<td>{gain}</td></tr>")  # fmt: skip
+    figs = "".join(f"<div>{img('regime/' + f)}</div>" for f in m.get("figures", []))
+    return (
+        "<h2 id='regime'>Regime map</h2>"
+        f"<p class='verdict'>{html.escape(m.get('summary', ''))}. Protocol: docs/regime.md.</p>"
+        f"<div class='cols'>{figs}</div>"
+        "<table><tr><th>point</th><th>seeds</th><th>weight R² median</th><th>log-prob R² median</th>"
+        "<th>forecast ratio (fit 1/2)</th><th>best weight extrapolation, greedy − t1 [95% CI]</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
