@@ -189,15 +189,13 @@ def _scatter(path: Path, cases: list[dict]) -> Path:
 def render(regime, results_dir: str | Path | None = None) -> dict:
     """Write ``OUT/regime_map.json``, ``OUT/cases.jsonl`` and ``OUT/regime_*.png`` (and copies into
     ``results_dir`` when given) from the cache; returns the map."""
-    from .grid import queue
-
     runs = _load(regime)
     by_point: dict[str, list[dict]] = {}
     for r in runs:
         by_point.setdefault(r["meta"]["point"], []).append(r)
     points = {name: summarize_point(rs) for name, rs in by_point.items() if any(not r["meta"]["reground"] for r in rs)}
     cases = [c for r in runs for c in r.get("cases", {}).values()]
-    items = queue(quick=regime.quick)
+    items = regime.items()
     mans = [regime.run_dir(i) / "manifest.json" for i in items]
     done_train = sum(m.exists() and read_json(m).get("finished", False) for m in mans)
     analysed = sum(1 for r in runs if ("cases" in r or "reground" in r))

@@ -32,13 +32,16 @@ def _log(msg: str) -> None:
 
 
 def cot_available() -> bool:
-    """Whether the long-response task and its base preset exist in this checkout."""
+    """Whether the long-response task exists and its base ``tiny-cot`` is shipped or cached (never built here: the
+    map's one thread would spend hours warming it up)."""
     try:
-        from ..models import BASE_PRESETS
+        from ..models import BASE_PRESETS, TinyBaseConfig, cache_root, recipe_key, shipped_bases
         from ..tasks import get_task
 
         get_task("arithmetic-cot")
-        return "tiny-cot" in BASE_PRESETS
+        key = recipe_key(TinyBaseConfig(**BASE_PRESETS["tiny-cot"]))
+        shipped = any(e["recipe_key"] == key for e in shipped_bases().values())
+        return shipped or (cache_root() / f"tiny-{key}" / "config.json").exists()
     except Exception:  # noqa: BLE001 - any failure means "not available yet"
         return False
 
