@@ -164,6 +164,8 @@ def test_validate_precision_recall_and_no_peeking(runs, tmp_path):
     path.write_text("\n".join(json.dumps(c) for c in cases) + "\n")
     res = validate(path, tmp_path / "val", progress=False)
     assert res["skipped"] == {"logit": 1, "no_gain": 0}
+    assert res["other_rules"]["curve"]["cases"] == 5  # runs without a curve are never called safe by it
+    assert res["other_rules"]["weights_and_curve"]["called_safe"] <= res["scores"]["called_safe"]
     assert [r["call_safe"] for r in res["cases"]] == [True, True, False, False, False]
     s = res["scores"]
     assert (s["called_safe"], s["labelled_safe"], s["true_safe_calls"]) == (2, 3, 1)

@@ -86,13 +86,26 @@ def coefficients(
         a = alpha_from_steps(x[idx[0]], x[idx[1]], target)
         return np.array([1.0 - a, a])
     w = least_squares_weights(x[idx], target)
-    if predictor == "rank1" and block is not None and block.low_rank and block.values.shape[1] > 1:
-        d = block.values[idx] - block.values[idx[0]]
-        beta, _ = rank_r_weights(d @ d.T, w, 1)
-        c = beta.copy()
-        c[0] = 1.0 - beta[1:].sum()  # Y_b + Σ β_i (Y_i − Y_b)
-        return c
+    if predictor == "rank1" and block is not None and _low_rank(block):
+        return _rank1_coefficients(rank1_projector(block, idx), w)
     return w
+
+
+def _low_rank(block: Block) -> bool:
+    return block.low_rank and block.values.shape[1] > 1
+
+
+def rank1_projector(block: Block, idx: list[int]) -> np.ndarray:
+    """``P`` with ``rank_r_weights(G, w, 1)[0] == P @ w`` for the window's Gram matrix (it is linear in ``w``)."""
+    d = block.values[idx] - block.values[idx[0]]
+    return rank_r_weights(d @ d.T, np.eye(len(idx)), 1)[0]
+
+
+def _rank1_coefficients(proj: np.ndarray, w: np.ndarray) -> np.ndarray:
+    beta = proj @ w
+    c = beta.copy()
+    c[0] = 1.0 - beta[1:].sum()  # Y_b + Σ β_i (Y_i − Y_b)
+    return c
 
 
 @dataclass
@@ -132,20 +145,25 @@ class Backtest:
         }
 
 
-def _upper(e: np.ndarray, v: np.ndarray, rng: np.random.Generator, n_boot: int, confidence: float) -> float:
-    n = e.shape[0]
-    ratio = math.sqrt(e.sum() / v.sum()) if v.sum() > 0 else math.inf
-    if n < 2 or not math.isfinite(ratio):
+def _uppers(E: np.ndarray, V: np.ndarray, seed: int, n_boot: int, confidence: float) -> np.ndarray:
+    """Per bin (rows of E, V): the ``confidence`` quantile of sqrt(Σ w E / Σ w V) over Poisson(1) weights ``w``
+    on the scalars (one weight draw shared by all bins)."""
+    nb, n = E.shape
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.sqrt(E.sum(1) / V.sum(1))
+    ratio = np.where(np.isfinite(ratio), ratio, np.inf)
+    if n < 2 or n_boot < 1:
         return ratio
+    rng = np.random.default_rng(seed)
     out = []
     chunk = max(1, min(n_boot, (1 << 22) // n))
     for s in range(0, n_boot, chunk):
         w = rng.poisson(1.0, size=(min(chunk, n_boot - s), n)).astype(np.float64)
         with np.errstate(divide="ignore", invalid="ignore"):
-            out.append(np.sqrt((w @ e) / (w @ v)))
+            out.append(np.sqrt((w @ E.T) / (w @ V.T)))
     r = np.concatenate(out)
     r = np.where(np.isfinite(r), r, np.inf)
-    return float(np.quantile(r, confidence))
+    return np.where(np.isfinite(ratio), np.quantile(r, confidence, axis=0), np.inf)
 
 
 def backtest(
@@ -170,7 +188,9 @@ def backtest(
         if b.values.ndim != 2 or b.values.shape[0] != T:
             raise RlvrLinearError(f"{b.name}: values of shape {b.values.shape} do not match {T} checkpoints")
     widths = [b.values.shape[1] for b in blocks]
-    offs = np.concatenate([[0], np.cumsum(widths)])
+    offs = np.concatenate([[0], np.cumsum(widths)]).astype(int)
+    y_all = np.concatenate([b.values for b in blocks], axis=1)
+    low = [bi for bi, b in enumerate(blocks) if predictor == "rank1" and _low_rank(b)]
     nb = len(edges) - 1
     E = np.zeros((nb, int(offs[-1])))
     V = np.zeros_like(E)
@@ -182,30 +202,30 @@ def backtest(
         if idx is None:
             continue
         span = x[o] - x[idx[0]]
+        projs = {bi: rank1_projector(blocks[bi], idx) for bi in low}
         for j in range(o + 1, T):
             rho = (x[j] - x[o]) / span
             b = int(np.searchsorted(edges, rho, side="left")) - 1
-            e_tot = v_tot = 0.0
-            for bi, blk in enumerate(blocks):
-                y = blk.values
-                c = coefficients(predictor, x, idx, x[j], blk)
-                err = (c @ y[idx] - y[j]) ** 2
-                nv = (y[o] - y[j]) ** 2
-                E[b, offs[bi] : offs[bi + 1]] += err
-                V[b, offs[bi] : offs[bi + 1]] += nv
-                e_tot += float(err.sum())
-                v_tot += float(nv.sum())
+            c = coefficients(predictor, x, idx, x[j])  # the line (rank-1 blocks are redone below)
+            pred = c @ y_all[idx]
+            for bi in low:
+                a, z = offs[bi], offs[bi + 1]
+                pred[a:z] = _rank1_coefficients(projs[bi], c) @ y_all[idx, a:z]
+            err = (pred - y_all[j]) ** 2
+            nv = (y_all[o] - y_all[j]) ** 2
+            E[b] += err
+            V[b] += nv
+            e_tot, v_tot = float(err.sum()), float(nv.sum())
             rhos[b].append(float(rho))
             hs[b].append(float(x[j] - x[o]))
             pairs.append(
                 {"origin": float(x[o]), "target": float(x[j]), "rho": float(rho),
                  "ratio": math.sqrt(e_tot / v_tot) if v_tot > 0 else math.inf}
             )  # fmt: skip
-    rng = np.random.default_rng(seed)
+    used = [b for b in range(nb) if rhos[b]]
+    ups = _uppers(E[used], V[used], seed, n_boot, confidence) if used else []
     rows = []
-    for b in range(nb):
-        if not rhos[b]:
-            continue
+    for b, up in zip(used, ups):
         e, v = E[b], V[b]
         ratio = math.sqrt(e.sum() / v.sum()) if v.sum() > 0 else math.inf
         rows.append(
@@ -216,7 +236,7 @@ def backtest(
                 "pairs": len(rhos[b]),
                 "horizon_steps": float(np.mean(hs[b])),
                 "ratio": ratio,
-                "upper": _upper(e, v, rng, n_boot, confidence),
+                "upper": float(up),
             }
         )
     rho_star = 0.0

@@ -17,7 +17,9 @@ Label ("the extrapolated model scored at least as well as t1"), chosen with ``la
   advisor for cases that are merely too noisy to call worse;
 * ``"ci"``: the CI upper bound is >= 0 (not significantly worse), a lenient label reported next to it.
 
-Precision = right "safe" calls / "safe" calls; recall = right "safe" calls / cases labelled safe.
+Precision = right "safe" calls / "safe" calls; recall = right "safe" calls / cases labelled safe. ``other_rules``
+scores the same rule applied to the run's curve (validation accuracy / reward; :func:`~.advise.read_curve`), alone
+and together with the weights.
 """
 
 from __future__ import annotations
@@ -67,6 +69,12 @@ def _k(case: dict) -> int | str:
     if isinstance(fit, str) and fit.startswith("last-") and fit[5:].isdigit():
         return int(fit[5:])
     return "all"
+
+
+def _curve_call(row: dict) -> bool:
+    """The same rule on the run's own validation / reward curve (False when the run has no curve)."""
+    h = row.get("h_star_curve")
+    return h is not None and row["target"] - row["t1"] <= h
 
 
 def label_of(gain: dict, rule: str) -> bool:
@@ -133,6 +141,8 @@ def validate(
             rho = (target - t1) / bt.span if bt.span > 0 else math.inf
             row.update(call_safe=bool(target - t1 <= bt.h_star), h_star=bt.h_star, rho=rho,
                        predicted_ratio=bt.ratio_at(rho))  # fmt: skip
+            cv = adv.spaces.get("curve", {}).get(pred)
+            row["h_star_curve"] = None if cv is None else cv.h_star
         rows.append(row)
     calls = [r["call_safe"] for r in rows]
     result = {
@@ -148,6 +158,12 @@ def validate(
                 [r[f"label_{label}"] for r in rows if r["predictor"] == p],
             )
             for p in sorted({r["predictor"] for r in rows})
+        },  # fmt: skip
+        "other_rules": {
+            "curve": scores([_curve_call(r) for r in rows], [r[f"label_{label}"] for r in rows]),
+            "weights_and_curve": scores(
+                [r["call_safe"] and _curve_call(r) for r in rows], [r[f"label_{label}"] for r in rows]
+            ),
         },  # fmt: skip
         "not_backtestable": sum(1 for r in rows if "error" in r),
         "skipped": skipped,
