@@ -178,8 +178,9 @@ def cache_root(cache_dir: str | Path | None = None) -> Path:
 BASE_PRESETS: dict[str, dict] = {
     # 2-digit addition, 2-3 answer tokens: the short-response contrast
     "tiny": {},
-    # chain-of-thought arithmetic (3-5 terms, every partial sum, 21-54 response tokens), warmed up to ~30% greedy
-    "tiny-cot": dict(task="arithmetic-cot", max_steps=6000, eval_every=250, target_accuracy=0.25),
+    # chain-of-thought arithmetic (3-5 terms, every partial sum, 21-54 response tokens); shipped build: 500 warm-up
+    # steps, validation greedy 0.30, 36.6 greedy response tokens on average (assets/tiny-cot/rlvr_linear_base.json)
+    "tiny-cot": dict(task="arithmetic-cot", max_steps=2500, eval_every=250, target_accuracy=0.25),
 }
 ASSETS = Path(__file__).parent / "assets"
 #: ``{preset: {"recipe_key", "sha256": {file: digest}}}`` of the shipped base models
