@@ -1,7 +1,12 @@
 """lm-evaluation-harness backend for logit extrapolation: ``--model rlvr-linear-extrapolated``.
 
-    lm_eval --model rlvr-linear-extrapolated \\
+lm-eval finds the model once this module is imported; from the command line, run lm-eval through it::
+
+    pip install 'rlvr-linear[lm-eval]'
+    python -m rlvr_linear.lm_eval_adapter --model rlvr-linear-extrapolated \\
         --model_args model_a=run/step_000200,model_b=run/step_001400,target_step=2000 --tasks gsm8k
+
+(every ``lm_eval`` option works; a model path may also be a Hub checkpoint ``hf://ORG/REPO@REV``).
 
 Model args (``key=value``, comma separated; lists use ``|``):
 
@@ -16,20 +21,21 @@ Model args (``key=value``, comma separated; lists use ``|``):
 scorer. ``loglikelihood_rolling`` scores the whole text after one prefix token (EOS, else BOS) in a
 single window: texts longer than the models' context are not split.
 
-This module imports only when ``lm_eval`` is installed (it is not a dependency of rlvr-linear).
+This module imports only when ``lm_eval`` is installed (the optional extra ``rlvr-linear[lm-eval]``).
 """
 
 from __future__ import annotations
 
 try:
+    import lm_eval.models  # noqa: F401 - lm-eval's own models ("hf", ...): its registry loads them only while empty
     from lm_eval.api.model import LM
     from lm_eval.api.registry import register_model
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError(
-        "rlvr_linear.lm_eval_adapter needs lm-evaluation-harness (pip install lm_eval); "
-        "rlvr-linear itself does not depend on it"
+        "rlvr_linear.lm_eval_adapter needs lm-evaluation-harness: pip install 'rlvr-linear[lm-eval]'"
     ) from e
 
+import sys
 from collections import defaultdict
 
 import torch
@@ -164,3 +170,16 @@ class ExtrapolatedLM(LM):
                 results[i] = t[0]
                 self.cache_hook.add_partial("generate_until", requests[i].args, t[0])
         return results  # type: ignore[return-value]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """lm-eval's command line with our model registered: ``python -m rlvr_linear.lm_eval_adapter ARGS``."""
+    from lm_eval.__main__ import cli_evaluate
+
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    cli_evaluate()
+
+
+if __name__ == "__main__":
+    main()
