@@ -84,3 +84,37 @@ def test_bad_options_and_exhausted_spaces_raise_clear_errors():
     small = get_task("arithmetic-cot:digits=1,min_terms=2,max_terms=2")  # 100 expressions in all
     with pytest.raises(RlvrLinearError, match="could not draw 50 distinct test problems"):
         small.problems("test", 50)
+
+
+def test_the_tiny_cot_preset_loads_the_shipped_base_which_writes_chains(tmp_path):
+    import json
+
+    from rlvr_linear.evaluation import evaluate
+    from rlvr_linear.models import (
+        ASSETS,
+        BASE_PRESETS,
+        TinyBaseConfig,
+        load_model,
+        recipe_key,
+        shipped_bases,
+        verify_base_dir,
+    )
+    from rlvr_linear.tasks import COT_MARKER
+    from rlvr_linear.train import PRESETS, TrainConfig, resolve_model
+
+    entry = shipped_bases()["tiny-cot"]
+    assert entry["recipe_key"] == recipe_key(TinyBaseConfig(**BASE_PRESETS["tiny-cot"]))
+    assert verify_base_dir(ASSETS / "tiny-cot", entry["sha256"]) == []
+    cfg = TrainConfig(**PRESETS["tiny-cot"])
+    assert (cfg.model, cfg.task) == ("tiny-cot", "arithmetic-cot")
+    d = resolve_model(cfg.model, cache_dir=tmp_path, progress=False)
+    assert d == tmp_path / f"tiny-{entry['recipe_key']}"
+    rec = json.loads((d / "rlvr_linear_base.json").read_text())
+    assert rec["recipe"]["task"] == "arithmetic-cot" and rec["params"] == 801_408
+    assert 0.2 <= rec["val_greedy"] <= 0.4 and 20 <= rec["val_mean_response_tokens"] <= 80  # headroom, long replies
+    model, tok = load_model(d)
+    task = get_task("arithmetic-cot")
+    res = evaluate((model, tok), task, split="validation", n_problems=16, k=0, keep_samples=True)
+    # the warmed-up base writes the chain: one line per partial sum, then the marker and a number
+    assert sum(t.count("\n") >= 2 and task.extract(t) is not None for t in res.greedy_samples) >= 14
+    assert all(COT_MARKER in t for t in res.greedy_samples[:4])
