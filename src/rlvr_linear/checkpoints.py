@@ -389,24 +389,6 @@ class Trajectory:
         self._readers.clear()
 
 
-class _LocalPaths(Sequence):
-    """``Trajectory.paths``: a lazy sequence, so that looping over it fetches one Hub checkpoint at a time."""
-
-    def __init__(self, trajectory: Trajectory):
-        self._t = trajectory
-
-    def __len__(self) -> int:
-        return len(self._t)
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        n = len(self)
-        if not -n <= i < n:
-            raise IndexError(i)
-        return self._t.local_path(i % n)
-
-
 def check_distinct(paths: Sequence[str | Path], labels: Sequence[str]) -> None:
     """Refuse the same checkpoint given twice (same resolved path, or the same folder through a link / mount)."""
     seen: list[tuple[Path, str, tuple[int, int] | None]] = []
@@ -537,7 +519,10 @@ def copy_model_files(src: str | Path, dst: str | Path) -> None:
         if not f.is_file() or f.name in WEIGHT_FILES or f.name.startswith("."):
             continue
         if f.suffix in NON_WEIGHT_SUFFIXES and not f.name.endswith(".index.json"):
-            shutil.copy2(f, dst / f.name)
+            try:
+                shutil.copyfile(f, dst / f.name)  # content only: the copy follows the umask, as our other outputs
+            except OSError as e:
+                raise RlvrLinearError(f"{dst / f.name}: cannot write ({e.strerror or e})") from None
 
 
 class ShardedWriter:

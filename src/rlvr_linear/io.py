@@ -57,6 +57,18 @@ def _chmod_dir(path: Path) -> None:
     os.chmod(path, 0o777 & ~_umask())  # mkdtemp makes 0700; our outputs are ordinary folders
 
 
+def _follow_umask(root: Path) -> None:
+    """Give every file and folder under ``root`` the umask's modes (safetensors, mkstemp write 0600 files)."""
+    mask = _umask()
+    for d, dirs, files in os.walk(root):
+        for name in dirs:
+            os.chmod(os.path.join(d, name), 0o777 & ~mask)
+        for name in files:
+            f = os.path.join(d, name)
+            if not os.path.islink(f):
+                os.chmod(f, (0o777 if os.stat(f).st_mode & 0o111 else 0o666) & ~mask)
+
+
 @contextlib.contextmanager
 def atomic_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory next to ``out``; on success rename it to ``out``.
@@ -79,6 +91,7 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _follow_umask(tmp)
     if out.exists():
         trash = out.parent / f".{out.name}.old-{tag}"
         os.replace(out, trash)

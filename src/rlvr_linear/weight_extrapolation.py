@@ -318,7 +318,7 @@ def keep_char_tokenizer(inputs: Sequence[Path], out: Path) -> None:
             for name in (*TOKENIZER_FILES, MARKER):
                 (out / name).unlink(missing_ok=True)
                 if (Path(d) / name).exists():
-                    shutil.copy2(Path(d) / name, out / name)
+                    shutil.copyfile(Path(d) / name, out / name)
             return
 
 
