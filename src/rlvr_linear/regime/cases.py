@@ -7,12 +7,13 @@ fit every checkpoint in ``[t0, t1]`` (``weight_extrapolation.extrapolate_fit``);
 (``extrapolate_two_point``). Logit extrapolation mixes the logits of the ``t0`` and ``t1`` models with the same α
 (``logit_extrapolation.ExtrapolatedGenerator``).
 
-Full items (seed 0 of the main grid, contrast points): every weight case (3 predictors x 4 α x up to 6 windows)
-and logit cases at t1 in {7u, 14u}, α in {1.5, 2}. Reduced items (seeds 1 and 2): two-point and least squares at
-t1 in {7u, 14u}, α in {1.5, 2}; no rank-1, no logit.
+Full items (seed 0 of the main grid, contrast points), 56 cases: two-point at every α, least squares and rank-1 at
+α in {1.5, 2}, on all 6 windows; logit at t1 in {7u, 14u}, α in {1.5, 2}. Reduced items (seeds 1 and 2), 16 cases:
+two-point and least squares at t1 in {7u, 14u}, α in {1.5, 2}; no rank-1, no logit.
 
-Scores (``analysis.Scorer``): greedy on every case; avg@k (k = 4, T = 0.6, top-p 0.95) where it matters: every
-two-point and logit case of a full item, and any case whose greedy gain over ``t1`` is >= 0. Gains are paired
+Scores (``analysis.Scorer``): greedy on every case; avg@k (k = 4, T = 0.6, top-p 0.95) where it matters: the
+two-point cases at α in {1.5, 2} and the logit cases of a full item, and any case whose greedy gain over ``t1`` is
+>= 0. Gains are paired
 bootstrap 95% CIs over the held-out problems (``evaluation.paired_bootstrap``) against the ``t1`` checkpoint and
 against the real checkpoint nearest the target when the target lies within the run (``real_step``;
 ``real_exact`` says whether the target is itself a saved step). Extrapolated models are written under
@@ -51,7 +52,7 @@ def plan(item: Item) -> list[dict]:
     cases = []
     for t0, t1 in windows(item, full):
         for predictor in PREDICTORS if full else ("two_point", "lsq"):
-            for a in ALPHAS if full else REDUCED_ALPHAS:
+            for a in ALPHAS if full and predictor == "two_point" else REDUCED_ALPHAS:
                 cases.append(dict(space="weight", predictor=predictor, t0=t0, t1=t1, alpha=a))
     if full:
         for t0, t1 in windows(Item(item.point, item.seed, full=False), False):
@@ -108,7 +109,7 @@ def run_cases(regime, item: Item, run: Path, cache: RunCache, scorer: Scorer) ->
         else:
             def model(t0=t0, t1=t1, a=case["alpha"]):
                 return ExtrapolatedGenerator.from_dirs(ckpt(run, t0), ckpt(run, t1), alpha=a)
-        always_avg = item.full and case["predictor"] == "two_point"
+        always_avg = item.full and case["predictor"] == "two_point" and case["alpha"] in REDUCED_ALPHAS
         x = scorer.score(cache, key, model, avg=always_avg)
         s1 = scorer.score(cache, f"step_{t1:06d}", str(ckpt(run, t1)), avg=always_avg)
         gain_g = _gain(s1["greedy"], x["greedy"])
