@@ -166,3 +166,22 @@ def test_rebuilding_the_default_recipe_reproduces_the_shipped_model(tmp_path):
     assert 0.25 <= rec["val_greedy"] < 0.45
     acc = [evaluate(d, "arithmetic", split="test", n_problems=500, k=0).greedy_accuracy for d in (src, r)]
     assert abs(acc[0] - acc[1]) <= 0.15, acc
+
+
+def test_ship_base_records_digests_that_ensure_base_then_serves_and_guards(tmp_path, monkeypatch):
+    from rlvr_linear import models
+
+    monkeypatch.setattr(models, "ASSETS", tmp_path / "assets")
+    monkeypatch.setattr(models, "SHIPPED_MANIFEST", tmp_path / "assets" / "shipped.json")
+    built = ensure_base("tiny", cache_dir=tmp_path / "build", progress=False, **RECIPE)
+    with pytest.raises(RlvrLinearError, match="was built with another recipe than the tiny preset"):
+        models.ship_base("tiny", built)
+    entry = models.ship_base("pico", built)
+    assert entry["recipe_key"] == built.name.removeprefix("tiny-")
+    assert entry["sha256"]["model.safetensors"] == models.file_sha256(built / "model.safetensors")
+    # the same recipe now resolves to the shipped bytes, in a fresh cache, without a build
+    d = ensure_base("tiny", cache_dir=tmp_path / "fresh", progress=False, **RECIPE)
+    assert (d / "model.safetensors").read_bytes() == (built / "model.safetensors").read_bytes()
+    (tmp_path / "assets" / "pico" / "model.safetensors").write_bytes(b"damaged")
+    with pytest.raises(RlvrLinearError, match=r"the shipped pico base is damaged \(model.safetensors differ"):
+        ensure_base("tiny", cache_dir=tmp_path / "other", progress=False, **RECIPE)
