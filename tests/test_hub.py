@@ -12,7 +12,7 @@ from huggingface_hub import constants
 from huggingface_hub.utils import filter_repo_objects
 from safetensors.torch import load_file
 
-from rlvr_linear.checkpoints import TensorReader, discover, find_model_dir
+from rlvr_linear.checkpoints import TensorReader, discover, find_model_dir, step_of_path
 from rlvr_linear.cli import main
 from rlvr_linear.errors import RlvrLinearError
 from rlvr_linear.hub import HubSource, is_hub_source, list_checkpoints, step_of_name
@@ -79,6 +79,8 @@ def test_parse_and_step_names():
     assert HubSource.parse("hf:/org/repo") == HubSource("org/repo")  # what pathlib makes of hf://
     assert str(HubSource.parse("hf://org/repo@step_10")) == "hf://org/repo@step_10"
     assert is_hub_source("hf://a/b") and not is_hub_source("runs/a")
+    named = ("hf://o/r@step_7", "hf://o/r@v1/global_step_9/actor/huggingface", "hf://o/r@step100", "hf://o/r")
+    assert [step_of_path(p) for p in named] == [7, 9, 100, None]
     with pytest.raises(RlvrLinearError, match="not a Hub source; expected hf://ORG/REPO"):
         HubSource.parse("hf://just-a-name")
     assert [step_of_name(n) for n in ("step_5", "step143000", "step-7", "global_step_9", "checkpoint-3", "main")] == [
@@ -174,9 +176,10 @@ def test_analyze_weights_and_extrapolate_on_the_hub_equal_local(hub, tmp_path):
         x = load_file(tmp_path / f"x-{name}" / "model.safetensors")
         assert x.keys() == ref_x.keys() and all(torch.equal(x[k], ref_x[k]) for k in x)
         assert (tmp_path / f"x-{name}" / "rlvr_linear_tokenizer.json").exists()
-    # two-point extrapolation from two revisions (steps given, as revisions' folders carry no step names)
+    # two-point extrapolation from two revisions, the steps read from the revision names: target 30 is alpha 2
     args = ["extrapolate", "weights", "--base", "hf://org/run@step_10", "--second", "hf://org/run@step_20"]
-    assert main([*args, "--base-step", "10", "--second-step", "20", "--alpha", "2", "-o", str(tmp_path / "tp")]) == 0
+    assert main([*args, "--target-step", "30", "-o", str(tmp_path / "tp")]) == 0
+    assert json.loads((tmp_path / "tp" / "extrapolation.json").read_text())["alpha"] == 2
     a, b = (load_file(run / f"step_0000{s}" / "model.safetensors") for s in (10, 20))
     tp = load_file(tmp_path / "tp" / "model.safetensors")
     k = "model.layers.0.mlp.up_proj.weight"

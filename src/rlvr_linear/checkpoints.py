@@ -437,8 +437,16 @@ def _step_of(name: str) -> int | None:
 def step_of_path(path: str | Path) -> int | None:
     """The training step encoded in a checkpoint path (``step_N``, ``checkpoint-N``, ``global_step_N``).
 
-    Climbs out of verl's ``global_step_N/actor/huggingface`` layout; any other name gives None.
+    Climbs out of verl's ``global_step_N/actor/huggingface`` layout; any other name gives None. For a Hub source
+    ``hf://ORG/REPO@REV[/FOLDER]`` the step comes from the folder or else the revision (``step_N``, ``stepN``, ...).
     """
+    if _is_hub(path):
+        from .hub import HubSource, step_of_name
+
+        src = HubSource.parse(path)
+        parts = [q for q in src.subfolder.split("/") if q and q not in ("actor", "huggingface")]
+        steps = [step_of_name(n) for n in (*parts[-1:], src.revision or "")]
+        return next((s for s in steps if s is not None), None)
     p = Path(path).resolve()
     while p.name in ("huggingface", "actor") and p.parent != p:
         p = p.parent
