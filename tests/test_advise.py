@@ -169,6 +169,7 @@ def test_validate_precision_recall_and_no_peeking(runs, tmp_path):
     assert [r["call_safe"] for r in res["cases"]] == [True, True, False, False, False]
     s = res["scores"]
     assert (s["called_safe"], s["labelled_safe"], s["true_safe_calls"]) == (2, 3, 1)
+    assert (s["false_safe_calls"], s["correct_calls"]) == (1, 2)  # case 2 wrongly safe; case 3 rightly unsafe
     assert s["precision"] == 0.5 and s["recall"] == pytest.approx(1 / 3)
     o = res["scores_other_label"]  # CI upper bound >= 0: cases 1, 2, 4, 5 are safe
     assert (o["precision"], o["recall"]) == (1.0, 0.5)
@@ -191,7 +192,9 @@ def test_cli_advise_and_validate(runs, tmp_path, capsys):
     path = tmp_path / "cases.jsonl"
     path.write_text(json.dumps(_case(runs["line"], 100, 200, 0.05, 0.01, 0.09)) + "\n")
     assert main(["advise", "--validate", str(path)]) == 0
-    assert "1 cases, 1 labelled safe (mean), 1 called safe: precision 1.00, recall 1.00" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "1 cases, 1 labelled safe (mean), 1 called safe: precision 1.00, recall 1.00 (base rate 1.00)" in printed
+    assert "1/1 calls right" in printed
     assert main(["advise"]) == 2
     assert "give a run directory" in capsys.readouterr().err
     path.write_text('{"run": "x"}\n')

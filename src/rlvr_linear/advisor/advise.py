@@ -166,8 +166,10 @@ class Advice:
             f"{st.get('drift_to_noise_median', math.nan):.2f}",
             "error ratio vs 'no change' by relative horizon rho = jump / fit span (< 1: the line wins; [95% bound]):",
         ]
+        if "curve" in self.spaces:
+            lines.append(f"  (curve = the run's {self.stats['curve']['metric']}; no bootstrap: one series)")
         for space, d in self.spaces.items():
-            label = space if space != "curve" else f"curve ({self.stats.get('curve', {}).get('metric', '')})"
+            label = space
             for p, bt in d.items():
                 cells = " ".join(f"{r['rho_hi']:g}:{r['ratio']:.2f}[{r['upper']:.2f}]" for r in bt.rows[:6]) or bt.note
                 lines.append(f"  {label:<9} {p:<10} h*={bt.h_star:7.1f} steps (rho*={bt.rho_star:.2f})  {cells}")

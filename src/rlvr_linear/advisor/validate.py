@@ -89,6 +89,8 @@ def scores(calls: list[bool], labels: list[bool]) -> dict:
         "labelled_safe": int(y.sum()),
         "called_safe": int(c.sum()),
         "true_safe_calls": tp,
+        "false_safe_calls": int((c & ~y).sum()),
+        "correct_calls": int((c == y).sum()),
         "precision": tp / int(c.sum()) if c.sum() else None,
         "recall": tp / int(y.sum()) if y.sum() else None,
         "base_rate": float(y.mean()) if y.size else None,

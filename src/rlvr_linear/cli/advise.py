@@ -48,7 +48,8 @@ def run(args) -> int:
         prec = "n/a" if s["precision"] is None else f"{s['precision']:.2f}"
         rec = "n/a" if s["recall"] is None else f"{s['recall']:.2f}"
         print(f"{s['cases']} cases, {s['labelled_safe']} labelled safe ({args.label}), {s['called_safe']} called safe: "
-              f"precision {prec}, recall {rec} (base rate {s['base_rate']:.2f})")  # fmt: skip
+              f"precision {prec}, recall {rec} (base rate {s['base_rate']:.2f}); "
+              f"{s['correct_calls']}/{s['cases']} calls right")  # fmt: skip
         if any(res["skipped"].values()):
             print(f"  skipped: {res['skipped']['logit']} logit-space cases, {res['skipped']['no_gain']} without a gain")
         for p, ps in res["per_predictor"].items():
