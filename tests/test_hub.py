@@ -206,3 +206,36 @@ def test_eval_takes_hub_trajectories_and_checkpoints(hub, tmp_path, capsys):
     ).read_text()
     a, b = np.load(tmp_path / "ev2" / "step_000010.npz"), np.load(tmp_path / "ev" / "hf:____org__run@step_10.npz")
     assert sorted(a.files) == sorted(b.files) and all(np.array_equal(a[k], b[k]) for k in a.files)
+
+
+def test_online_listing_uses_the_hub_api_and_falls_back_to_the_cache(hub, monkeypatch):
+    from huggingface_hub import HfApi
+    from huggingface_hub.hf_api import GitRefInfo, GitRefs, RepoFile, RepoFolder
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    calls = []
+
+    def refs(self, repo_id, **kw):
+        calls.append(("refs", repo_id))
+        info = [GitRefInfo(name=n, ref=f"refs/heads/{n}", target_commit="0" * 40) for n in ("main", "step_5", "step2")]
+        return GitRefs(branches=info, converts=[], tags=[GitRefInfo(name="global_step_9", ref="", target_commit="")])
+
+    def tree(self, repo_id, path_in_repo=None, revision=None, **kw):
+        calls.append(("tree", repo_id, path_in_repo, revision))
+        return [RepoFolder(path="ckpt/checkpoint-40", oid="x"), RepoFile(path="ckpt/README.md", size=1, oid="y")]
+
+    monkeypatch.setattr(HfApi, "list_repo_refs", refs)
+    monkeypatch.setattr(HfApi, "list_repo_tree", tree)
+    got = [(s, str(src)) for s, src in list_checkpoints("hf://org/anything")]
+    assert got == [(2, "hf://org/anything@step2"), (5, "hf://org/anything@step_5"), (9, "hf://org/anything@global_step_9")]
+    got = [(s, str(src)) for s, src in list_checkpoints("hf://org/anything@v1/ckpt")]
+    assert got == [(40, "hf://org/anything@v1/ckpt/checkpoint-40")]
+    assert calls[-1] == ("tree", "org/anything", "ckpt", "v1")
+
+    def unreachable(self, repo_id, **kw):
+        raise ConnectionError("no route to host")
+
+    monkeypatch.setattr(HfApi, "list_repo_refs", unreachable)
+    assert [s for s, _ in list_checkpoints("hf://org/run")] == STEPS  # the cached refs
+    with pytest.raises(RlvrLinearError, match="hf://org/nowhere: cannot list the repository's revisions"):
+        list_checkpoints("hf://org/nowhere")

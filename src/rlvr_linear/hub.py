@@ -176,6 +176,7 @@ def _cached_refs(src: HubSource) -> list[str] | None:
 
 def _subfolders(src: HubSource) -> list[str]:
     """Names of the folders directly under ``src.subfolder`` at ``src.revision``."""
+    online_error = ""
     if not _offline():
         from huggingface_hub import HfApi
         from huggingface_hub.hf_api import RepoFolder
@@ -183,14 +184,14 @@ def _subfolders(src: HubSource) -> list[str]:
         try:
             tree = HfApi().list_repo_tree(src.repo_id, path_in_repo=src.subfolder or None, revision=src.revision)
             return [Path(e.path).name for e in tree if isinstance(e, RepoFolder)]
-        except Exception:  # noqa: BLE001 - fall back to the cached snapshot below
-            pass
+        except Exception as e:  # noqa: BLE001 - fall back to the cached snapshot below
+            online_error = f"listing it on the Hub failed ({_describe(e)}); "
     from huggingface_hub import snapshot_download
 
     try:
         root = Path(snapshot_download(src.repo_id, revision=src.revision, local_files_only=True))
     except Exception as e:  # noqa: BLE001
-        raise RlvrLinearError(f"{src}: not found in the Hugging Face cache ({_describe(e)})") from None
+        raise RlvrLinearError(f"{src}: {online_error}not found in the Hugging Face cache ({_describe(e)})") from None
     base = root / src.subfolder if src.subfolder else root
     return [p.name for p in base.iterdir() if p.is_dir()] if base.is_dir() else []
 
