@@ -163,6 +163,9 @@ def test_nan_or_inf_outside_the_sample_is_found(run3, tmp_path, capsys, value, m
     line = _one_error_line(err)
     assert rc == 2 and f"checkpoint step 10: tensor '{TENSOR}' contains NaN or Inf values" in line, line
     assert not (tmp_path / "lin").exists()
+    if mode == "paper":  # the opt-out: only the sample is checked, and it misses this element
+        rc, _ = _cli(capsys, "analyze", "weights", run3, "-o", tmp_path / "lin", "--no-check-finite")
+        assert rc == 0 and (tmp_path / "lin" / "weights.json").exists()
 
 
 # --------------------------------------------------------------------------------------------------
