@@ -118,6 +118,7 @@ def test_discover_revisions_streams_one_checkpoint_at_a_time(hub):
         assert p == traj.checkpoints[i].path
     assert seen == [2, 2, 3, 4]
     assert discover("hf://org/pythia").steps == STEPS
+    assert traj.paths == list(traj.paths) and traj.paths != [p1]
 
 
 def test_subfolders_and_single_revisions(hub):

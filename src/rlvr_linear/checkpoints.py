@@ -425,6 +425,12 @@ class _LocalPaths(Sequence):
             raise IndexError(i)
         return self._t.local_path(i % n)
 
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Sequence) and not isinstance(other, str) and list(self) == list(other)
+
+    def __repr__(self) -> str:
+        return repr([c.path for c in self._t.checkpoints])
+
 
 def _step_of(name: str) -> int | None:
     for pat in _STEP_PATTERNS:
