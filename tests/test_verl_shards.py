@@ -161,6 +161,8 @@ def test_pickle_flag_and_refusals(runs, tmp_path, capsys):
     torch.save({"w": torch.zeros(2), "when": datetime.date(2025, 1, 1)}, bad / "model_world_size_1_rank_0.pt")
     with pytest.raises(RlvrLinearError, match=r"model_world_size_1_rank_0.pt: refused: .*datetime.date"):
         TensorReader(bad, allow_pickle=True)
+    assert main(["eval", str(runs["verl"] / "global_step_10"), "--n-problems", "2"]) == 2
+    assert "global_step_10/actor: verl FSDP shards only; " in capsys.readouterr().err
     part = tmp_path / "part"
     shutil.copytree(runs["odd"], part)
     (part / f"model_world_size_{WORLD}_rank_1.pt").unlink()

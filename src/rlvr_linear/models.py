@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from . import verl_shards
 from .checkpoints import check_weight_files, find_model_dir
 from .errors import RlvrLinearError
 from .tokenizer import load_tokenizer
@@ -21,6 +22,12 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: str
     from transformers import AutoModelForCausalLM
 
     d = find_model_dir(path)
+    if verl_shards.is_shard_dir(d):
+        raise RlvrLinearError(
+            f"{d}: verl FSDP shards only; the weight commands (analyze weights/forecast, extrapolate) read them with "
+            "--allow-pickle, but loading a whole model needs merged weights: add hf_model to verl's "
+            "actor_rollout_ref.actor.checkpoint.save_contents, or run verl's model merger"
+        )
     if not (d / "config.json").exists():
         raise RlvrLinearError(f"{d}: no config.json, not an HF model directory")
     tok = load_tokenizer(d)
