@@ -199,7 +199,7 @@ def test_eval_takes_hub_trajectories_and_checkpoints(hub, tmp_path, capsys):
     assert main(["eval", "hf://org/pythia", "hf://org/run@step_10", *common, "-o", str(tmp_path / "ev")]) == 0
     out = capsys.readouterr().out
     assert [ln.split(":  ")[0] for ln in out.splitlines() if "greedy" in ln] == [
-        *(f"hf://org/pythia@step_{s}" for s in STEPS), "hf://org/run@step_10",
+        *(f"hf://org/pythia@step{s}" for s in STEPS), "hf://org/run@step_10",
     ]  # fmt: skip
     assert main(["eval", str(run / "step_000010"), *common, "-o", str(tmp_path / "ev2")]) == 0
     assert (tmp_path / "ev2" / "step_000010.json").read_text() == (

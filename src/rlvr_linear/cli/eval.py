@@ -38,7 +38,8 @@ def _targets(paths: list[str]) -> list[tuple[str, Path]]:
             except RlvrLinearError:
                 out.append((p, find_model_dir(p)))
                 continue
-            out.extend((f"{p}@step_{s}", c) for s, c in zip(tr.steps, tr.paths))
+            labels = [str(c.path) for c in tr.checkpoints]  # hf://ORG/REPO@REV or .../FOLDER, before fetching
+            out.extend(zip(labels, tr.paths))
             continue
         pp = Path(p)
         if not pp.exists():
