@@ -27,7 +27,7 @@ from rlvr_linear import threads
 from rlvr_linear.checkpoints import ShardedWriter, TensorReader, copy_model_files, discover
 from rlvr_linear.cli import main
 from rlvr_linear.errors import RlvrLinearError
-from rlvr_linear.io import atomic_dir, remove_stale_temps
+from rlvr_linear.io import atomic_dir, remove_stale_temps, write_json
 from rlvr_linear.linearity import PAPER_SEED, analyze_weights, paper_sample_size, sample_indices, tensor_seed
 from rlvr_linear.tasks import get_task
 from rlvr_linear.testing import make_pico_dir, make_trajectory
@@ -267,6 +267,12 @@ def test_stale_temp_folders_of_dead_processes_only_are_removed(tmp_path):
             assert tmp.name.startswith(f".out.tmp-{os.getpid()}@")
             (tmp / "f").write_text("ok")
         assert (tmp_path / "out" / "f").read_text() == "ok" and set(_hidden(tmp_path)) == left
+        # a JSON writer killed mid-write leaves a hidden file: the next write of that file removes it
+        stale_file = tmp_path / f".r.json.tmp-{dead.pid}@{host}-abcd1234"
+        stale_file.write_text("{")
+        write_json(tmp_path / "r.json", {"a": 1})
+        assert not stale_file.exists() and json.loads((tmp_path / "r.json").read_text()) == {"a": 1}
+        assert set(_hidden(tmp_path)) == left
     finally:
         live.kill()
         live.wait()

@@ -36,8 +36,8 @@ def _pid_alive(pid: int) -> bool:
 
 
 def remove_stale_temps(out: str | os.PathLike) -> list[Path]:
-    """Remove the temporary folders (``.NAME.tmp-PID@HOST-*``, ``.NAME.old-PID@HOST``) that dead processes on this
-    host left next to ``out``; a live process's (or another host's) are kept. Returns what was removed."""
+    """Remove the temporary folders and files (``.NAME.tmp-PID@HOST-*``, ``.NAME.old-PID@HOST``) that dead processes
+    on this host left next to ``out``; a live process's (or another host's) are kept. Returns what was removed."""
     out = Path(out)
     removed = []
     if not out.parent.is_dir():
@@ -48,7 +48,10 @@ def remove_stale_temps(out: str | os.PathLike) -> list[Path]:
         if not m or m["name"] != out.name or m["host"] != host or int(m["pid"]) == os.getpid():
             continue
         if not _pid_alive(int(m["pid"])):
-            shutil.rmtree(child, ignore_errors=True)
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
             removed.append(child)
     return removed
 
@@ -101,6 +104,12 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path
         os.replace(tmp, out)
 
 
+def _temp_file(path: Path) -> tuple[int, str]:
+    """A temporary file next to ``path`` named like atomic_dir's folders (a dead writer's is removed next time)."""
+    remove_stale_temps(path)
+    return tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}@{_host()}-", dir=path.parent)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -115,7 +124,7 @@ def write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> Path:
     """Write JSON atomically (temp file in the same directory, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = _temp_file(path)
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(obj, f, indent=indent, default=_json_default)
@@ -135,7 +144,7 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     """Write a text file atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = _temp_file(path)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)

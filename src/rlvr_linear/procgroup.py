@@ -60,8 +60,7 @@ def run_group(command: str, env: dict | None = None, grace: float = GRACE_SECOND
     proc = subprocess.Popen(
         [sys.executable, "-m", "rlvr_linear.procgroup", str(os.getpid()), str(grace), command],
         env=env,
-        start_new_session=True,
-        preexec_fn=_set_parent_death_signal,  # noqa: PLW1509 - only prctl, async-signal safe enough
+        start_new_session=True,  # (no preexec_fn: unsafe with threads; the supervisor sets its own death signal)
     )
     main_thread = threading.current_thread() is threading.main_thread()
     old = {}
@@ -87,7 +86,7 @@ def run_group(command: str, env: dict | None = None, grace: float = GRACE_SECOND
 
 
 def _supervise(parent: int, grace: float, command: str) -> int:
-    _set_parent_death_signal(signal.SIGTERM)  # (already set by run_group's preexec_fn; harmless twice)
+    _set_parent_death_signal(signal.SIGTERM)
     if os.getppid() != parent:  # the parent died before we could ask to be told
         return 1
     child = None
