@@ -93,11 +93,14 @@ def run_cases(regime, item: Item, run: Path, cache: RunCache, scorer: Scorer) ->
     from ..study import ckpt, snap
 
     done = cache.parts.setdefault("cases", {})
+    planned = plan(item)
+    for cid in [c for c in done if c not in {p["id"] for p in planned}]:  # cases of an earlier, larger plan
+        del done[cid]
     fr = cache.parts.get("forecast", {})
     ratio = {q: (fr.get(q) or {}).get("ratio_at_horizon") for q in forecast_steps(item.point)}
     H, u = item.point.horizon, item.point.save_every
     changed = False
-    for case in plan(item):
+    for case in planned:
         if case["id"] in done:
             continue
         t0, t1, target = case["t0"], case["t1"], case["target"]
