@@ -501,3 +501,31 @@ def test_two_processes_benchmark_smoke(tmp_path):
     assert res["alone_s"] > 0 and len(res["together_s"]) == 2
     assert res["ratio"] == pytest.approx(max(res["together_s"]) / res["alone_s"], rel=0.01)
     assert "ratio (slower / alone)" in r.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_terminated_or_interrupted_driver_ends_its_trainer(tmp_path, sig):
+    start = make_pico_dir(tmp_path / "start")
+    script = tmp_path / "fake_trainer.py"
+    script.write_text(FAKE_TRAINER)
+    hang, pidf = tmp_path / "hang", tmp_path / "trainer.pid"
+    hang.write_text("1")
+    env = {**_env(), "FAKE_PID": str(pidf), "FAKE_HANG": str(hang)}
+    trainer_cmd = f"{sys.executable} {script} {{model}} {{steps}} {{out}}"
+    cmd = [sys.executable, "-m", "rlvr_linear", "reground", "--model", str(start), "--m", "2", "--n", "2",
+           "--cycles", "1", "-w", str(tmp_path / "work"), "--cmd", trainer_cmd]  # fmt: skip
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: pidf.exists() and pidf.read_text().strip(), 120, "the trainer to start", p)
+        trainer = int(pidf.read_text())
+        p.send_signal(sig)
+        _, err = p.communicate(timeout=30)
+    finally:
+        p.kill()
+        p.wait()
+    assert _is_dead(trainer)
+    if sig == signal.SIGINT:
+        assert p.returncode == 130 and err.rstrip().endswith("interrupted"), err[-500:]
+    else:
+        assert p.returncode == -signal.SIGTERM
