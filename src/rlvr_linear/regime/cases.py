@@ -94,8 +94,11 @@ def run_cases(regime, item: Item, run: Path, cache: RunCache, scorer: Scorer) ->
 
     done = cache.parts.setdefault("cases", {})
     planned = plan(item)
-    for cid in [c for c in done if c not in {p["id"] for p in planned}]:  # cases of an earlier, larger plan
+    stale = [c for c in done if c not in {p["id"] for p in planned}]  # cases of an earlier, larger plan
+    for cid in stale:
         del done[cid]
+    if stale:
+        cache.save()
     fr = cache.parts.get("forecast", {})
     ratio = {q: (fr.get(q) or {}).get("ratio_at_horizon") for q in forecast_steps(item.point)}
     H, u = item.point.horizon, item.point.save_every
