@@ -259,3 +259,15 @@ def test_compare_adaptive_toy(tmp_path, pico_dir, monkeypatch):
     assert all(0 <= h["n"] <= 4 for h in man["reground_history"])
     assert man["config"]["reground"] == "2,auto" and "monitor" in man
     assert json.loads((tmp_path / "cmp" / "comparison.json").read_text())["best_fixed"] == "(2,2)"
+
+
+def test_verl_layout(tmp_path):
+    src = make_trajectory(tmp_path / "ours", STEPS[:5], line_plus_noise)
+    verl = tmp_path / "verl"
+    for s in STEPS[:5]:
+        dst = verl / f"global_step_{s}" / "actor" / "huggingface"
+        dst.parent.mkdir(parents=True)
+        (src / f"step_{s:06d}").rename(dst)
+    adv = advise(verl)
+    assert adv.steps == STEPS[:5] and "curve" not in adv.spaces
+    assert adv.recommendation["extrapolate"] and adv.h_star("two_point") >= 80
