@@ -155,6 +155,15 @@ def test_auto_reground_jumps_only_when_linear(kind):
     assert st["args"]["n"] == "auto" and st["args"]["max_n"] == 8
 
 
+def test_bad_monitor_settings():
+    from rlvr_linear.errors import RlvrLinearError
+
+    with pytest.raises(RlvrLinearError, match="every >= 1 and window >= 3, got 0 and 12"):
+        LinearityMonitor(every=0)
+    with pytest.raises(RlvrLinearError, match="unknown predictor 'cubic'"):
+        LinearityMonitor(predictors=["cubic"])
+
+
 def test_from_spec_auto():
     rg = ReGroundingCallback.from_spec("10,auto")
     assert rg.auto and rg.m == 10 and rg.max_n == 50 and rg.monitor.every == 10

@@ -36,6 +36,7 @@ from transformers import TrainerCallback
 
 from .advisor.advise import weight_stats
 from .advisor.backtest import EXTRA_PREDICTORS, PREDICTORS, Block, backtest, canonical
+from .errors import RlvrLinearError
 from .linearity import PAPER_FRACTION, PAPER_MIN_SAMPLES, PAPER_SEED, paper_sample_size, sample_indices, tensor_seed
 from .regrounding import local_params
 
@@ -73,8 +74,8 @@ class LinearityMonitor(TrainerCallback):
         seed: int = PAPER_SEED,
         n_boot: int = 200,
     ):
-        if every < 1 or window < 3:
-            raise ValueError("LinearityMonitor needs every >= 1 and window >= 3")
+        if int(every) < 1 or int(window) < 3:
+            raise RlvrLinearError(f"the linearity monitor needs every >= 1 and window >= 3, got {every} and {window}")
         self.every, self.window, self.k = int(every), int(window), int(k)
         self.predictors = [canonical(p) for p in predictors]
         self.fraction, self.min_samples, self.seed, self.n_boot = fraction, min_samples, seed, n_boot
