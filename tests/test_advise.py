@@ -271,3 +271,16 @@ def test_verl_layout(tmp_path):
     adv = advise(verl)
     assert adv.steps == STEPS[:5] and "curve" not in adv.spaces
     assert adv.recommendation["extrapolate"] and adv.h_star("two_point") >= 80
+
+
+def test_logprob_space_with_probe_file(runs, tmp_path):
+    from rlvr_linear.linearity import Probe, write_probes
+
+    probes = tmp_path / "probes.jsonl"
+    write_probes(probes, [Probe("1+2=", "3"), Probe("4+4=", "8 ok"), Probe("9+1=", "10")])
+    adv = advise(runs["line"], probes=probes, predictors=["two_point", "lsq"])
+    assert set(adv.spaces) >= {"weights", "logprobs"} and adv.stats["logprobs"]["tokens"] == 7
+    for p in ("two_point", "lsq_last_k"):
+        w, lp = adv.spaces["weights"][p].h_star, adv.spaces["logprobs"][p].h_star
+        assert adv.h_star(p) == min(w, lp)  # both spaces must agree
+    assert adv.recommendation["h_star_steps"] == max(adv.h_star(p) for p in ("two_point", "lsq_last_k"))
