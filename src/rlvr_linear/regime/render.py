@@ -177,7 +177,7 @@ def _scatter(path: Path, cases: list[dict]) -> Path:
     ax.axhline(0, color="k", lw=0.8)
     ax.axvline(1, color="k", lw=0.8, ls="--")
     ax.set_xscale("log")
-    ax.set_xlabel("forecast error / 'no change' error at the horizon (fit on the first half; < 1: line wins)")
+    ax.set_xlabel("forecast error / 'no change' error at H (line fit on the first half)")
     ax.set_ylabel("greedy accuracy − t1 checkpoint")
     ax.set_title("Does forecastability predict extrapolation gain?")
     if ax.get_legend_handles_labels()[0]:
