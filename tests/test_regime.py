@@ -223,3 +223,17 @@ def test_report_section_leads_when_the_map_is_present(quick_map, tmp_path):
     assert seen == [f"regime/{f}" for f in res["figures"]]
     for name in res["points"]:
         assert f"<td>{name}</td>" in h
+
+
+def test_held_out_set_is_validation_plus_test_never_train():
+    from rlvr_linear.regime.analysis import Scorer
+    from rlvr_linear.tasks import get_task
+
+    s = Scorer("arithmetic", quick=False)
+    task = get_task("arithmetic")
+    val, test = task.problems("validation", None), task.problems("test", None)
+    assert [p.id for p in s.problems] == [p.id for p in val + test] and len(s.problems) >= 2000
+    assert not {p.prompt for p in s.problems} & {p.prompt for p in task.problems("train", None)}
+    cot = Scorer("arithmetic-cot", quick=False)  # sampled task: 1,000 per split
+    assert len({p.id for p in cot.problems}) == 2000
+    assert len(Scorer("arithmetic", quick=True).problems) == 100

@@ -10,8 +10,9 @@ Each run gets ``parts.json`` (one key per part below, rewritten atomically after
     cases         weight and logit extrapolation cases (``regime.cases``)
     reground      steps to thresholds of the re-grounded run vs the standard run (re-grounding items only)
 
-Held-out problems: the task's validation and test splits together (2,029 problems of the short task), none of
-which is ever trained on (training draws from the train split only); the quick map uses 100 of them.
+Held-out problems: the task's validation and test splits together (2,029 problems of the short task; 1,000 sampled
+from each split of the long-response task), none of which is ever trained on (training draws from the train split
+only); the quick map uses 100 of them.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import RlvrLinearError
 from ..io import read_json, write_json
 from .grid import Item
 
@@ -32,6 +34,7 @@ PROBE_PROMPTS, PROBE_SAMPLES = 32, 4
 #: avg@k at the paper's sampling
 K, TEMPERATURE, TOP_P = 4, 0.6, 0.95
 HELD_OUT_MAX = 2500
+SAMPLED_PER_SPLIT = 1000
 QUICK_HELD_OUT = 100
 
 
@@ -90,8 +93,8 @@ class Scorer:
         for split in ("validation", "test"):
             try:
                 probs += self.task.problems(split, None)
-            except TypeError:  # tasks without enumeration take a count
-                probs += self.task.problems(split, HELD_OUT_MAX // 2)
+            except (TypeError, RlvrLinearError):  # sampled tasks (arithmetic-cot): 1,000 per split
+                probs += self.task.problems(split, SAMPLED_PER_SPLIT)
         self.problems = probs[:QUICK_HELD_OUT] if quick else probs[:HELD_OUT_MAX]
 
     def score(self, cache: RunCache, key: str, model, avg: bool) -> dict[str, np.ndarray]:
