@@ -136,6 +136,10 @@ def _mean(d):
     return None if not d else d.get("mean")
 
 
+def _pts(x):
+    return None if x is None else 100.0 * x
+
+
 def figures(out: Path, points: dict, cases: list[dict], quick: bool) -> list[Path]:
     from .. import plots
 
@@ -146,8 +150,8 @@ def figures(out: Path, points: dict, cases: list[dict], quick: bool) -> list[Pat
         ("regime_logprobs_r2.png", lambda p: _mean(p["logprobs"]["median_minus_null"]),
          "Token log-prob R² median − null median", "R² − null", -0.2, 0.6),
         ("regime_extrapolation_gain.png",
-         lambda p: _mean((p["best_weight_extrapolation"] or {}).get("gain_vs_t1_greedy")),
-         "Best weight extrapolation: greedy accuracy − t1", "accuracy gain", -0.05, 0.05),
+         lambda p: _pts(_mean((p["best_weight_extrapolation"] or {}).get("gain_vs_t1_greedy"))),
+         "Best weight extrapolation: greedy accuracy − t1", "gain (points of accuracy)", -5.0, 5.0),
     ]  # fmt: skip
     for name, fn, title, label, lo, hi in specs:
         m, rows, cols = _grid(points, quick, fn)
