@@ -295,9 +295,12 @@ def advise(
             f"advise needs at least {MIN_CHECKPOINTS} checkpoints to backtest a line (fit on earlier ones, "
             f"predict later ones); found {len(traj)} (steps {traj.steps})"
         )
-    traj.validate(min_checkpoints=MIN_CHECKPOINTS)
+    try:
+        traj.validate(min_checkpoints=MIN_CHECKPOINTS)
+        spaces: dict[str, list[Block]] = {"weights": sample_weights(traj, fraction, min_samples, seed, progress)}
+    finally:
+        traj.close()  # the sample is in memory; no open files stay behind (validate() advises many runs)
     steps = traj.steps
-    spaces: dict[str, list[Block]] = {"weights": sample_weights(traj, fraction, min_samples, seed, progress)}
     stats: dict = {"weights": weight_stats(spaces["weights"])}
     if probes is None and task is not None:
         from ..linearity import make_probes
