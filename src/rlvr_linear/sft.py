@@ -209,7 +209,7 @@ def train_sft(cfg: SFTConfig, run: str | Path, overwrite: bool = False, progress
     with open(run / "metrics.jsonl", "a") as metrics:
         for step in bar:
             batch = [pool[rng.randrange(len(pool))] for _ in range(cfg.batch_size)]
-            x, y, m = sft_batch(tok, [task.render(p, tok) for p in batch], [p.answer for p in batch])
+            x, y, m = sft_batch(tok, [task.render(p, tok) for p in batch], [task.reference(p) for p in batch])
             logits = model(input_ids=x, attention_mask=m).logits
             w = noise_weights((x.shape[0], x.shape[1] - 1), cfg.noise_snr_db, cfg.zero_signal, gen)
             loss = weighted_sft_loss(logits, y, w)
