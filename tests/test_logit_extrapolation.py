@@ -381,7 +381,7 @@ def test_cli_generate_round_trip(trio, tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------------------------------
-# lm-evaluation-harness adapter, against a minimal stand-in for lm_eval (the real one is not installed)
+# lm-evaluation-harness adapter, against a minimal stand-in for lm_eval (the real run is in tests/test_lm_eval.py)
 
 
 def test_lm_eval_adapter_with_stub(trio, tmp_path, monkeypatch):
@@ -393,8 +393,8 @@ def test_lm_eval_adapter_with_stub(trio, tmp_path, monkeypatch):
             self.cache_hook = types.SimpleNamespace(add_partial=lambda *a: None)
 
     registry = {}
-    mods = {name: types.ModuleType(name) for name in ("lm_eval", "lm_eval.api", "lm_eval.api.model",
-                                                       "lm_eval.api.registry")}  # fmt: skip
+    names = ("lm_eval", "lm_eval.api", "lm_eval.api.model", "lm_eval.api.registry", "lm_eval.models")
+    mods = {name: types.ModuleType(name) for name in names}
     mods["lm_eval.api.model"].LM = LM
     mods["lm_eval.api.registry"].register_model = lambda name: (lambda cls: registry.setdefault(name, cls))
     for name, mod in mods.items():
