@@ -8,6 +8,10 @@ One *cycle* starts from an anchor ``W_a`` (the weights at the start of the segme
 The projected weights become the anchor of the next segment. Each cycle spends M gradient steps and advances the
 *effective* step by M + N, so after k cycles: gradient steps = k·M, effective steps = k·(M + N).
 
+Adaptive N (``ReGroundingCallback(m, "auto")``, ``--reground M,auto``): at the end of each segment the
+:class:`~rlvr_linear.monitor.LinearityMonitor` backtests the trajectory so far (in effective steps) and N is its
+safe horizon h* (floored, capped at ``max_n``); N = 0 — no jump — when no linear predictor beats "no change".
+
 Two ways to run it:
 
 * :class:`ReGroundingCallback` — in-process, for any ``transformers.Trainer`` (TRL's ``GRPOTrainer`` included).
