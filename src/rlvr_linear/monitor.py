@@ -17,6 +17,14 @@ TensorBoard / W&B / any reporting callback when the monitor runs before them: :m
 puts it first in the trainer's callback list. ``history`` keeps every measurement (``rlvr-linear train --monitor``
 writes it to the run's manifest under ``"monitor"``).
 
+Usage in any TRL / transformers trainer::
+
+    mon = LinearityMonitor(every=10)
+    trainer = GRPOTrainer(..., callbacks=[mon])
+    mon.install(trainer)  # first in the callback list, so TensorBoard / W&B see the linearity/* keys
+    trainer.train()
+    mon.history  # one dict per measurement
+
 Distributed: DDP (and ZeRO-1/2) ranks hold identical full parameters, so they draw and log identical numbers with
 no communication. Sharded parameters (ZeRO-3 ``ds_tensor``, FSDP2 ``to_local()``, FSDP1 views; the local shards of
 :func:`rlvr_linear.regrounding.local_params`) are sampled per local shard and the samples are all-gathered (rank
