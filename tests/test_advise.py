@@ -284,3 +284,9 @@ def test_logprob_space_with_probe_file(runs, tmp_path):
         w, lp = adv.spaces["weights"][p].h_star, adv.spaces["logprobs"][p].h_star
         assert adv.h_star(p) == min(w, lp)  # both spaces must agree
     assert adv.recommendation["h_star_steps"] == max(adv.h_star(p) for p in ("two_point", "lsq_last_k"))
+
+
+def test_bf16_checkpoints(tmp_path):
+    run = make_trajectory(tmp_path / "bf16", STEPS[:6], line_plus_noise, dtype=torch.bfloat16)
+    adv = advise(run, predictors=["two_point"])
+    assert adv.recommendation["extrapolate"] and adv.spaces["weights"]["two_point"].rows[0]["ratio"] < 0.2
