@@ -161,10 +161,70 @@ def test_pickle_flag_and_refusals(runs, tmp_path, capsys):
     torch.save({"w": torch.zeros(2), "when": datetime.date(2025, 1, 1)}, bad / "model_world_size_1_rank_0.pt")
     with pytest.raises(RlvrLinearError, match=r"model_world_size_1_rank_0.pt: refused: .*datetime.date"):
         TensorReader(bad, allow_pickle=True)
-    assert main(["eval", str(runs["verl"] / "global_step_10"), "--n-problems", "2"]) == 2
-    assert "global_step_10/actor: verl FSDP shards only; " in capsys.readouterr().err
+    v10 = str(runs["verl"] / "global_step_10")
+    for cmd in (
+        ["eval", v10, "--n-problems", "2"],
+        ["generate", v10, "--prompt", "1+1=", "--greedy"],
+        ["analyze", "logprobs", str(runs["verl"]), "--task", "arithmetic", "-o", str(tmp_path / "lp")],
+    ):
+        assert main(cmd) == 2, cmd
+        err = capsys.readouterr().err
+        assert "/actor: verl FSDP shards" in err and "are pickles" in err and "unless you pass --allow-pickle" in err
+        if cmd[0] != "analyze":  # (analyze's trajectory check refuses the shards before any model is loaded)
+            assert "global_step_10/actor: verl FSDP shards only; " in err and "verl's model merger" in err, err
+    assert not (tmp_path / "lp").exists()
     part = tmp_path / "part"
     shutil.copytree(runs["odd"], part)
     (part / f"model_world_size_{WORLD}_rank_1.pt").unlink()
     with pytest.raises(RlvrLinearError, match=r"incomplete verl checkpoint: .* missing for ranks \[1\]"):
         shard_files(part)
+
+
+def test_whole_model_commands_equal_those_of_the_unsharded_run(runs, tmp_path, capsys):
+    """load_model / eval / generate / analyze logprobs+activations on shards only == on the merged checkpoints."""
+    from rlvr_linear.cli import main
+    from rlvr_linear.evaluation import evaluate
+    from rlvr_linear.linearity import analyze_activations
+    from rlvr_linear.models import load_model
+
+    v20, l20 = runs["verl"] / "global_step_20", runs["local"] / "step_000020"
+    model, tok = load_model(v20, allow_pickle=True)
+    ref = load_file(l20 / "model.safetensors")
+    sd = model.state_dict()
+    assert set(ref) <= set(sd) and all(torch.equal(sd[k], ref[k]) for k in ref)
+    assert torch.equal(sd["lm_head.weight"], ref["model.embed_tokens.weight"])  # tied: follows the embedding
+    assert tok.get_vocab() == load_model(l20)[1].get_vocab()
+    del model
+    kw = dict(task="arithmetic", n_problems=16, k=2, max_new_tokens=12, keep_samples=True)
+    ev, el = evaluate(v20, allow_pickle=True, **kw), evaluate(l20, **kw)
+    assert ev.greedy_samples == el.greedy_samples and any(ev.greedy_samples)
+    assert (ev.greedy_correct == el.greedy_correct).all() and (ev.correct == el.correct).all()
+    assert ev.samples == el.samples  # sampled decoding with the same seed: identical too
+    # CLIs: eval (one checkpoint and the logit-extrapolated pair), generate
+    outs = {}
+    for name, a, b, extra in (
+        ("verl", v20, runs["verl"] / "global_step_10", ["--allow-pickle"]),
+        ("local", l20, runs["local"] / "step_000010", []),
+    ):
+        ev_args = ["eval", str(a), "--n-problems", "8", "-k", "0", "--max-new-tokens", "12", *extra]
+        assert main([*ev_args, "--logit-extrapolate", str(b), str(a), "--alpha", "2"]) == 0
+        gen = ["generate", str(a), "--prompt", "12+7=", "--prompt", "3+", "--greedy", "--max-new-tokens", "10"]
+        assert main([*gen, *extra, "-o", str(tmp_path / f"g-{name}.jsonl")]) == 0
+        outs[name] = capsys.readouterr().out.replace(a.name, "A").replace(f"g-{name}", "g")
+    assert outs["verl"] == outs["local"] and "greedy" in outs["verl"] and "logit-extrapolated(alpha=2)" in outs["verl"]
+    g = [[json.loads(ln)["completion"] for ln in (tmp_path / f"g-{n}.jsonl").read_text().splitlines()] for n in outs]
+    assert g[0] == g[1] and len(g[0]) == 2
+    # analyze logprobs: probes sampled from step 0 and scored at every step
+    for name, src, extra in (("verl", runs["verl"], ["--allow-pickle"]), ("local", runs["local"], [])):
+        lp = ["analyze", "logprobs", str(src), "--task", "arithmetic", "--n-prompts", "4", "--k", "2", *extra]
+        assert main([*lp, "--max-new-tokens", "8", "--device", "cpu", "-o", str(tmp_path / f"lp-{name}")]) == 0
+    lv, ll = (json.loads((tmp_path / f"lp-{n}" / "logprobs.json").read_text()) for n in ("verl", "local"))
+    assert lv["r2"] == ll["r2"] and lv["null"] == ll["null"] and lv["counts"] == ll["counts"]
+    assert lv["counts"]["tokens"] > 0
+    probes = (tmp_path / "lp-verl" / "probes.jsonl").read_text()
+    assert probes == (tmp_path / "lp-local" / "probes.jsonl").read_text()
+    act = [
+        analyze_activations(discover(src, allow_pickle=ap), tmp_path / "lp-local" / "probes.jsonl", device="cpu")
+        for src, ap in ((runs["verl"], True), (runs["local"], False))
+    ]
+    assert act[0].summary() == act[1].summary()

@@ -103,10 +103,10 @@ class HFGenerator:
         self.tokenizer = tokenizer
 
     @classmethod
-    def from_dir(cls, path, dtype=torch.float32) -> HFGenerator:
+    def from_dir(cls, path, dtype=torch.float32, allow_pickle: bool = False) -> HFGenerator:
         from .models import load_model
 
-        return cls(*load_model(path, dtype=dtype))
+        return cls(*load_model(path, dtype=dtype, allow_pickle=allow_pickle))
 
     @torch.no_grad()
     def generate(
@@ -147,14 +147,14 @@ class HFGenerator:
         return [out[i * n : (i + 1) * n] for i in range(len(prompts))]
 
 
-def as_generator(model, dtype=torch.float32):
+def as_generator(model, dtype=torch.float32, allow_pickle: bool = False):
     """Accept a model directory, a ``(model, tokenizer)`` pair, or a Generator."""
     if hasattr(model, "generate") and hasattr(model, "tokenizer"):
         return model
     if isinstance(model, (tuple, list)) and len(model) == 2:
         return HFGenerator(*model)
     if isinstance(model, (str, Path)):
-        return HFGenerator.from_dir(model, dtype=dtype)
+        return HFGenerator.from_dir(model, dtype=dtype, allow_pickle=allow_pickle)
     raise RlvrLinearError(f"cannot evaluate an object of type {type(model).__name__}")
 
 
@@ -244,14 +244,18 @@ def evaluate(
     problems: list[Problem] | None = None,
     progress: bool = False,
     keep_samples: bool = False,
+    allow_pickle: bool = False,
 ) -> EvalResult:
-    """Evaluate ``model`` (directory, ``(model, tokenizer)`` or Generator) on ``n_problems`` of ``task``."""
+    """Evaluate ``model`` (directory, ``(model, tokenizer)`` or Generator) on ``n_problems`` of ``task``.
+
+    ``allow_pickle`` lets a directory of verl FSDP shards load (see :func:`rlvr_linear.models.load_model`).
+    """
     if k < 0:
         raise RlvrLinearError(f"k must be >= 1 (or 0 for greedy only), got {k}")
     if k == 0 and not greedy:
         raise RlvrLinearError("nothing to evaluate: k = 0 and greedy disabled")
     task = get_task(task)
-    gen = as_generator(model)
+    gen = as_generator(model, allow_pickle=allow_pickle)
     probs = problems if problems is not None else task.problems(split, n_problems)
     if not probs:
         raise RlvrLinearError("no problems to evaluate")

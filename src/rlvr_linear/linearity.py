@@ -2117,6 +2117,7 @@ def make_probes(
     batch_size: int = 16,
     device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
+    allow_pickle: bool = False,
 ) -> list[Probe]:
     """Sample ``k`` responses per prompt from one model (the trajectory's first checkpoint) as probes.
 
@@ -2130,7 +2131,7 @@ def make_probes(
 
     task = get_task(task)
     dev = _device(device)
-    model, tok = load_model(model_dir, dtype=dtype, device=dev)
+    model, tok = load_model(model_dir, dtype=dtype, device=dev, allow_pickle=allow_pickle)
     problems = task.problems(split, n_prompts, seed=seed)
     if max_new_tokens is None:
         chat = bool(getattr(tok, "chat_template", None))
@@ -2217,11 +2218,19 @@ def score_logprobs(
     return out  # type: ignore[return-value]
 
 
-def _load_for_scoring(path, device, dtype):
+def _load_for_scoring(path, device, dtype, allow_pickle: bool = False):
     from .models import load_model
 
-    model, _ = load_model(path, dtype=dtype, device=device)
+    model, _ = load_model(path, dtype=dtype, device=device, allow_pickle=allow_pickle)
     return model
+
+
+def _trajectory_tokenizer(trajectory: Trajectory):
+    """The tokenizer of the first checkpoint (verl FSDP shards: the one in ``huggingface/`` next to them)."""
+    from .tokenizer import load_tokenizer
+    from .verl_shards import config_dir
+
+    return load_tokenizer(config_dir(trajectory.paths[0]))
 
 
 def score_trajectory(
@@ -2233,14 +2242,12 @@ def score_trajectory(
     progress: bool = False,
 ) -> tuple[np.ndarray, list[tuple[list[int], list[int]]], Any]:
     """(T, N) float32 log-probs of every response token under every checkpoint, the encodings, the tokenizer."""
-    from .tokenizer import load_tokenizer
-
     dev = _device(device)
-    tok = load_tokenizer(trajectory.paths[0])
+    tok = _trajectory_tokenizer(trajectory)
     enc = encode_probes(tok, probes)
     rows = []
     for path in tqdm(trajectory.paths, desc="scoring checkpoints", disable=not progress):
-        model = _load_for_scoring(path, dev, dtype)
+        model = _load_for_scoring(path, dev, dtype, trajectory.allow_pickle)
         lp = score_logprobs(model, enc, batch_size=batch_size, pad_id=tok.pad_token_id or 0)
         rows.append(np.concatenate(lp) if lp else np.zeros(0, np.float32))
         del model
@@ -2542,19 +2549,17 @@ def analyze_activations(
     hidden state of every checkpoint (the same pairs for all layers; memory T x layers x pairs floats).
     Pairs whose range is ``<= min_abs_change`` (default: exactly constant) are dropped and counted.
     """
-    from .tokenizer import load_tokenizer
-
     trajectory.validate(min_checkpoints=3)
     probes = _as_probes(probes)
     dev = _device(device)
-    tok = load_tokenizer(trajectory.paths[0])
+    tok = _trajectory_tokenizer(trajectory)
     enc = encode_probes(tok, probes)
     n_tok = sum(len(r) for _, r in enc)
     if n_tok == 0:
         raise RlvrLinearError("the probes have no response tokens")
     vals, token, channel = [], None, None
     for path in tqdm(trajectory.paths, desc="activations", disable=not progress):
-        model = _load_for_scoring(path, dev, dtype)
+        model = _load_for_scoring(path, dev, dtype, trajectory.allow_pickle)
         if token is None:
             hidden = int(model.config.hidden_size)
             flat = sample_indices(n_tok * hidden, min(pairs_per_layer, n_tok * hidden), seed)

@@ -14,7 +14,8 @@ Model args (``key=value``, comma separated; lists use ``|``):
 * exactly one of ``alpha`` (paper alpha), ``target_step`` (with ``steps=a|b`` or steps read from the
   directory names) or ``weights=w1|w2|...``; a single model needs none;
 * ``dtype`` (float32), ``device`` (cuda if available), ``batch_size`` (16), ``max_gen_toks`` (256),
-  ``add_special_tokens`` (False), ``seed`` (0).
+  ``add_special_tokens`` (False), ``seed`` (0);
+* ``allow_pickle=True`` to read verl FSDP shard folders (``global_step_N/actor``; weights_only=True).
 
 ``generate_until`` decodes with :class:`~rlvr_linear.logit_extrapolation.ExtrapolatedGenerator`
 (greedy unless ``do_sample``), ``loglikelihood`` / ``loglikelihood_rolling`` use its teacher-forced
@@ -71,6 +72,7 @@ class ExtrapolatedLM(LM):
         max_gen_toks: int = 256,
         add_special_tokens: bool = False,
         seed: int = 0,
+        allow_pickle: bool | str = False,
         generator: ExtrapolatedGenerator | None = None,
         **_ignored,
     ) -> None:
@@ -87,7 +89,10 @@ class ExtrapolatedLM(LM):
                 weights=_split(weights, float),
             )
             dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-            generator = ExtrapolatedGenerator.load(paths, w, dtype=getattr(torch, str(dtype)), device=dev)
+            pickle_ok = str(allow_pickle).lower() in ("1", "true", "yes")
+            generator = ExtrapolatedGenerator.load(
+                paths, w, dtype=getattr(torch, str(dtype)), device=dev, allow_pickle=pickle_ok
+            )
         generator.add_special_tokens = bool(add_special_tokens)
         self.gen = generator
         self.tokenizer = generator.tokenizer

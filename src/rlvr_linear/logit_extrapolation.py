@@ -383,10 +383,13 @@ class ExtrapolatedGenerator:
         alpha: float,
         dtype: torch.dtype = torch.float32,
         device: str | torch.device | None = None,
+        allow_pickle: bool = False,
         **kw,
     ) -> ExtrapolatedGenerator:
         """Load two HF model directories with :func:`rlvr_linear.models.load_model` and pair them."""
-        return cls.load([dir_a, dir_b], pair_weights(alpha), dtype=dtype, device=device, **kw)
+        return cls.load(
+            [dir_a, dir_b], pair_weights(alpha), dtype=dtype, device=device, allow_pickle=allow_pickle, **kw
+        )
 
     @classmethod
     def load(
@@ -396,14 +399,18 @@ class ExtrapolatedGenerator:
         *,
         dtype: torch.dtype = torch.float32,
         device: str | torch.device | None = None,
+        allow_pickle: bool = False,
         **kw,
     ) -> ExtrapolatedGenerator:
-        """Load K model directories (tokenizers must match) and mix them with ``weights``."""
+        """Load K model directories (tokenizers must match) and mix them with ``weights``.
+
+        ``allow_pickle`` lets verl FSDP shard folders load (see :func:`rlvr_linear.models.load_model`).
+        """
         from .models import load_model
 
         if len(dirs) != len(weights):
             raise RlvrLinearError(f"got {len(dirs)} model directories but {len(weights)} weights")
-        loaded = [load_model(d, dtype=dtype, device=device or "cpu") for d in dirs]
+        loaded = [load_model(d, dtype=dtype, device=device or "cpu", allow_pickle=allow_pickle) for d in dirs]
         check_tokenizers([t for _, t in loaded])
         return cls([m for m, _ in loaded], weights, loaded[0][1], device=device, **kw)
 

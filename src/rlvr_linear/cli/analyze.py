@@ -29,7 +29,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", nargs="+", metavar="RUN", help="run directory, or STEP=PATH ...")
     p.add_argument("-o", "--out", required=True, help="output directory (written atomically)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-    p.add_argument("--allow-pickle", action="store_true", help="read pickled .bin weights (weights_only=True)")
+    p.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="read pickled weights: .bin files, verl FSDP shards (weights_only=True)",
+    )
     p.add_argument("--seed", type=int, default=42, help="sampling / null-baseline seed (default 42, as the paper)")
 
 
@@ -134,6 +138,7 @@ def _probes(args, traj):
         batch_size=args.batch_size,
         device=args.device,
         dtype=_DTYPES[args.dtype],
+        allow_pickle=args.allow_pickle,
     )
 
 

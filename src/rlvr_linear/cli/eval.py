@@ -23,10 +23,11 @@ def register(sub) -> None:
     p.add_argument("--target-step", type=int, default=None)
     p.add_argument("--compare", action="store_true", help="paired bootstrap CI of each model vs the first")
     p.add_argument("-o", "--out", default=None, help="directory for <name>.json / <name>.npz results")
+    p.add_argument("--allow-pickle", action="store_true", help="load verl FSDP shard folders (weights_only=True)")
     p.set_defaults(func=run)
 
 
-def _targets(paths: list[str]) -> list[tuple[str, Path]]:
+def _targets(paths: list[str], allow_pickle: bool = False) -> list[tuple[str, Path]]:
     from ..checkpoints import discover, find_model_dir, has_weights
     from ..errors import RlvrLinearError
 
@@ -47,7 +48,7 @@ def _targets(paths: list[str]) -> list[tuple[str, Path]]:
         if has_weights(pp) or (pp / "actor").exists():
             out.append((pp.name, find_model_dir(pp)))
         else:
-            tr = discover(pp)
+            tr = discover(pp, allow_pickle=allow_pickle)
             out.extend((f"{pp.name}/step_{s:06d}", c) for s, c in zip(tr.steps, tr.paths))
     return out
 
@@ -68,8 +69,9 @@ def run(args) -> int:
         seed=args.seed,
         batch_size=args.batch_size,
         progress=True,
+        allow_pickle=args.allow_pickle,
     )
-    jobs = [(name, path) for name, path in _targets(args.models)]
+    jobs = [(name, path) for name, path in _targets(args.models, args.allow_pickle)]
     if args.logit_extrapolate:
         from ..logit_extrapolation import ExtrapolatedGenerator, alpha_from_steps, infer_step
 
@@ -82,7 +84,7 @@ def run(args) -> int:
             if sa is None or sb is None:
                 raise RlvrLinearError("cannot infer the checkpoints' steps from their names; use --alpha")
             alpha = alpha_from_steps(sa, sb, args.target_step)
-        gen = ExtrapolatedGenerator.from_dirs(a, b, alpha=alpha)
+        gen = ExtrapolatedGenerator.from_dirs(a, b, alpha=alpha, allow_pickle=args.allow_pickle)
         jobs.append((f"logit-extrapolated(alpha={alpha:g})", gen))
     if not jobs:
         raise RlvrLinearError("nothing to evaluate: give model/run directories or --logit-extrapolate A B")

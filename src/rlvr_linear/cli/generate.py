@@ -57,6 +57,7 @@ def register(sub) -> None:
     p.add_argument("--stop", action="append", help="stop string (repeatable); completions are cut before it")
     p.add_argument("--dtype", choices=_DTYPES, default="float32", help="model dtype (float32 on CPU)")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--allow-pickle", action="store_true", help="load verl FSDP shard folders (weights_only=True)")
     p.add_argument("-o", "--output", help="write one JSON line per completion here")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     p.set_defaults(func=run)
@@ -76,7 +77,9 @@ def run(args: argparse.Namespace) -> int:
         args.models, alpha=args.alpha, target_step=args.target_step, steps=args.steps, weights=args.weights
     )
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    gen = ExtrapolatedGenerator.load(args.models, weights, dtype=getattr(torch, args.dtype), device=device)
+    gen = ExtrapolatedGenerator.load(
+        args.models, weights, dtype=getattr(torch, args.dtype), device=device, allow_pickle=args.allow_pickle
+    )
     gen.progress = True
     alpha = f" (alpha = {gen.alpha:g})" if gen.alpha is not None else ""
     print(f"weights: {', '.join(f'{w:g}' for w in weights)}{alpha}")
