@@ -365,7 +365,7 @@ def fake_env(tmp_path, monkeypatch):
     monkeypatch.delenv("FAKE_FAIL_EXTRAPOLATE", raising=False)
     calls = []
 
-    def fake_extrapolate(base, second, out, *, alpha, norms, metadata):
+    def fake_extrapolate(base, second, out, *, alpha, norms, metadata, allow_pickle=False):
         if os.environ.get("FAKE_FAIL_EXTRAPOLATE") == str(metadata["reground"]["cycle"]):
             raise RuntimeError("killed while extrapolating")
         calls.append({"base": str(base), "second": str(second), "alpha": alpha, "norms": norms, **metadata["reground"]})

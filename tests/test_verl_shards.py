@@ -228,3 +228,27 @@ def test_whole_model_commands_equal_those_of_the_unsharded_run(runs, tmp_path, c
         for src, ap in ((runs["verl"], True), (runs["local"], False))
     ]
     assert act[0].summary() == act[1].summary()
+
+
+def test_reground_extrapolates_a_shard_only_trained_checkpoint(runs, tmp_path, capsys):
+    """A trainer that writes verl shards only: reground reads them with --allow-pickle, as the merged copy."""
+    from rlvr_linear.cli import main
+
+    start = runs["local"] / "step_000000"
+    copies = {
+        "verl": f"cp -r {runs['verl'] / 'global_step_10'} {{out}}/global_step_{{steps}}",
+        "local": f"cp -r {runs['local'] / 'step_000010'} {{out}}/checkpoint-{{steps}}",
+    }
+    args = ["--model", str(start), "--m", "10", "--n", "10", "--cycles", "1"]
+    pre = "test -d {model} && mkdir -p {out} && "  # the fake trainer: "trains" by copying a saved checkpoint
+    refused = ["reground", "--cmd", pre + copies["verl"], *args, "-w", str(tmp_path / "no")]
+    assert main(refused) == 2
+    assert "global_step_10/actor: verl FSDP shards" in capsys.readouterr().err
+    for name, cmd in copies.items():
+        extra = ["--allow-pickle"] if name == "verl" else []
+        assert main(["reground", "--cmd", pre + cmd, *args, *extra, "-w", str(tmp_path / name)]) == 0
+    x, ref = (load_file(tmp_path / n / "cycle_01" / "extrapolated" / "model.safetensors") for n in ("verl", "local"))
+    assert x.keys() == ref.keys() and all(torch.equal(x[k], ref[k]) for k in x)
+    a, b = load_file(start / "model.safetensors"), load_file(runs["local"] / "step_000010" / "model.safetensors")
+    k = "model.layers.0.mlp.up_proj.weight"
+    assert torch.allclose(x[k], a[k] + 2 * (b[k] - a[k]), atol=1e-6)  # alpha = (M + N) / M = 2

@@ -488,7 +488,7 @@ def find_final_checkpoint(out: str | os.PathLike, expected_step: int | None = No
     )
 
 
-def _extrapolate(base, second, out, *, alpha, norms, metadata):
+def _extrapolate(base, second, out, *, alpha, norms, metadata, allow_pickle=False):
     """Write the projection with :func:`rlvr_linear.weight_extrapolation.extrapolate_two_point` (tests swap it).
 
     ``force=True``: alpha = (M+N)/M is the user's explicit plan, so the (0, 20] sanity bound does not apply.
@@ -510,6 +510,7 @@ def _extrapolate(base, second, out, *, alpha, norms, metadata):
         base_step=base_step,
         second_step=base_step + r["m"],
         progress=False,
+        allow_pickle=allow_pickle,
     )
 
 
@@ -581,6 +582,7 @@ def reground_driver(
     find_checkpoint: Callable[[Path], Path | tuple[Path, int | None]] | None = None,
     restart: bool = False,
     log: Callable[[str], None] | None = None,
+    allow_pickle: bool = False,
 ) -> dict:
     """Periodic re-grounding around any trainer command (paper §6.1 loop).
 
@@ -594,7 +596,8 @@ def reground_driver(
     call after a kill resumes at the first unfinished phase. A saved plan that differs (cmd, model, m, n, norms,
     start_step) is an error unless ``restart=True``; ``cycles`` may grow between runs. Writes
     ``WORKDIR/reground_summary.json`` at the end and returns it. ``dry_run`` returns ``{"dry_run": True, "plan":
-    [...]}`` after printing the plan, running and writing nothing.
+    [...]}`` after printing the plan, running and writing nothing. ``allow_pickle`` lets the extrapolation read
+    a trained checkpoint saved as verl FSDP shards only (``global_step_M/actor/model_world_size_W_rank_R.pt``).
     """
     from tqdm.auto import tqdm
 
@@ -723,7 +726,8 @@ def reground_driver(
                 "effective_step": p.effective_step,
             }
         }
-        _extrapolate(p.model, rec["checkpoint"], p.extrapolated, alpha=p.alpha, norms=norms, metadata=meta)
+        ex = dict(alpha=p.alpha, norms=norms, metadata=meta, allow_pickle=allow_pickle)
+        _extrapolate(p.model, rec["checkpoint"], p.extrapolated, **ex)
         rec.update(
             phase="extrapolated",
             extrapolated=p.extrapolated,

@@ -40,6 +40,9 @@ def register(subparsers) -> None:
     )
     p.add_argument("--dry-run", action="store_true", help="print the plan (cycles, commands, steps); run nothing")
     p.add_argument("--restart", action="store_true", help="ignore any saved state, start over")
+    p.add_argument(
+        "--allow-pickle", action="store_true", help="read trained checkpoints saved as verl FSDP shards only"
+    )
     p.set_defaults(func=run)
 
 
@@ -57,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
         norms=args.norms,
         dry_run=args.dry_run,
         restart=args.restart,
+        allow_pickle=args.allow_pickle,
     )
     if args.dry_run:
         return 0
