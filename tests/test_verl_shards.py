@@ -252,3 +252,19 @@ def test_reground_extrapolates_a_shard_only_trained_checkpoint(runs, tmp_path, c
     a, b = load_file(start / "model.safetensors"), load_file(runs["local"] / "step_000010" / "model.safetensors")
     k = "model.layers.0.mlp.up_proj.weight"
     assert torch.allclose(x[k], a[k] + 2 * (b[k] - a[k]), atol=1e-6)  # alpha = (M + N) / M = 2
+
+
+def test_lm_eval_adapter_reads_shards_with_allow_pickle(runs):
+    pytest.importorskip("lm_eval")
+    from rlvr_linear.lm_eval_adapter import ExtrapolatedLM
+
+    pair = [str(runs["verl"] / f"global_step_{s}") for s in (10, 20)]
+    with pytest.raises(RlvrLinearError, match=r"global_step_10/actor: verl FSDP shards only; .*--allow-pickle"):
+        ExtrapolatedLM(models="|".join(pair), alpha=2, device="cpu")
+    lm = ExtrapolatedLM(models="|".join(pair), alpha=2, device="cpu", allow_pickle="True")  # as --model_args gives it
+    ref = ExtrapolatedLM(models="|".join(str(runs["local"] / f"step_0000{s}") for s in (10, 20)), alpha=2, device="cpu")
+    prompts, responses = ["12+7=", "3+4="], ["19", "7"]
+    got, want = (m.gen.score(prompts, responses) for m in (lm, ref))
+    assert [a.tolist() for a in got] == [a.tolist() for a in want] and len(got[0]) == 2
+    kw = dict(greedy=True, max_new_tokens=8)
+    assert lm.gen.generate(prompts, **kw) == ref.gen.generate(prompts, **kw)
