@@ -54,6 +54,7 @@ from tqdm.auto import tqdm
 
 from .checkpoints import SAFETENSORS_DTYPES, Trajectory
 from .errors import RlvrLinearError
+from .fullscan import SpanLoader
 from .io import write_json, write_text
 
 #: "strong linearity" threshold used throughout the paper
@@ -638,6 +639,14 @@ class _RowSource:
         if self.reader.kind != "safetensors":
             return fname, 0
         return fname, self._info(name)[2]["data_offsets"][0]
+
+    def span(self, name: str, a: int, b: int) -> tuple[int, int, int]:
+        """``(fd, start, stop)``: the open file and absolute byte range of rows ``a:b`` of ``name`` (safetensors)."""
+        fd, start, info = self._info(name)
+        lo, hi = info["data_offsets"]
+        rows = info["shape"][0] if info["shape"] else 1
+        row_bytes = (hi - lo) // rows if rows else 0
+        return fd, start + lo + a * row_bytes, start + lo + min(b, rows) * row_bytes
 
     def prefetch(self, name: str, a: int | None = None, b: int | None = None) -> None:
         """Ask the kernel to start reading rows ``a:b`` of ``name`` in the background (``POSIX_FADV_WILLNEED``)."""
@@ -1243,6 +1252,34 @@ class _Job:
         return (self.b - self.a) * self.row_len if self.index is None else self.index.size
 
 
+def _last_blocks(sources: list[_RowSource], jobs: list[_Job]) -> dict[int, list[tuple[int, str]]]:
+    """Job index -> the ``(checkpoint, file)`` pairs whose last block it is (to close files as soon as done)."""
+    last: dict[tuple[int, str], int] = {}
+    for j, job in enumerate(jobs):
+        for t, s in enumerate(sources):
+            last[(t, s.reader.file_of(job.name))] = j
+    out: dict[int, list[tuple[int, str]]] = {}
+    for tf, j in last.items():
+        out.setdefault(j, []).append(tf)
+    return out
+
+
+#: work dtype of a block -> the stored dtype that is read straight into it
+_DIRECT = {np.uint16: torch.bfloat16, np.float32: torch.float32, np.float64: torch.float64}
+#: all mode reads runs of blocks with one scatter read per checkpoint (:class:`fullscan.SpanLoader`) where
+#: every checkpoint is safetensors in the blocks' dtype (False: block by block, as paper mode)
+SPAN_READS = True
+
+
+def _span_readable(sources: list[_RowSource], jobs: list[_Job]) -> bool:
+    if not SPAN_READS or any(s.reader.kind != "safetensors" for s in sources):
+        return False
+    names = {job.name: job.dtype for job in jobs if job.index is None}
+    return len(names) > 0 and all(
+        _DIRECT.get(dt) is not None and s.dtype(name) == _DIRECT[dt] for name, dt in names.items() for s in sources
+    )
+
+
 class _BlockLoader:
     """Loads the blocks of ``jobs`` in order with ``threads`` reader threads, ``ahead`` blocks in flight.
 
@@ -1275,13 +1312,7 @@ class _BlockLoader:
         self._free: list[np.ndarray] = []  # released block arrays (flat uint8), reused to avoid page faults
         self._base: dict[int, np.ndarray] = {}
         self._lock = threading.Lock()
-        self._last: dict[int, list[tuple[int, str]]] = {}
-        last: dict[tuple[int, str], int] = {}
-        for j, job in enumerate(jobs):
-            for t, s in enumerate(sources):
-                last[(t, s.reader.file_of(job.name))] = j
-        for tf, j in last.items():
-            self._last.setdefault(j, []).append(tf)
+        self._last = _last_blocks(sources, jobs)
 
     def _buffer(self, size: int) -> np.ndarray:
         tid = threading.get_ident()
@@ -1558,7 +1589,7 @@ class _WeightsPlan:
     allow_pickle: bool
     steps: list[int]
     jobs: list[_Job]
-    info: dict[str, dict]  #: per tensor: ki, dtype, numel, blocks, thr, key, null
+    info: dict[str, dict]  #: per tensor: ki, dtype, numel, blocks, thr, key, null_args (of null_sample)
     paper: bool
     seed: int
     min_unique: int
@@ -1582,11 +1613,15 @@ def _weights_pass(
     x = np.asarray(plan.steps, dtype=np.float64)
     paper, info = plan.paper, plan.info
     sources = [_RowSource(traj.reader(i)) for i in range(T)]
-    loader = _BlockLoader(
-        sources, plan.jobs, plan.io_threads, ahead=3 if paper else 1 + plan.threads, prefetch=2 if paper else 64,
-        order=order, finite_steps=plan.steps if paper and plan.check_finite else None,
-    )  # fmt: skip
+    if not paper and _span_readable(sources, plan.jobs):
+        loader = SpanLoader(sources, plan.jobs, order, ahead=1 + plan.threads, last=_last_blocks(sources, plan.jobs))
+    else:
+        loader = _BlockLoader(
+            sources, plan.jobs, plan.io_threads, ahead=3 if paper else 1 + plan.threads,
+            prefetch=2 if paper else 64, order=order, finite_steps=plan.steps if paper and plan.check_finite else None,
+        )  # fmt: skip
     works: dict[int, dict] = {}  # per thread: reused work arrays of the block analysis
+    nulls: dict[str, np.ndarray | None] = {}  # per tensor met: its null_sample()
     out: dict[str, dict] = {}
     h = math.sqrt(T - 1)
     fused = USE_NUMBA and not paper
@@ -1597,9 +1632,12 @@ def _weights_pass(
         i0 = job.a * job.row_len
         index = job.index if paper else i0
         cols = None
-        if it["null"] is not None:  # the null sample's columns in this block
-            lo, hi = np.searchsorted(it["null"], [i0, job.b * job.row_len])
-            cols = it["null"][lo:hi] - i0
+        null = nulls.get(job.name, False)
+        if null is False:  # drawn here, not in the plan: each worker process draws those of the tensors it meets
+            null = nulls[job.name] = null_sample(*it["null_args"])
+        if null is not None:  # the null sample's columns in this block
+            lo, hi = np.searchsorted(null, [i0, job.b * job.row_len])
+            cols = null[lo:hi] - i0
         work = works.setdefault(threading.get_ident(), {})
         thr, steps = it["thr"], plan.steps
         if fused:  # observed R² and drift-to-noise into this thread's histograms of the tensor
@@ -1919,7 +1957,7 @@ def analyze_weights(
             new = [_Job(name, a, b, row_len, work_dtype, None, items) for a, b in spans if b > a and row_len]
         info[name] = {
             "ki": ki, "dtype": dtype, "numel": numel, "blocks": len(new), "thr": thr, "key": stable_key(name, seed),
-            "null": null_sample(numel, null_fraction, null_min, name, seed),
+            "null_args": (numel, null_fraction, null_min, name, seed),  # null_sample(): drawn by the pass that needs it
         }  # fmt: skip
         jobs += new
     for src in sources:  # (the passes open their own)
