@@ -388,6 +388,8 @@ def test_lm_eval_adapter_with_stub(trio, tmp_path, monkeypatch):
     import sys
     import types
 
+    import rlvr_linear
+
     class LM:
         def __init__(self):
             self.cache_hook = types.SimpleNamespace(add_partial=lambda *a: None)
@@ -400,6 +402,7 @@ def test_lm_eval_adapter_with_stub(trio, tmp_path, monkeypatch):
     for name, mod in mods.items():
         monkeypatch.setitem(sys.modules, name, mod)
     monkeypatch.delitem(sys.modules, "rlvr_linear.lm_eval_adapter", raising=False)
+    monkeypatch.delattr(rlvr_linear, "lm_eval_adapter", raising=False)  # loaded already when test_lm_eval ran
     from rlvr_linear import lm_eval_adapter
 
     a, b, _, tok = trio
