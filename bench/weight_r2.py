@@ -9,7 +9,8 @@ plus noise), then runs, each in a fresh subprocess so that peak RSS is measured 
 * ``ours``  — ``analyze_weights(sample="paper")``: one tensor at a time across checkpoints (the T copies of
   a tensor read concurrently by 4 reader threads, tensors in on-disk order);
 * ``all``   — ``analyze_weights(sample="all")``: every parameter, streamed in chunks (a reader thread loads
-  the next chunk while ``--threads`` threads analyse; the sign-flip null on a 1/256 subsample per tensor;
+  the next runs of chunks, 1 MiB per checkpoint with one scatter read each, while ``--threads`` threads
+  analyse; the sign-flip null on a 1/256 subsample per tensor;
   ``--workers`` processes share the blocks, default: the library's, 2 from 50M parameters on).
 
 Before each run the weight files are dropped from the page cache (``posix_fadvise(DONTNEED)``, no root

@@ -1892,7 +1892,9 @@ def analyze_weights(
 
     Reading: positioned reads, not memory maps, so checkpoint pages never pile up in RSS; tensors in on-disk
     order (results come back in ``keys`` order); ``io_threads`` reader threads (default 4 in paper mode, where
-    the T copies of a tensor are read concurrently, 1 in all mode) with kernel read-ahead hints, the next
+    the T copies of a tensor are read concurrently, 1 in all mode) with kernel read-ahead hints; all mode on
+    safetensors stored in the blocks' dtype (bf16 with numba, float32, float64) reads runs of blocks with one
+    scatter read per checkpoint in one reader thread instead (:class:`~rlvr_linear.fullscan.SpanLoader`); the next
     blocks loading while the current ones are analysed by ``threads`` threads (default 1: the calling thread;
     more help only as far as numpy releases the GIL, about 1.2x for 2 on 2 cores). Results do not depend on
     ``threads`` or ``io_threads``. ``workers`` processes (default: 2 in all mode from :data:`WORKERS_MIN_PARAMS`
