@@ -74,12 +74,14 @@ class SpanLoader:
         jobs: list,
         order: Iterable[int] | None = None,
         ahead: int = 2,
-        span_bytes: int = SPAN_BYTES,
-        ahead_bytes: int = AHEAD_BYTES,
+        span_bytes: int | None = None,
+        ahead_bytes: int | None = None,
         last: dict[int, list[tuple[int, str]]] | None = None,
     ):
         self.sources, self.jobs = sources, jobs
         self.order = iter(range(len(jobs)) if order is None else order)
+        span_bytes = SPAN_BYTES if span_bytes is None else span_bytes  # (module defaults read at each use)
+        ahead_bytes = AHEAD_BYTES if ahead_bytes is None else ahead_bytes
         self.ahead, self.span_bytes, self.ahead_bytes = max(1, ahead), max(1, span_bytes), max(0, ahead_bytes)
         self.last = last or {}
         self._peek: int | None = None
