@@ -192,7 +192,7 @@ def _scatter(path: Path, cases: list[dict]) -> Path:
 
 def render(regime, results_dir: str | Path | None = None) -> dict:
     """Write ``OUT/regime_map.json``, ``OUT/cases.jsonl`` and ``OUT/regime_*.png`` (and copies into
-    ``results_dir`` when given) from the cache; returns the map."""
+    ``results_dir`` when given, the cases as ``regime_cases.jsonl``) from the cache; returns the map."""
     runs = _load(regime)
     by_point: dict[str, list[dict]] = {}
     for r in runs:
@@ -226,6 +226,7 @@ def render(regime, results_dir: str | Path | None = None) -> dict:
         rd = Path(results_dir)
         rd.mkdir(parents=True, exist_ok=True)
         write_json(rd / "regime_map.json", result)
+        write_text(rd / "regime_cases.jsonl", "".join(json.dumps(c) + "\n" for c in cases))
         for f in result["figures"]:
             tmp = rd / f".{f}.tmp"
             shutil.copyfile(out / f, tmp)
