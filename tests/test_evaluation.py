@@ -43,7 +43,27 @@ def test_paired_bootstrap_ci_contains_true_difference():
 def test_mean_ci():
     r = mean_ci([1.0, 2.0, 3.0])
     assert r["mean"] == 2.0 and r["std"] == 1.0
-    assert r["ci_low"] == pytest.approx(2 - 4.303 / 3**0.5)
+    assert r["ci_low"] == pytest.approx(2 - 4.303 / 3**0.5, abs=5e-4)  # the 3-decimal t-table value
+
+
+@pytest.mark.parametrize("n", [3, 12, 40])
+@pytest.mark.parametrize("level", [0.95, 0.9])
+def test_mean_ci_matches_scipy_t(n, level):
+    """Beyond the old 10-sample table and at other levels: the half-width is t(n-1) * s / sqrt(n), exactly."""
+    from scipy import stats
+
+    v = np.random.default_rng(n).normal(1.0, 2.0, n)
+    r = mean_ci(v, level=level)
+    s = v.std(ddof=1)
+    h = stats.t.ppf(0.5 + level / 2, n - 1) * s / np.sqrt(n)
+    assert r["n"] == n and r["mean"] == pytest.approx(v.mean()) and r["std"] == pytest.approx(s)
+    assert r["ci_low"] == pytest.approx(v.mean() - h, rel=1e-12)
+    assert r["ci_high"] == pytest.approx(v.mean() + h, rel=1e-12)
+    if n > 10:  # not the normal quantile the table fell back to
+        from statistics import NormalDist
+
+        z = NormalDist().inv_cdf(0.5 + level / 2) * s / np.sqrt(n)
+        assert r["ci_high"] - r["mean"] > z * 1.001
 
 
 class EchoGenerator:

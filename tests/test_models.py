@@ -169,7 +169,7 @@ def test_rebuilding_the_default_recipe_reproduces_the_shipped_model(tmp_path):
 
 
 def test_ship_base_records_digests_that_ensure_base_then_serves_and_guards(tmp_path, monkeypatch):
-    from rlvr_linear import models
+    from rlvr_linear import base_model as models
 
     monkeypatch.setattr(models, "ASSETS", tmp_path / "assets")
     monkeypatch.setattr(models, "SHIPPED_MANIFEST", tmp_path / "assets" / "shipped.json")

@@ -19,9 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import stats
 from tqdm.auto import tqdm
 
 from .errors import RlvrLinearError
+from .io import write_json
+from .loading import load_model
 from .tasks import Problem, Task, get_task
 
 # --------------------------------------------------------------------------------------------------
@@ -65,21 +68,17 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int = 10000, seed: in
 
 
 def mean_ci(values, level: float = 0.95) -> dict:
-    """Mean, sample std and a t-based confidence interval over seeds."""
+    """Mean, sample std and a Student-t confidence interval (``scipy.stats.t``, n - 1 degrees of freedom) over seeds."""
     v = np.asarray(list(values), float)
     if len(v) == 0:
         return {"mean": None, "std": None, "ci_low": None, "ci_high": None, "n": 0}
     m = float(v.mean())
     if len(v) < 2:
         return {"mean": m, "std": 0.0, "ci_low": m, "ci_high": m, "n": 1}
-    from statistics import NormalDist
-
     s = float(v.std(ddof=1))
-    # Student t quantile (small n) without scipy: table for common n, normal beyond
-    t = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365, 9: 2.306, 10: 2.262}.get(
-        len(v), NormalDist().inv_cdf(0.5 + level / 2)
-    )
-    h = t * s / math.sqrt(len(v)) if level == 0.95 else NormalDist().inv_cdf(0.5 + level / 2) * s / math.sqrt(len(v))
+    # Student t quantile with n - 1 degrees of freedom, for any n and level
+    t = float(stats.t.ppf(0.5 + level / 2, len(v) - 1))
+    h = t * s / math.sqrt(len(v))
     return {"mean": m, "std": s, "ci_low": m - h, "ci_high": m + h, "n": len(v)}
 
 
@@ -104,8 +103,6 @@ class HFGenerator:
 
     @classmethod
     def from_dir(cls, path, dtype=torch.float32, allow_pickle: bool = False) -> HFGenerator:
-        from .models import load_model
-
         return cls(*load_model(path, dtype=dtype, allow_pickle=allow_pickle))
 
     @torch.no_grad()
@@ -210,8 +207,6 @@ class EvalResult:
 
     def save(self, out_dir: str | Path, name: str = "eval") -> None:
         """Write ``name.json`` (metrics) and ``name.npz`` (per-problem correctness matrix)."""
-        from .io import write_json
-
         out_dir = Path(out_dir)
         write_json(out_dir / f"{name}.json", self.to_json())
         arrays = {"problem_ids": np.array(self.problem_ids)}

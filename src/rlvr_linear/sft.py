@@ -204,7 +204,7 @@ def train_sft(cfg: SFTConfig, run: str | Path, overwrite: bool = False, progress
     save(0)
     model.train()
     bar = tqdm(range(1, cfg.steps + 1), desc=f"SFT ({cfg.noise_label} noise)", disable=not progress, dynamic_ncols=True)
-    from .models import sft_batch
+    from .base_model import sft_batch
 
     with open(run / "metrics.jsonl", "a") as metrics:
         for step in bar:

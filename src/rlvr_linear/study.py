@@ -358,8 +358,8 @@ class _Ctx:
     @property
     def base(self) -> Path:
         if self._base is None:
+            from .base_model import ensure_base
             from .checkpoints import find_model_dir
-            from .models import ensure_base
 
             c = self.cfg
             if c.model == "tiny":

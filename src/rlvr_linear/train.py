@@ -271,8 +271,8 @@ class TrajectoryCallback(TrainerCallback):
 
 def resolve_model(name: str, cache_dir: str | Path | None = None, progress: bool = True) -> Path:
     """``tiny`` / ``tiny-cot`` (shipped) / ``smollm2-135m`` (converted once and cached) or an HF model directory."""
+    from .base_model import ensure_base
     from .checkpoints import find_model_dir
-    from .models import ensure_base
 
     if name in ("tiny", "tiny-cot", "smollm2-135m", "smollm2"):
         return ensure_base(name, cache_dir=cache_dir, progress=progress)

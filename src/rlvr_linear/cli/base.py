@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def register(sub) -> None:
-    from ..models import BASE_PRESETS
+    from ..base_model import BASE_PRESETS
 
     p = sub.add_parser("base", help="install the shipped tiny base (or convert SmolLM2) and print its directory")
     p.add_argument(
@@ -25,8 +25,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from ..base_model import BASE_PRESETS, ensure_base
     from ..errors import RlvrLinearError
-    from ..models import BASE_PRESETS, ensure_base
 
     name = args.model or args.preset or "tiny"
     if args.rebuild and name not in BASE_PRESETS:

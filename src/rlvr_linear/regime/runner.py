@@ -35,7 +35,7 @@ def cot_available() -> bool:
     """Whether the long-response task exists and its base ``tiny-cot`` is shipped or cached (never built here: the
     map's one thread would spend hours warming it up)."""
     try:
-        from ..models import BASE_PRESETS, TinyBaseConfig, cache_root, recipe_key, shipped_bases
+        from ..base_model import BASE_PRESETS, TinyBaseConfig, cache_root, recipe_key, shipped_bases
         from ..tasks import get_task
 
         get_task("arithmetic-cot")
@@ -56,7 +56,7 @@ class Regime:
     # models ----------------------------------------------------------------------------------------
     def base(self, name: str) -> str:
         if name not in self._bases:
-            from ..models import ensure_base
+            from ..base_model import ensure_base
 
             if self.quick:
                 from ..study import QUICK_BASE_RECIPE
