@@ -90,3 +90,56 @@ def test_study_plots_write_pngs(tmp_path):
     p4 = plots.plot_extrapolation(tmp_path / "d.png", ([0, 5, 10], [0.1, 0.2, 0.3]), curves)
     for p in (p1, p2, p3, p4):
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_user_text_is_escaped_and_only_code_built_html_is_raw(tmp_path):
+    """Jinja2 autoescaping: a <script> in a run name, title, verdict, note or the model name never reaches the page."""
+    evil = "<script>alert(1)</script>"
+    res = _good(fig="nope.png")
+    res["meta"]["model"] = evil
+    b = res["baseline"]
+    b["title"], b["verdict"], b["paper"]["note"] = evil, evil, evil
+    b["numbers"]["runs"] = {evil: b["numbers"]["runs"]["0"]}
+    page = render_html(res, tmp_path)
+    assert "<script" not in page.lower()
+    # model; summary title + verdict; heading; verdict; the runs table; the paper and numbers JSON dumps
+    assert page.count("&lt;script&gt;alert(1)&lt;/script&gt;") == 8
+    assert "&lt;script&gt;" in page.split("Paper's numbers")[1]  # the note, inside the escaped JSON
+    assert "<table><tr><th>seed</th>" in page  # the code-built table is HTML, not escaped text
+    assert "<span class='badge na'>n/a</span>" in page
+
+
+def test_results_record_the_git_commit_and_dirtiness(tmp_path):
+    import subprocess
+
+    from rlvr_linear.report import git_state
+
+    assert git_state(tmp_path) == {"commit": None, "dirty": None}  # not a git checkout
+    run = dict(cwd=tmp_path, check=True, capture_output=True)
+    subprocess.run(["git", "init", "-q"], **run)
+    (tmp_path / "a.txt").write_text("1")
+    subprocess.run(["git", "add", "a.txt"], **run)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "m"], **run)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], text=True, **run).stdout.strip()
+    assert git_state(tmp_path) == {"commit": head, "dirty": False}
+    (tmp_path / "untracked.txt").write_text("x")
+    assert git_state(tmp_path)["dirty"] is False  # untracked files do not count
+    (tmp_path / "a.txt").write_text("2")
+    assert git_state(tmp_path) == {"commit": head, "dirty": True}
+    # collect_results puts this package's state into meta, and the schema accepts it (and rejects a wrong type)
+    import dataclasses
+
+    from rlvr_linear.report import collect_results
+
+    @dataclasses.dataclass
+    class Cfg:
+        mode: str = "quick"
+        model: str = "tiny"
+        seeds: tuple = (0,)
+
+    res = collect_results(tmp_path / "out", Cfg())
+    assert set(res["meta"]["git"]) == {"commit", "dirty"}
+    assert res["meta"]["git"] == git_state()
+    assert results_errors(res) == []
+    res["meta"]["git"]["dirty"] = "yes"
+    assert results_errors(res) == ["results.meta.git.dirty: expected boolean or null, got str"]

@@ -4,7 +4,7 @@ self-contained ``report.html`` (figures embedded as base64 PNG; no external asse
 ``results.json``::
 
     {
-      "meta": {version, mode, model, seeds, wall_time_s, machine, created, stages, config, banner},
+      "meta": {version, mode, model, seeds, wall_time_s, machine, created, stages, config, banner, git},
       "<section>": {title, seeds, numbers, paper, reproduced, verdict, figures, wall_s},   # one per finished stage
       ...
     }
@@ -19,9 +19,12 @@ from __future__ import annotations
 import base64
 import html
 import json
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
+
+import jinja2
 
 from .errors import RlvrLinearError
 from .io import read_json, write_json, write_text
@@ -77,6 +80,12 @@ RESULTS_SCHEMA: dict = {
                 "stages": {"type": "object"},
                 "config": {"type": "object"},
                 "banner": {"type": "string"},
+                "git": {
+                    "type": "object",
+                    "required": ["commit", "dirty"],
+                    "properties": {"commit": {"type": ["string", "null"]}, "dirty": {"type": ["boolean", "null"]}},
+                    "additionalProperties": False,
+                },
             },
             "additionalProperties": False,
         },
@@ -143,6 +152,26 @@ def validate_results(obj: Any) -> None:
 # Collect
 
 
+def git_state(path: str | Path | None = None) -> dict:
+    """``{"commit", "dirty"}`` of the git checkout holding ``path`` (default: this package's source): the HEAD
+    commit and whether tracked files differ from it (untracked files do not count); both None outside a git
+    checkout (an installed wheel) or without git."""
+    where = Path(path) if path is not None else Path(__file__).resolve().parent
+
+    def git(*args: str) -> str | None:
+        try:
+            p = subprocess.run(["git", "-C", str(where), *args], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return p.stdout.strip() if p.returncode == 0 else None
+
+    commit = git("rev-parse", "--verify", "HEAD")
+    if not commit:
+        return {"commit": None, "dirty": None}
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": None if status is None else bool(status)}
+
+
 def collect_results(out: str | Path, cfg, machine: dict | None = None, timings: dict | None = None) -> dict:
     """Assemble the results object from ``OUT/<stage>/result.json`` files and the study config."""
     from dataclasses import asdict
@@ -171,6 +200,7 @@ def collect_results(out: str | Path, cfg, machine: dict | None = None, timings: 
         "stages": stages,
         "config": json.loads(json.dumps(asdict(cfg))),
         "banner": BANNER,
+        "git": git_state(),
     }
     return {"meta": meta, **res}
 
@@ -200,6 +230,11 @@ def _f(v: Any, nd: int = 3) -> str:
         return "n/a"
     if isinstance(v, float):
         return f"{v:.{nd}f}"
+    return html.escape(str(v))
+
+
+def _s(v: Any) -> str:
+    """``str(v)``, escaped: a table cell of text the code did not build."""
     return html.escape(str(v))
 
 
@@ -241,7 +276,7 @@ def _r2_row(label: str, d: dict, paper: str = "") -> list[str]:
         _f(d.get("share_gt_0.7")),
         _f(d.get("null_median")),
         _f(d.get("null_share_gt_0.7")),
-        str(d.get("n", "")),
+        _s(d.get("n", "")),
         paper,
     ]
 
@@ -252,7 +287,7 @@ _R2_HEAD = ["", "median R²", "IQR", "share > 0.7", "null median", "null share >
 def _body_baseline(s: dict) -> str:
     n = s["numbers"]
     rows = [
-        [html.escape(seed), ", ".join(map(str, r["steps"])), ", ".join(_f(v, 2) for v in r["val_accuracy"]),
+        [html.escape(seed), _s(", ".join(map(str, r["steps"]))), ", ".join(_f(v, 2) for v in r["val_accuracy"]),
          _f(r.get("wall_time_s"), 0)]
         for seed, r in n["runs"].items()
     ]  # fmt: skip
@@ -335,7 +370,7 @@ def _body_mechanism(s: dict) -> str:
 def _body_wx(s: dict) -> str:
     n = s["numbers"]
     rows = [
-        [str(r["t1"]), str(r["target"]), _f(r["alpha"], 2), _ci(r["extrapolated"]), _ci(r["real_rl"]),
+        [_s(r["t1"]), _s(r["target"]), _f(r["alpha"], 2), _ci(r["extrapolated"]), _ci(r["real_rl"]),
          _ci(r["diff_vs_real"]), _ci(r["gain_vs_t1"])]
         for r in n["rows"]
     ]  # fmt: skip
@@ -350,13 +385,11 @@ def _body_wx(s: dict) -> str:
 
 def _body_logit(s: dict) -> str:
     n, p = s["numbers"], s["paper"]
-    rows = [
-        [str(r["seed"]), _f(r["std_rl"], 4), _f(r["extrapolated"], 4), _boot(r["bootstrap"])] for r in n["per_seed"]
-    ]
+    rows = [[_s(r["seed"]), _f(r["std_rl"], 4), _f(r["extrapolated"], 4), _boot(r["bootstrap"])] for r in n["per_seed"]]
     return (
         f"<p>Logit extrapolation from step {n['base_step']} and step {n['second_step']} (last) with alpha "
         f"{n['alpha']} (nominal target step {_f(n['target_step'], 1)}); avg@{n['k']} at T = 0.6, top-p 0.95 on "
-        f"{n['problems']} {n['split']} problems. Last RL checkpoint: {_ci(n['std_rl_avg_at_k'], 4)}; extrapolated: "
+        f"{n['problems']} {_s(n['split'])} problems. Last RL checkpoint: {_ci(n['std_rl_avg_at_k'], 4)}; extrapolated: "
         f"{_ci(n['extrapolated_avg_at_k'], 4)}; difference over seeds {_ci(n['diff_over_seeds'], 4)}; pooled paired "
         f"bootstrap over problems {_boot(n['pooled_paired_bootstrap'])}; relative "
         f"{_f(n['relative_improvement_%'], 2)}%. Paper: {p['std_rl_avg']} -> {p['ours_avg']} "
@@ -368,12 +401,12 @@ def _body_logit(s: dict) -> str:
 def _body_regrounding(s: dict) -> str:
     n = s["numbers"]
     sp_rows = [
-        [html.escape(r["config"]), _f(r["threshold"]), str(r["std_steps"]), str(r["reground_steps"]), r["reached"],
+        [html.escape(r["config"]), _f(r["threshold"]), _s(r["std_steps"]), _s(r["reground_steps"]), _s(r["reached"]),
          _ci(r["speedup"], 2)]
         for r in n["speedups"]
     ]  # fmt: skip
     b_rows = [
-        [html.escape(r["config"]), str(r["gradient_steps"]), _ci(r["standard"]), _ci(r["reground"]), _ci(r["diff"]),
+        [html.escape(r["config"]), _s(r["gradient_steps"]), _ci(r["standard"]), _ci(r["reground"]), _ci(r["diff"]),
          _f(r["relative_%"], 1), _boot(r["pooled_paired_bootstrap"])]
         for r in n["fixed_budgets"]
     ]  # fmt: skip
@@ -399,61 +432,60 @@ _BODIES = {
 }
 
 
+_TEMPLATES = Path(__file__).parent / "templates"
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(_TEMPLATES), autoescape=True, undefined=jinja2.StrictUndefined
+    )
+    env.filters["tojson_plain"] = lambda v: json.dumps(v)  # (escaped by autoescape like any other string)
+    return env
+
+
 def render_html(results: dict, out: str | Path) -> str:
-    """The report as one HTML string; figures (paths relative to ``out``) are inlined as base64 PNG."""
-    out = Path(out)
-    m = results["meta"]
-    parts = [
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-        "<title>rlvr-linear study report</title>",
-        f"<style>{_CSS}</style></head><body>",
-        "<h1>rlvr-linear: linear dynamics of RLVR, reproduced in miniature</h1>",
-        f"<div class='banner'><b>Tiny-model miniature.</b> {html.escape(m.get('banner', BANNER))}</div>",
-        f"<p class='small'>rlvr-linear {html.escape(m['version'])}; mode <b>{html.escape(m['mode'])}</b>; model "
-        f"{html.escape(m['model'])}; seeds {m['seeds']}; total stage wall time {m['wall_time_s']:.0f} s; "
-        f"created {html.escape(m['created'])}; machine: {html.escape(json.dumps(m['machine']))}.</p>",
-    ]
+    """The report as one HTML string; figures (paths relative to ``out``) are inlined as base64 PNG.
+
+    Rendered from ``templates/report.html.j2`` with Jinja2 autoescaping: titles, verdicts, run names, notes and the
+    JSON dumps are escaped there; only HTML this module builds itself (the section tables, whose text cells go
+    through :func:`html.escape`, the regime map and the inlined figures) is passed through ``|safe``.
+    """
     from .regime.render import report_html as regime_html
 
-    parts.append(regime_html(out, lambda rel: _img(out, rel)))  # the regime map leads when OUT/regime has one
+    out = Path(out)
     summary = []
     for s in SECTIONS:
-        if s in results:
-            r = results[s]
-            cls = r["reproduced"].replace("/", "")
-            badge = f"<span class='badge {cls}'>{r['reproduced']}</span>"
-            summary.append([f"<a href='#{s}'>{html.escape(r['title'])}</a>", badge, html.escape(r["verdict"])])
-        else:
-            summary.append([html.escape(s), "<span class='badge na'>not run</span>", ""])
-    parts.append("<h2>Summary</h2>" + _table(["section", "reproduced?", "verdict"], summary))
-    for s in SECTIONS:
-        if s not in results:
+        r = results.get(s)
+        if r is None:
+            summary.append({"name": s, "result": None})
             continue
-        r = results[s]
-        cls = r["reproduced"].replace("/", "")
-        parts.append(f"<h2 id='{s}'>{html.escape(r['title'])}<span class='badge {cls}'>reproduced: "
-                     f"{r['reproduced']}</span></h2>")  # fmt: skip
-        parts.append(f"<p class='verdict'><b>Verdict.</b> {html.escape(r['verdict'])}</p>")
-        parts.append(f"<p class='small'>Seeds: {r['seeds']}; stage wall time {_f(r.get('wall_s'), 0)} s.</p>")
         try:
-            parts.append(_BODIES[s](r))
+            body = _BODIES[s](r)
         except (KeyError, TypeError, ValueError) as e:  # a malformed section still shows its raw numbers
-            parts.append(f"<p class='small'>(table unavailable: {html.escape(repr(e))})</p>")
-        parts.append(
-            "<details><summary>Paper's numbers</summary><pre>"
-            + html.escape(json.dumps(r["paper"], indent=1, ensure_ascii=False))
-            + "</pre></details>"
+            body = f"<p class='small'>(table unavailable: {html.escape(repr(e))})</p>"
+        summary.append(
+            {
+                "name": s,
+                "result": r,
+                "cls": r["reproduced"].replace("/", ""),
+                "wall": _f(r.get("wall_s"), 0),
+                "body": body,
+                "paper_json": json.dumps(r["paper"], indent=1, ensure_ascii=False),
+                "figures": [_img(out, f) for f in r.get("figures", [])],
+                "numbers_json": json.dumps(r["numbers"], indent=1, ensure_ascii=False)[:60000],
+            }
         )
-        figs = r.get("figures", [])
-        if figs:
-            parts.append("<div class='cols'>" + "".join(f"<div>{_img(out, f)}</div>" for f in figs) + "</div>")
-        parts.append(
-            "<details><summary>All numbers (JSON)</summary><pre>"
-            + html.escape(json.dumps(r["numbers"], indent=1, ensure_ascii=False)[:60000])
-            + "</pre></details>"
+    return (
+        _environment()
+        .get_template("report.html.j2")
+        .render(
+            css=_CSS,
+            banner=BANNER,
+            meta=results["meta"],
+            regime=regime_html(out, lambda rel: _img(out, rel)),  # the regime map leads when OUT/regime has one
+            summary=summary,
         )
-    parts.append("<p class='small'>Protocol, noise model and verdict rules: docs/study.md.</p></body></html>")
-    return "\n".join(parts)
+    )
 
 
 def write_report(results: dict, out: str | Path) -> dict:
