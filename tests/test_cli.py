@@ -63,3 +63,57 @@ def test_version(capsys):
     with pytest.raises(SystemExit):
         main(["--version"])
     assert "rlvr-linear" in capsys.readouterr().out
+
+
+def _train_parser():
+    import argparse
+
+    from rlvr_linear.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices["train"]
+
+
+def test_train_flags_are_the_train_config_fields():
+    """Every TrainConfig field is a flag (plus -o/--out, --preset, --config, --overwrite), with its comment as help."""
+    from dataclasses import fields
+
+    from rlvr_linear.cli.train import EXTRA_OPTIONS
+    from rlvr_linear.train import TrainConfig
+
+    p = _train_parser()
+    dests = {a.dest for a in p._actions if a.dest != "help"}
+    assert dests == {f.name for f in fields(TrainConfig)} | set(EXTRA_OPTIONS)
+    opts = p._option_string_actions
+    for f in fields(TrainConfig):
+        assert "--" + f.name.replace("_", "-") in opts, f.name
+    # the earlier flag names keep working
+    for flag in ["-o", "--out", "--lr", "--learning-rate", "--steps", "--preset", "--config", "--reground",
+                 "--monitor", "--threads", "--save-every", "--reground-max-n", "--monitor-every", "--overwrite"]:  # fmt: skip
+        assert flag in opts, flag
+    assert opts["--beta"].help.startswith("KL coefficient (paper: no KL)")
+    assert opts["--top-p"].help == "nucleus sampling during training (default: 1.0)"
+    assert "--no-monitor" in opts and "--no-bf16" in opts
+    assert opts["--reground-norms"].choices == ["copy", "extrapolate"]
+
+
+def test_train_flags_round_trip_into_the_config(tmp_path):
+    from rlvr_linear.cli.train import config_from_args
+    from rlvr_linear.train import PRESETS, TrainConfig
+
+    p = _train_parser()
+    args = p.parse_args(["-o", str(tmp_path), "--lr", "0.01", "--top-p", "0.9", "--beta", "0.04", "--epsilon", "0.1",
+                         "--reground", "4,8", "--reground-norms", "extrapolate", "--monitor", "--max-new-tokens", "5",
+                         "--grpo-extra", '{"logging_steps": 3}', "--preset", "tiny-cot"])  # fmt: skip
+    cfg = config_from_args(args)
+    assert cfg == TrainConfig(**{**PRESETS["tiny-cot"], "learning_rate": 0.01, "top_p": 0.9, "beta": 0.04,
+                                 "epsilon": 0.1, "reground": "4,8", "reground_norms": "extrapolate", "monitor": True,
+                                 "max_new_tokens": 5, "grpo_extra": {"logging_steps": 3}})  # fmt: skip
+    # unset flags leave the preset / YAML values; --no-x sets False over a YAML True
+    y = tmp_path / "c.yaml"
+    y.write_text("steps: 7\nmonitor: true\nbf16: false\n")
+    cfg = config_from_args(p.parse_args(["-o", str(tmp_path), "--config", str(y), "--no-monitor", "--steps", "9"]))
+    assert cfg.steps == 9 and cfg.monitor is False and cfg.learning_rate == TrainConfig().learning_rate
+    assert config_from_args(p.parse_args(["-o", str(tmp_path)])) == TrainConfig(**PRESETS["tiny"])
+    with pytest.raises(SystemExit):
+        p.parse_args(["-o", str(tmp_path), "--grpo-extra", "[1]"])

@@ -1,0 +1,91 @@
+"""Command-line flags generated from a config dataclass, the way TRL's ``TrlParser`` / ``HfArgumentParser`` build them.
+
+Every field becomes ``--field-name`` with the type of its annotation (``X | None`` -> ``X``; ``bool`` ->
+``--x/--no-x``; ``dict`` -> a JSON object) and the field's ``#:`` comment as its help. Every flag defaults to
+``None`` so that :func:`overrides` returns only what the user set: presets and YAML files stay the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import json
+import re
+import types
+import typing
+
+
+def field_comments(cls) -> dict[str, str]:
+    """``{field: text}`` of the ``#:`` comments that follow the fields in the class body (one line each)."""
+    out = {}
+    for line in inspect.getsource(cls).splitlines():
+        m = re.match(r"\s+(\w+)\s*:[^#]*#:\s*(.*)$", line)
+        if m:
+            out[m.group(1)] = m.group(2).strip()
+    return out
+
+
+def _json_object(text: str) -> dict:
+    try:
+        v = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not JSON: {e}") from None
+    if not isinstance(v, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return v
+
+
+def _base_type(tp):
+    """``X`` of ``X | None`` / ``Optional[X]``; the type itself otherwise."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def add_dataclass_arguments(
+    parser: argparse.ArgumentParser,
+    cls,
+    aliases: dict[str, list[str]] | None = None,
+    extra: dict[str, dict] | None = None,
+    skip: set[str] = frozenset(),
+) -> list[str]:
+    """Add one flag per field of the dataclass ``cls`` to ``parser``; returns the fields added.
+
+    ``aliases``: more option strings of a field (``{"learning_rate": ["--lr"]}``, listed first); ``extra``: argparse
+    keywords of a field that replace the generated ones (``help``, ``metavar``, ``choices``).
+    """
+    hints = typing.get_type_hints(cls)
+    helps = field_comments(cls)
+    added = []
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        tp = _base_type(hints[f.name])
+        kw: dict = {"dest": f.name, "default": None}
+        if tp is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        elif tp is dict or typing.get_origin(tp) is dict:
+            kw["type"], kw["metavar"] = _json_object, "JSON"
+        elif tp in (int, float, str):
+            kw["type"] = tp
+        else:
+            raise TypeError(f"{cls.__name__}.{f.name}: no command-line type for {tp!r}")
+        text = helps.get(f.name, "").replace("``", "")
+        if f.default not in (dataclasses.MISSING, None) and tp is not bool:
+            text = f"{text} (default: {f.default})" if text else f"default: {f.default}"
+        kw["help"] = text.replace("%", "%%")
+        kw.update((extra or {}).get(f.name, {}))
+        flag = "--" + f.name.replace("_", "-")
+        names = [*(aliases or {}).get(f.name, []), flag]
+        parser.add_argument(*dict.fromkeys(names), **kw)
+        added.append(f.name)
+    return added
+
+
+def overrides(args: argparse.Namespace, cls) -> dict:
+    """The fields of ``cls`` the user set on the command line (flags left at ``None`` are not overrides)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in vars(args).items() if k in names and v is not None}
