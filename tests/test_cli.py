@@ -88,8 +88,9 @@ def test_train_flags_are_the_train_config_fields():
     for f in fields(TrainConfig):
         assert "--" + f.name.replace("_", "-") in opts, f.name
     # the earlier flag names keep working
-    for flag in ["-o", "--out", "--lr", "--learning-rate", "--steps", "--preset", "--config", "--reground",
-                 "--monitor", "--threads", "--save-every", "--reground-max-n", "--monitor-every", "--overwrite"]:  # fmt: skip
+    old = ["-o", "--out", "--lr", "--learning-rate", "--steps", "--preset", "--config", "--reground", "--monitor",
+           "--threads", "--save-every", "--reground-max-n", "--monitor-every", "--overwrite"]  # fmt: skip
+    for flag in old:
         assert flag in opts, flag
     assert opts["--beta"].help.startswith("KL coefficient (paper: no KL)")
     assert opts["--top-p"].help == "nucleus sampling during training (default: 1.0)"

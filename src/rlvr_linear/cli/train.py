@@ -23,7 +23,8 @@ _EXTRA = {
     "reground_norms": {"choices": ["copy", "extrapolate"]},
     "reground_optimizer": {"choices": ["keep", "reset"]},
     "monitor": {
-        "help": "log drift-to-noise, R² vs its null, forecast error ratio and h* (LinearityMonitor; kept in the manifest)"
+        "help": "log drift-to-noise, R² vs its null, forecast error ratio and h* (LinearityMonitor; kept in the "
+        "manifest)"
     },
 }
 
