@@ -118,3 +118,24 @@ def test_train_flags_round_trip_into_the_config(tmp_path):
     assert config_from_args(p.parse_args(["-o", str(tmp_path)])) == TrainConfig(**PRESETS["tiny"])
     with pytest.raises(SystemExit):
         p.parse_args(["-o", str(tmp_path), "--grpo-extra", "[1]"])
+
+
+def test_analyze_defaults_come_from_the_api():
+    import inspect
+
+    from rlvr_linear.cli import build_parser
+    from rlvr_linear.linearity import analyze_logprobs, analyze_weights, make_probes
+
+    def default(f, name):
+        return inspect.signature(f).parameters[name].default
+
+    p = build_parser()
+    w = p.parse_args(["analyze", "weights", "run", "-o", "x"])
+    for k in ("fraction", "min_samples", "min_unique", "chunk", "seed"):
+        assert getattr(w, k) == default(analyze_weights, k), k
+    lp = p.parse_args(["analyze", "logprobs", "run", "--task", "arithmetic", "-o", "x"])
+    for k in ("min_change", "max_positions", "batch_size"):
+        assert getattr(lp, k) == default(analyze_logprobs, k), k
+    assert (lp.n_prompts, lp.k, lp.split, lp.temperature, lp.probe_seed) == tuple(
+        default(make_probes, k) for k in ("n_prompts", "k", "split", "temperature", "seed")
+    )

@@ -117,6 +117,11 @@ def alpha_from_steps(base_step: float, second_step: float, target_step: float) -
     return (target_step - base_step) / (second_step - base_step)
 
 
+def target_from_alpha(base_step: float, second_step: float, alpha: float) -> float:
+    """``T = a + alpha * (b - a)``: the step that ``alpha`` reaches from steps a and b (inverse of alpha_from_steps)."""
+    return base_step + alpha * (second_step - base_step)
+
+
 def is_norm_param(name: str) -> bool:
     """True for norm parameters by the seed's rule (lower-cased name contains a :data:`NORM_MARKERS` entry)."""
     low = name.lower()
@@ -430,7 +435,7 @@ def extrapolate_two_point(
     _check_compatible(readers, labels)
     target = None
     if a_step is not None and b_step is not None and a_step != b_step:
-        target = a_step + alpha * (b_step - a_step)
+        target = target_from_alpha(a_step, b_step, alpha)
     meta = {
         "method": "two-point",
         "formula": "W = W_base + alpha * (W_second - W_base)",
@@ -756,7 +761,7 @@ def sweep(
                 )
             pairs = [(float(t), alpha_from_steps(a, b, float(t))) for t in targets]
         else:
-            pairs = [(None if a is None or b is None else a + float(x) * (b - a), float(x)) for x in alphas]
+            pairs = [(None if a is None or b is None else target_from_alpha(a, b, float(x)), float(x)) for x in alphas]
         for tgt, al in pairs:
             _check_alpha(al, force)
 
@@ -771,7 +776,11 @@ def sweep(
         traj = run if isinstance(run, Trajectory) else discover(run, allow_pickle=allow_pickle)
         sel = select_checkpoints(traj, fit)
         s0, s1 = float(sel.steps[0]), float(sel.steps[-1])
-        tlist = [float(t) for t in targets] if targets is not None else [s0 + float(x) * (s1 - s0) for x in alphas]
+        tlist = (
+            [float(t) for t in targets]
+            if targets is not None
+            else [target_from_alpha(s0, s1, float(x)) for x in alphas]
+        )
         for tgt in tlist:
             al = alpha_from_steps(s0, s1, tgt)
             _check_alpha(al, force, what=f"horizon for target {tgt:g}")

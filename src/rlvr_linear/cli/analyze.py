@@ -17,12 +17,24 @@ RUN is a run directory (ours, TRL ``checkpoint-N/``, verl ``global_step_N/actor/
 from __future__ import annotations
 
 import argparse
+import inspect
 
 import torch
 
 from ..errors import RlvrLinearError
+from ..linearity import analyze_activations, analyze_logprobs, analyze_weights, forecast, make_probes
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _default(func, name: str):
+    """The default of ``func``'s parameter ``name``: the flags take their defaults from the API, not a copy."""
+    return inspect.signature(func).parameters[name].default
+
+
+_SEED = _default(analyze_weights, "seed")
+_BATCH = _default(analyze_logprobs, "batch_size")
+_DTYPE = next(k for k, v in _DTYPES.items() if v == _default(analyze_logprobs, "dtype"))
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -34,7 +46,9 @@ def _common(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="read pickled weights: .bin files, verl FSDP shards (weights_only=True)",
     )
-    p.add_argument("--seed", type=int, default=42, help="sampling / null-baseline seed (default 42, as the paper)")
+    p.add_argument(
+        "--seed", type=int, default=_SEED, help=f"sampling / null-baseline seed (default {_SEED}, as the paper)"
+    )
 
 
 def _probe_args(p: argparse.ArgumentParser, required: bool) -> None:
@@ -42,15 +56,25 @@ def _probe_args(p: argparse.ArgumentParser, required: bool) -> None:
     src = g.add_mutually_exclusive_group(required=required)
     src.add_argument("--task", help="sample probes from the FIRST checkpoint on this task's prompts")
     src.add_argument("--probes", metavar="FILE", help="JSONL with 'prompt' and 'response' fields")
-    g.add_argument("--split", default="validation", help="task split for the prompts (default validation)")
-    g.add_argument("--n-prompts", type=int, default=32, help="prompts to sample probes for (default 32)")
-    g.add_argument("--k", type=int, default=4, help="responses per prompt (default 4)")
+    d = {k: _default(make_probes, k) for k in ("split", "n_prompts", "k", "temperature", "seed")}
+    g.add_argument("--split", default=d["split"], help=f"task split for the prompts (default {d['split']})")
+    g.add_argument(
+        "--n-prompts", type=int, default=d["n_prompts"], help=f"prompts to sample probes for (default {d['n_prompts']})"
+    )
+    g.add_argument("--k", type=int, default=d["k"], help=f"responses per prompt (default {d['k']})")
     g.add_argument("--max-new-tokens", type=int, help="response length cap (default: the task's)")
-    g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
-    g.add_argument("--probe-seed", type=int, default=0, help="seed for the probe prompts and sampling (default 0)")
-    g.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass (default 8)")
+    g.add_argument(
+        "--temperature", type=float, default=d["temperature"], help=f"sampling temperature (default {d['temperature']})"
+    )
+    g.add_argument(
+        "--probe-seed",
+        type=int,
+        default=d["seed"],
+        help=f"seed for the probe prompts and sampling (default {d['seed']})",
+    )
+    g.add_argument("--batch-size", type=int, default=_BATCH, help=f"sequences per forward pass (default {_BATCH})")
     g.add_argument("--device", help="cpu / cuda (default: cuda if available)")
-    g.add_argument("--dtype", choices=sorted(_DTYPES), default="fp32", help="compute dtype (default fp32)")
+    g.add_argument("--dtype", choices=sorted(_DTYPES), default=_DTYPE, help=f"compute dtype (default {_DTYPE})")
 
 
 def register(subparsers) -> None:
@@ -67,13 +91,28 @@ def register(subparsers) -> None:
     w = sub.add_parser("weights", help="per-parameter R² of weight vs step (+ null baseline)")
     _common(w)
     w.add_argument("--all", action="store_true", help="every parameter instead of the paper's 0.1%% sample")
-    w.add_argument("--fraction", type=float, default=0.001, help="share sampled per tensor (default 0.001)")
-    w.add_argument("--min-samples", type=int, default=50, help="minimum samples per tensor (default 50)")
+    d = {k: _default(analyze_weights, k) for k in ("fraction", "min_samples", "min_unique", "chunk")}
+    w.add_argument(
+        "--fraction", type=float, default=d["fraction"], help=f"share sampled per tensor (default {d['fraction']})"
+    )
+    w.add_argument(
+        "--min-samples",
+        type=int,
+        default=d["min_samples"],
+        help=f"minimum samples per tensor (default {d['min_samples']})",
+    )
     w.add_argument(
         "--min-abs-change", type=float, help="filter 1 threshold (default: 1e-4 for bf16, scaled by eps for others)"
     )
-    w.add_argument("--min-unique", type=int, default=4, help="filter 2: distinct values needed (default 4)")
-    w.add_argument("--chunk", type=int, default=1 << 16, help="elements per chunk with --all (default 2^16)")
+    w.add_argument(
+        "--min-unique",
+        type=int,
+        default=d["min_unique"],
+        help=f"filter 2: distinct values needed (default {d['min_unique']})",
+    )
+    w.add_argument(
+        "--chunk", type=int, default=d["chunk"], help=f"elements per chunk with --all (default {d['chunk']})"
+    )
     w.add_argument(
         "--workers",
         type=int,
@@ -90,20 +129,33 @@ def register(subparsers) -> None:
     lp = sub.add_parser("logprobs", help="per-token R² of teacher-forced log-probs (+ null baseline)")
     _common(lp)
     _probe_args(lp, required=True)
-    lp.add_argument("--min-change", type=float, default=0.2, help="eligible if |Δ logp| > this (default 0.2)")
-    lp.add_argument("--max-positions", type=int, default=100_000, help="positions sampled (default 100000)")
+    d = {k: _default(analyze_logprobs, k) for k in ("min_change", "max_positions")}
+    lp.add_argument(
+        "--min-change",
+        type=float,
+        default=d["min_change"],
+        help=f"eligible if |Δ logp| > this (default {d['min_change']})",
+    )
+    lp.add_argument(
+        "--max-positions",
+        type=int,
+        default=d["max_positions"],
+        help=f"positions sampled (default {d['max_positions']})",
+    )
     lp.set_defaults(func=cmd_logprobs)
 
     act = sub.add_parser("activations", help="R² of residual-stream activations per layer (+ null baseline)")
     _common(act)
     _probe_args(act, required=True)
-    act.add_argument("--pairs-per-layer", type=int, default=20_000, help="(token, channel) pairs (default 20000)")
+    pairs = _default(analyze_activations, "pairs_per_layer")
+    act.add_argument("--pairs-per-layer", type=int, default=pairs, help=f"(token, channel) pairs (default {pairs})")
     act.set_defaults(func=cmd_activations)
 
     fc = sub.add_parser("forecast", help="fit lines up to a step, predict later checkpoints, compare to naive")
     _common(fc)
     fc.add_argument("--fit-until", type=int, required=True, metavar="STEP", help="fit on checkpoints with step <= STEP")
-    fc.add_argument("--chunk", type=int, default=1 << 16, help="elements per chunk (default 2^16)")
+    chunk = _default(forecast, "chunk")
+    fc.add_argument("--chunk", type=int, default=chunk, help=f"elements per chunk (default {chunk})")
     _probe_args(fc, required=False)
     fc.set_defaults(func=cmd_forecast)
 
@@ -117,7 +169,7 @@ def _trajectory(args):
 
 
 def _probes(args, traj):
-    from ..linearity import make_probes, read_probes
+    from ..linearity import read_probes
 
     if getattr(args, "probes", None):
         return read_probes(args.probes)
@@ -152,8 +204,6 @@ def _write(result, args) -> None:
 
 
 def cmd_weights(args) -> int:
-    from ..linearity import analyze_weights
-
     traj = _trajectory(args)
     res = analyze_weights(
         traj,
@@ -173,8 +223,6 @@ def cmd_weights(args) -> int:
 
 
 def cmd_logprobs(args) -> int:
-    from ..linearity import analyze_logprobs
-
     traj = _trajectory(args)
     traj.validate(min_checkpoints=3)
     res = analyze_logprobs(
@@ -193,8 +241,6 @@ def cmd_logprobs(args) -> int:
 
 
 def cmd_activations(args) -> int:
-    from ..linearity import analyze_activations
-
     traj = _trajectory(args)
     traj.validate(min_checkpoints=3)
     res = analyze_activations(
@@ -212,7 +258,7 @@ def cmd_activations(args) -> int:
 
 
 def cmd_forecast(args) -> int:
-    from ..linearity import forecast, split_fit
+    from ..linearity import split_fit
 
     traj = _trajectory(args)
     traj.validate(min_checkpoints=3)

@@ -73,18 +73,14 @@ def run(args) -> int:
     )
     jobs = [(name, path) for name, path in _targets(args.models, args.allow_pickle)]
     if args.logit_extrapolate:
-        from ..logit_extrapolation import ExtrapolatedGenerator, alpha_from_steps, infer_step
+        from ..logit_extrapolation import ExtrapolatedGenerator, resolve_weights
 
         a, b = args.logit_extrapolate
-        alpha = args.alpha
-        if (alpha is None) == (args.target_step is None):
+        if (args.alpha is None) == (args.target_step is None):
             raise RlvrLinearError("--logit-extrapolate needs exactly one of --alpha or --target-step")
-        if alpha is None:
-            sa, sb = infer_step(a), infer_step(b)
-            if sa is None or sb is None:
-                raise RlvrLinearError("cannot infer the checkpoints' steps from their names; use --alpha")
-            alpha = alpha_from_steps(sa, sb, args.target_step)
-        gen = ExtrapolatedGenerator.from_dirs(a, b, alpha=alpha, allow_pickle=args.allow_pickle)
+        weights = resolve_weights([a, b], alpha=args.alpha, target_step=args.target_step)
+        gen = ExtrapolatedGenerator.load([a, b], weights, allow_pickle=args.allow_pickle)
+        alpha = weights[1]
         jobs.append((f"logit-extrapolated(alpha={alpha:g})", gen))
     if not jobs:
         raise RlvrLinearError("nothing to evaluate: give model/run directories or --logit-extrapolate A B")

@@ -106,13 +106,15 @@ def _check_inputs(args) -> None:
 
 def cmd_weights(args) -> int:
     from ..checkpoints import discover
+    from ..io import read_json
     from ..weight_extrapolation import (
         alpha_from_steps,
         extrapolate_fit,
         extrapolate_two_point,
         parse_size,
         select_checkpoints,
-        step_from_path,
+        step_of_path,
+        target_from_alpha,
     )
 
     _check_inputs(args)
@@ -130,15 +132,13 @@ def cmd_weights(args) -> int:
         target = args.target_step
         if target is None:
             sel = select_checkpoints(traj, fit)
-            target = sel.steps[0] + args.alpha * (sel.steps[-1] - sel.steps[0])
+            target = target_from_alpha(sel.steps[0], sel.steps[-1], args.alpha)
         out = extrapolate_fit(traj, args.out, target_step=target, fit=fit, rank=args.rank, **common)
-        desc = f"{'least-squares' if args.rank is None else f'rank-{args.rank}'} fit ({fit}), target step {target:g}"
     else:
-        a = args.base_step if args.base_step is not None else step_from_path(args.base)
-        b = args.second_step if args.second_step is not None else step_from_path(args.second)
-        if args.alpha is not None:
-            alpha = args.alpha
-        else:
+        a = args.base_step if args.base_step is not None else step_of_path(args.base)
+        b = args.second_step if args.second_step is not None else step_of_path(args.second)
+        alpha = args.alpha
+        if alpha is None:
             if a is None or b is None:
                 which = " and ".join(n for n, v in (("--base-step", a), ("--second-step", b)) if v is None)
                 raise RlvrLinearError(
@@ -147,12 +147,13 @@ def cmd_weights(args) -> int:
                 )
             alpha = alpha_from_steps(a, b, args.target_step)
         out = extrapolate_two_point(args.base, args.second, args.out, alpha=alpha, base_step=a, second_step=b, **common)
-        desc = f"two-point, alpha={alpha:.4g}" + (
-            f", target step {a + alpha * (b - a):g}" if a is not None and b is not None else ""
-        )
-    from ..io import read_json
-
-    meta = read_json(out / "extrapolation.json")
+    meta = read_json(out / "extrapolation.json")  # what was written, as the API recorded it
+    if meta["method"] == "two-point":
+        desc = f"two-point, alpha={meta['alpha']:.4g}"
+        if meta["target_step"] is not None:
+            desc += f", target step {meta['target_step']:g}"
+    else:
+        desc = f"{meta['method']} fit ({meta['fit']}), target step {meta['target_step']:g}"
     counts = ", ".join(f"{v} {k}" for k, v in sorted(meta["counts"].items()))
     print(f"wrote {out} ({desc}): {counts} tensors")
     return 0
