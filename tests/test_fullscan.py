@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from rlvr_linear import fullscan as F
 from rlvr_linear import linearity as L
 from rlvr_linear.checkpoints import discover
 from rlvr_linear.errors import RlvrLinearError
+from rlvr_linear.linearity import fullscan as F
+from rlvr_linear.linearity import reader as R
 from rlvr_linear.testing import make_trajectory
 
 
@@ -102,7 +103,7 @@ def test_all_mode_results_identical_with_span_reads(runs, kind, monkeypatch):
     traj = discover(runs[kind])
     got = {}
     for spans in (False, True):
-        monkeypatch.setattr(L, "SPAN_READS", spans)
+        monkeypatch.setattr(R, "SPAN_READS", spans)
         got[spans] = [L.analyze_weights(traj, sample="all", chunk=40, workers=w) for w in (1, 2)]
     for a in got[True] + got[False][1:]:
         b = got[False][0]

@@ -15,6 +15,7 @@ from rlvr_linear import linearity as L
 from rlvr_linear.checkpoints import discover
 from rlvr_linear.cli import main
 from rlvr_linear.errors import RlvrLinearError
+from rlvr_linear.linearity import kernel as K
 from rlvr_linear.models import load_model
 from rlvr_linear.testing import make_trajectory
 
@@ -304,7 +305,7 @@ def _same_weights(a, b):
 def test_column_tiles_do_not_change_results(runs, monkeypatch):
     traj = discover(runs["noisy"])
     whole = L.analyze_weights(traj, sample="all", chunk=1 << 20)
-    monkeypatch.setattr(L, "_TILE", 16)  # every block analysed in tiles of 16 columns
+    monkeypatch.setattr(K, "_TILE", 16)  # every block analysed in tiles of 16 columns
     tiled = L.analyze_weights(traj, sample="all", chunk=1 << 20)
     assert [(t.kept, t.never_moved, t.null_sample) for t in tiled.tensors] == [
         (t.kept, t.never_moved, t.null_sample) for t in whole.tensors
@@ -318,7 +319,7 @@ def test_column_tiles_do_not_change_results(runs, monkeypatch):
 
 def test_worker_processes_give_exactly_the_single_process_result(runs, monkeypatch):
     traj = discover(runs["noisy"])
-    monkeypatch.setattr(L, "_TILE", 16)  # tiles inside blocks too (the forked workers inherit it)
+    monkeypatch.setattr(K, "_TILE", 16)  # tiles inside blocks too (the forked workers inherit it)
     ref = L.analyze_weights(traj, sample="all", chunk=40, workers=1)
     jobs = [L._Job("w", i, i + 1, 40, np.float32) for i in range(300)]  # 12,000 elements / 128 = 93.75 per part
     assert L._segments(jobs, 128) == [(i, i + 3) for i in range(0, 300, 3)]
@@ -361,9 +362,9 @@ def test_fused_kernel_equals_the_numpy_path(runs, tmp_path, monkeypatch, dtype):
     traj = discover(root)
     for kw in ({"chunk": 40}, {"chunk": 1 << 20, "null_fraction": 1.0}, {"chunk": 40, "min_unique": 6}):
         fused = L.analyze_weights(traj, sample="all", **kw)
-        monkeypatch.setattr(L, "USE_NUMBA", False)
+        monkeypatch.setattr(K, "USE_NUMBA", False)
         ref = L.analyze_weights(traj, sample="all", **kw)
-        monkeypatch.setattr(L, "USE_NUMBA", True)
+        monkeypatch.setattr(K, "USE_NUMBA", True)
         _same_up_to_rounding(fused, ref)
         c = fused.counts()
         assert c["never_moved"] > 0 and c["filtered_few_unique"] > 0 and c["kept"] > c["numel"] // 2

@@ -30,7 +30,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .errors import RlvrLinearError
-from .io import read_json, write_json
+from .io import jsonable, read_json, write_json
 from .report import SECTIONS
 
 #: one stage per report section, then the report itself
@@ -332,19 +332,8 @@ def _num(x: Any, nd: int = 4) -> Any:
     return x
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        f = float(obj)
-        return f if math.isfinite(f) else None
-    return obj
+#: the one JSON cleaner (NaN / Inf -> None, numpy -> Python); the old name stays for rlvr_linear.regime
+_jsonable = jsonable
 
 
 class _Ctx:

@@ -142,9 +142,9 @@ class Advice:
         return min(vals) if vals else 0.0
 
     def to_json(self) -> dict:
-        from ..linearity import _clean
+        from ..io import jsonable
 
-        return _clean(
+        return jsonable(
             {
                 "kind": "advice",
                 "steps": self.steps,

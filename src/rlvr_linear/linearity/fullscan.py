@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import RlvrLinearError
+from ..errors import RlvrLinearError
 
 #: bytes per checkpoint read at once (one span): 1 MiB = 8 bf16 blocks of 2^16 elements
 SPAN_BYTES = 1 << 20

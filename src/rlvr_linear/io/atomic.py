@@ -14,7 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import RlvrLinearError
+from ..errors import RlvrLinearError
+from .jsonable import jsonable
 
 #: temporary names carry the writer's pid and host (``.NAME.tmp-PID@HOST-XXXXXXXX``) so that the next writer can
 #: tell the leftovers of a dead process from the work of a live one
@@ -165,14 +166,8 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def _json_default(o: Any) -> Any:
-    import numpy as np
-
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+    """``json.dump``'s hook for what it cannot write itself: numpy values and paths (non-finite floats kept)."""
+    out = jsonable(o, finite=False, paths=True)
+    if out is o:
+        raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+    return out

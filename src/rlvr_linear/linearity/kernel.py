@@ -1,0 +1,553 @@
+"""Per-block analysis: the numpy path (whole or in column tiles) and the fused numba kernel."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import RlvrLinearError
+from .reader import _check_finite
+from .sampling import sample_indices, tensor_seed
+from .stats import (
+    PAPER_SEED,
+    THRESHOLD,
+    Dist,
+    LinearFit,
+    _buf,
+    _check_steps,
+    _cumsum_rows,
+    _flip_inplace,
+    _moments,
+    _r,
+    _r2,
+    _records,
+    n_unique,
+)
+
+# --------------------------------------------------------------------------------------------------
+# Per-tensor statistics and the numpy path (whole blocks or column tiles)
+
+
+@dataclass
+class TensorStats:
+    """Per-tensor counts and R² summaries (one CSV row)."""
+
+    name: str
+    layer: int | None
+    module: str
+    dtype: str
+    numel: int
+    sampled: int
+    kept: int
+    filtered_small_change: int
+    filtered_few_unique: int
+    never_moved: int
+    r2: dict
+    null: dict
+    dnr: dict
+    null_sample: int = 0  #: kept parameters that got the sign-flip null (all of them in paper mode)
+
+    def row(self) -> dict:
+        return {
+            "name": self.name,
+            "layer": "" if self.layer is None else self.layer,
+            "module": self.module,
+            "dtype": self.dtype,
+            "numel": self.numel,
+            "sampled": self.sampled,
+            "kept": self.kept,
+            "filtered_small_change": self.filtered_small_change,
+            "filtered_few_unique": self.filtered_few_unique,
+            "never_moved": self.never_moved,
+            "null_sample": self.null_sample,
+            "mean": _r(self.r2["mean"], 6),
+            "median": _r(self.r2["median"], 6),
+            "q1": _r(self.r2["q1"], 6),
+            "q3": _r(self.r2["q3"], 6),
+            "share_gt_0.7": _r(self.r2["share_gt_0.7"], 6),
+            "null_median": _r(self.null["median"], 6),
+            "null_share_gt_0.7": _r(self.null["share_gt_0.7"], 6),
+            "dnr_median": _r(self.dnr["median"], 6),
+        }
+
+
+TENSOR_CSV_COLUMNS = [
+    "name", "layer", "module", "dtype", "numel", "sampled", "kept", "filtered_small_change", "filtered_few_unique",
+    "never_moved", "null_sample", "mean", "median", "q1", "q3", "share_gt_0.7", "null_median", "null_share_gt_0.7",
+    "dnr_median",
+]  # fmt: skip
+
+
+@dataclass
+class _Block:
+    """Filters, R², drift-to-noise and sign-flip null of one (T, n) block of one tensor."""
+
+    n: int
+    never: int
+    small: int
+    few: int
+    keep: np.ndarray  #: (n,) bool, the kept columns
+    fit: LinearFit  #: of the kept columns
+    dnr: np.ndarray  #: of the kept columns
+    null_r2: np.ndarray  #: of the kept columns in the null sample (:func:`null_sample`)
+    null_dnr: np.ndarray
+    null_n: int
+
+
+def null_sample(numel: int, fraction: float, min_count: int, name: str, seed: int = PAPER_SEED) -> np.ndarray | None:
+    """Sorted flat indices of the parameters of a tensor that get the sign-flip null (None: all of them).
+
+    ``k = min(numel, max(min_count, ceil(fraction * numel)))`` indices drawn by :func:`sample_indices` with
+    seed ``tensor_seed("null:" + name, seed)``: deterministic, and the same whatever the chunking.
+    """
+    if fraction >= 1.0:
+        return None
+    k = min(numel, max(int(min_count), math.ceil(fraction * numel)))
+    return None if k >= numel else sample_indices(numel, k, tensor_seed("null:" + name, seed))
+
+
+def _analyze_block(
+    y: np.ndarray,
+    x: np.ndarray,
+    index: int | np.ndarray,
+    key: int,
+    min_abs_change: float,
+    min_unique: int,
+    steps: Sequence[int] = (),
+    name: str = "",
+    null_cols: np.ndarray | None = None,
+    lines: bool = True,
+    work: dict | None = None,
+) -> _Block:
+    """Filters, R², drift-to-noise and sign-flip null of a (T, n) block of stored values.
+
+    ``y`` is float32 (an exact copy of bf16 / fp16 / fp32 weights) or float64; ``index`` gives the columns'
+    flat indices in the tensor: an (n,) array, or an int ``i0`` for ``i0 + arange(n)``. The filters compare
+    stored values; everything after them is float64 on ``z_t = y_t - y_1`` (exact): ``Σ z`` and ``S_xz`` in
+    one GEMM, ``Σ z²`` in one pass, then the increments ``d`` in place for ``Σ d²`` — about ten vectorised
+    passes over the block on every column (cheaper than compacting the few dropped ones), in the reusable
+    arrays of ``work``. The null (:func:`sign_flip_null`) is computed for the kept columns among
+    ``null_cols`` (sorted column positions; None: every kept column). ``lines=False`` skips slopes and
+    intercepts (``fit.slope`` / ``fit.intercept`` are then None). Raises :class:`RlvrLinearError` naming the
+    checkpoint step and ``name`` if the block holds NaN or Inf.
+    """
+    T, n = y.shape
+    xc, sxx = _check_steps(x)
+    f64 = np.float64
+    hi, lo, rec = _records(y, work)
+    rng = np.subtract(hi, lo, dtype=f64, out=_buf(work, "rng", (n,), f64))  # exact: both cast first
+    if not math.isfinite(float(rng.sum())):  # NaN / Inf anywhere in a column makes its range non-finite
+        _check_finite(y, steps, name)
+    big = rng > min_abs_change
+    small = np.flatnonzero(~big)
+    never = int(np.count_nonzero(rng[small] == 0))
+    few = np.flatnonzero(big & (rec < min_unique - 1))  # not proven by the records: count exactly
+    if few.size:
+        few = few[n_unique(np.take(y, few, axis=1)) < min_unique]
+    keep = big
+    keep[few] = False
+    every = small.size == 0 and few.size == 0
+    # observed line, float64
+    y0 = _buf(work, "y0", (n,), f64)
+    np.copyto(y0, y[0])
+    z = _buf(work, "z", (T - 1, n), f64)  # z_t = y_t - y_1 for t = 2..T (z_1 = 0 adds nothing to the sums)
+    np.copyto(z, y[1:])
+    z -= y0
+    M = np.matmul(np.stack([np.full(T - 1, 1.0 / T), xc[1:]]), z, out=_buf(work, "M", (2, n), f64))
+    zm, sxy = M[0], M[1]
+    szz = np.einsum("tn,tn->n", z, z, out=_buf(work, "szz", (n,), f64))
+
+    def kept(a: np.ndarray) -> np.ndarray:
+        return a if every else a[keep]
+
+    net = np.abs(kept(z[-1]))
+    for t in range(T - 2, 0, -1):  # z -> increments d_t = y_{t+1} - y_t, in place
+        z[t] -= z[t - 1]
+    d = z
+    ss2 = np.einsum("tn,tn->n", d, d, out=_buf(work, "ss2", (n,), f64))
+    # R² = S_xz² / (S_xx S_zz), S_zz = Σ z² - T zm²; kept columns moved, so S_zz > 0 and Σ d² > 0
+    zm_k, sxy_k = kept(zm), kept(sxy)
+    syy = zm_k * zm_k
+    syy *= -T
+    syy += kept(szz)
+    r2 = sxy_k * sxy_k
+    r2 /= syy
+    r2 *= 1.0 / sxx
+    if not (syy > 0).all():
+        r2 = _r2(sxy_k, syy, sxx, np.zeros(syy.size, dtype=bool))
+    np.clip(r2, 0.0, 1.0, out=r2)
+    ss = np.sqrt(kept(ss2))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dnr = net / ss
+    if not (ss > 0).all():
+        dnr[~(ss > 0)] = 0.0
+    slope = intercept = None
+    if lines:
+        slope = sxy_k / sxx
+        intercept = kept(y0) + zm_k - slope * x.mean()
+    # null: cumulative sums of sign-flipped increments on the kept null sample (R² is shift invariant)
+    if null_cols is None:
+        js = np.arange(n) if every else np.flatnonzero(keep)
+    else:
+        js = null_cols[keep[null_cols]]
+    flat = index + js if isinstance(index, (int, np.integer)) else np.asarray(index)[js]
+    dn = d[:, js]
+    _flip_inplace(dn, flat, key)
+    c = np.empty((T, js.size))
+    _cumsum_rows(dn, c)
+    _, nxy, nyy = _moments(c, xc)
+    ssn = np.sqrt(ss2[js])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        null_dnr = np.where(ssn > 0, np.abs(c[-1]) / ssn, 0.0)
+    return _Block(
+        n=n,
+        never=never,
+        small=int(small.size),
+        few=int(few.size),
+        keep=keep,
+        fit=LinearFit(r2, slope, intercept, np.zeros(r2.size, dtype=bool)),
+        dnr=dnr,
+        null_r2=_r2(nxy, nyy, sxx, np.zeros(js.size, dtype=bool)),
+        null_dnr=null_dnr,
+        null_n=int(js.size),
+    )
+
+
+#: columns per tile in :func:`_analyze_tiled`: smaller work arrays (~13 x 32,768 x 8 bytes) stay in cache between
+#: the ~10 passes over a tile, which matters most when two worker processes share the memory bandwidth
+_TILE = 1 << 15
+
+
+def _analyze_tiled(
+    y: np.ndarray,
+    x: np.ndarray,
+    index: int | np.ndarray,
+    key: int,
+    min_abs_change: float,
+    min_unique: int,
+    steps: Sequence[int],
+    name: str,
+    null_cols: np.ndarray | None,
+    lines: bool,
+    work: dict | None,
+    tile: int | None = None,
+) -> _Block:
+    """:func:`_analyze_block` on column tiles of ``y`` (each column's numbers do not depend on the tiling),
+    concatenated into the block's result (a NaN / Inf error names the block's first bad checkpoint)."""
+    n = y.shape[1]
+    tile = _TILE if tile is None else tile
+    args = (key, min_abs_change, min_unique, steps, name)
+    if n <= tile:
+        return _analyze_block(y, x, index, *args, null_cols, lines, work)
+    parts = []
+    try:
+        for a in range(0, n, tile):
+            b = min(n, a + tile)
+            idx = index + a if isinstance(index, (int, np.integer)) else np.asarray(index)[a:b]
+            cols = None
+            if null_cols is not None:
+                lo, hi = np.searchsorted(null_cols, [a, b])
+                cols = null_cols[lo:hi] - a
+            parts.append(_analyze_block(y[:, a:b], x, idx, *args, cols, lines, work))
+    except RlvrLinearError:
+        _check_finite(y, steps, name)  # the whole block's first bad checkpoint, as without tiles
+        raise
+
+    def cat(get) -> np.ndarray | None:
+        arrs = [get(p) for p in parts]
+        return None if arrs[0] is None else np.concatenate(arrs)
+
+    return _Block(
+        n=n,
+        never=sum(p.never for p in parts),
+        small=sum(p.small for p in parts),
+        few=sum(p.few for p in parts),
+        keep=cat(lambda p: p.keep),
+        fit=LinearFit(
+            cat(lambda p: p.fit.r2),
+            cat(lambda p: p.fit.slope),
+            cat(lambda p: p.fit.intercept),
+            cat(lambda p: p.fit.constant),
+        ),  # fmt: skip
+        dnr=cat(lambda p: p.dnr),
+        null_r2=cat(lambda p: p.null_r2),
+        null_dnr=cat(lambda p: p.null_dnr),
+        null_n=sum(p.null_n for p in parts),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# The fused all-mode kernel (numba): filters, R², drift-to-noise and histograms in one pass per parameter
+
+#: numba is installed (imported on the first all-mode block only: it costs ~0.4 s and ~50 MB at import)
+HAVE_NUMBA = importlib.util.find_spec("numba") is not None
+#: use the fused numba kernel for all-mode blocks when numba is importable (False: the numpy path everywhere)
+USE_NUMBA = HAVE_NUMBA
+_KERNEL = None
+
+
+#: columns per tile of :func:`_fused_columns` (its per-column accumulators stay in L1)
+_FUSED_TILE = 512
+
+
+def _fused_columns(y, bf16, tproto, xc, inv_sxx, thr, k, r2_counts, r2_scale, dnr_counts, dnr_scale, thresh, keep):
+    """One pass over the columns of a (T, n) block ``y`` (float32 / float64 values, or bf16 bits as uint16 when
+    ``bf16``); per column, the inner loop over T:
+
+    * range filter ``max - min > thr`` (``never``: max == min), then at least ``k`` distinct values (a small
+      insertion check, stopped as soon as ``k`` are found);
+    * on ``z_t = y_t - y_1`` in float64: ``z̄ = Σ z / T``, ``S_xz = Σ xc_t z_t``, ``S_zz = Σ z² - T z̄²``,
+      ``R² = clip(S_xz² / S_zz / S_xx, 0, 1)`` (0 when ``S_zz <= 0``), drift-to-noise ``|z_T| / sqrt(Σ d²)``
+      with ``d_t = z_{t+1} - z_t`` (the formulas of :func:`_analyze_block`);
+    * kept columns add to the histograms ``r2_counts`` / ``dnr_counts`` (bin ``int(v * scale)``, clipped, as
+      :meth:`Dist.add`) and to the returned sums and counts above ``thresh``; ``keep[j]`` is set.
+
+    The range and distinct-value tracking runs in the dtype of ``tproto`` (float32 for bf16 / fp16 / fp32
+    checkpoints, whose values float32 holds exactly: twice the vector width of float64), the sums in float64.
+
+    Returns ``(bad, small, few, never, kept, sum_r2, gt_r2, sum_dnr, gt_dnr)``; ``bad`` = 1 when a value is NaN
+    or Inf (the caller then raises with the checkpoint's step; the other outputs are then incomplete).
+    """
+    T, n = y.shape
+    W = _FUSED_TILE
+    # per-column accumulators of a tile: local arrays, so that the compiler vectorises the loops over columns
+    u = np.zeros(W, np.uint32)
+    f = u.view(np.float32)
+    v = np.empty(W)
+    vv = np.empty(W, tproto.dtype)  # the values again, in the tracking dtype
+    hi = np.empty(W, tproto.dtype)
+    lo = np.empty(W, tproto.dtype)
+    rec = np.empty(W, tproto.dtype)
+    y0 = np.empty(W)
+    sz = np.empty(W)
+    sxz = np.empty(W)
+    szz = np.empty(W)
+    ss2 = np.empty(W)
+    zt = np.empty(W)
+    s1 = np.empty(W, tproto.dtype)  # the first 3 distinct values (NaN: none yet): counts up to k <= 4 exactly
+    s2 = np.empty(W, tproto.dtype)
+    s3 = np.empty(W, tproto.dtype)
+    n_seen = np.empty(W, tproto.dtype)
+    state = np.empty(W, np.int64)  # 0: filtered by the range, 1: to count distinct values, 2: kept
+    b_r2 = np.empty(W, np.int64)
+    b_dnr = np.empty(W, np.int64)
+    seen = np.empty(T)
+    small = few = never = kept = gt_r2 = gt_dnr = 0
+    sum_r2 = sum_dnr = 0.0
+    for a in range(0, n, W):
+        m = min(W, n - a)
+        for t in range(T):
+            r = y[t, a : a + m]
+            if bf16:  # bf16 -> float32: the 16 bits are the top half of the float32's
+                for j in range(m):
+                    u[j] = np.uint32(r[j]) << 16
+                for j in range(m):
+                    vv[j] = f[j]
+            else:
+                for j in range(m):
+                    vv[j] = r[j]
+            if t == 0:
+                for j in range(m):
+                    hi[j] = vv[j]
+                    lo[j] = vv[j]
+                    rec[j] = 0
+                    y0[j] = vv[j]
+                    sz[j] = 0.0
+                    sxz[j] = 0.0
+                    szz[j] = 0.0
+                    ss2[j] = 0.0
+                    zt[j] = 0.0
+                    s1[j] = vv[j]
+                    s2[j] = np.nan
+                    s3[j] = np.nan
+                    n_seen[j] = 1
+                continue
+            xt = xc[t]
+            for j in range(m):  # float64 sums
+                z = np.float64(vv[j]) - y0[j]
+                sz[j] += z
+                sxz[j] += xt * z
+                szz[j] += z * z
+                d = z - zt[j]
+                ss2[j] += d * d
+                zt[j] = z
+            for j in range(m):  # range and distinct values, in the tracking dtype (its own loop: vectorised)
+                vt = vv[j]
+                h = hi[j]
+                lw = lo[j]
+                up = vt > h
+                down = vt < lw
+                rec[j] += up | down  # strict new running max / min: differs from all earlier values
+                hi[j] = vt if up else h
+                lo[j] = vt if down else lw
+                a2 = s2[j]
+                a3 = s3[j]
+                new = (vt != s1[j]) & (vt != a2) & (vt != a3)
+                c = n_seen[j]
+                s2[j] = vt if new & (c == 1) else a2
+                s3[j] = vt if new & (c == 2) else a3
+                n_seen[j] = c + new
+        nbad = 0
+        for j in range(m):  # filters (but the exact distinct count), R², drift-to-noise, bins: vectorised
+            zm = sz[j] / T
+            syy = szz[j] - T * zm * zm
+            r2 = sxz[j] * sxz[j] / syy * inv_sxx
+            r2 = r2 if syy > 0 and r2 < np.inf else 0.0  # (NaN too)
+            r2 = min(max(r2, 0.0), 1.0)
+            v[j] = r2
+            ss = np.sqrt(ss2[j])
+            dnr = abs(zt[j]) / ss
+            dnr = dnr if ss > 0 else 0.0
+            zt[j] = dnr
+            b_r2[j] = min(np.int64(r2 * r2_scale), r2_counts.size - 1)
+            b_dnr[j] = min(np.int64(dnr * dnr_scale), dnr_counts.size - 1)
+            rng = np.float64(hi[j]) - np.float64(lo[j])
+            big = rng > thr
+            small += 0 if big else 1
+            never += 1 if rng == 0 else 0
+            if k <= 4:  # exact: 2 kept, 0 filtered (by the range or too few distinct values)
+                state[j] = 2 if big and n_seen[j] >= k else 0
+                few += 1 if big and n_seen[j] < k else 0
+            else:  # 1: not proven by the records, count exactly below
+                state[j] = (2 if rec[j] >= k - 1 else 1) if big else 0
+            nbad += 0 if np.isfinite(sz[j] + y0[j]) else 1  # a NaN / Inf anywhere makes Σz (or y_1) non-finite
+        if nbad:
+            return 1, small, few, never, kept, sum_r2, gt_r2, sum_dnr, gt_dnr
+        for j in range(m):
+            if state[j] == 1:  # not proven by the records: count distinct values (stop at k)
+                nd = 0
+                for t in range(T):
+                    if bf16:
+                        u[0] = np.uint32(y[t, a + j]) << 16
+                        vt = np.float64(f[0])
+                    else:
+                        vt = np.float64(y[t, a + j])
+                    new = True
+                    for q in range(nd):
+                        if seen[q] == vt:
+                            new = False
+                            break
+                    if new:
+                        seen[nd] = vt
+                        nd += 1
+                        if nd >= k:
+                            break
+                state[j] = 2 if nd >= k else 0
+                few += 0 if nd >= k else 1
+        for j in range(m):  # the kept columns into the sums and histograms, in column order
+            w = 1 if state[j] == 2 else 0
+            keep[a + j] = w == 1
+            kept += w
+            r2 = v[j] if w else 0.0
+            dnr = zt[j] if w else 0.0
+            sum_r2 += r2
+            sum_dnr += dnr
+            gt_r2 += 1 if r2 > thresh else 0
+            gt_dnr += 1 if dnr > thresh else 0
+            r2_counts[b_r2[j]] += w
+            dnr_counts[b_dnr[j]] += w
+    return 0, small, few, never, kept, sum_r2, gt_r2, sum_dnr, gt_dnr
+
+
+def tracking_proto(dtype) -> np.ndarray:
+    """The tracking dtype of :func:`_fused_columns` (as an empty array): float64 only for float64 blocks."""
+    return np.empty(0, np.float64 if dtype == np.float64 else np.float32)
+
+
+def fused_kernel():
+    """:func:`_fused_columns` compiled by numba (``cache=True``: compiled once, ~1.5 s, then loaded from the cache)."""
+    global _KERNEL
+    if _KERNEL is None:
+        import numba
+
+        _KERNEL = numba.njit(cache=True, nogil=True, error_model="numpy")(_fused_columns)
+    return _KERNEL
+
+
+@dataclass
+class _FusedBlock:
+    """All-mode result of one block from :func:`_fused_columns`: counts, sums, and the null of its sample.
+
+    The observed R² and drift-to-noise went straight into the calling thread's histograms (``hist``: counts,
+    n and the share above the threshold), so only their sums (``sum_r2``, ``sum_dnr``) travel.
+    """
+
+    n: int
+    never: int
+    small: int
+    few: int
+    kept: int
+    keep: np.ndarray  #: (n,) bool, the kept columns (a work array: valid until the thread's next block)
+    sum_r2: float
+    sum_dnr: float
+    null_r2: np.ndarray
+    null_dnr: np.ndarray
+    null_n: int
+
+
+def _as_float(y: np.ndarray) -> np.ndarray:
+    """A float32 copy of a block of bf16 bits (uint16); other blocks as they are."""
+    if y.dtype == np.uint16:
+        return torch.from_numpy(y).view(torch.bfloat16).float().numpy()
+    return y
+
+
+def _null_stats(y: np.ndarray, flat: np.ndarray, key: int, xc: np.ndarray, sxx: float) -> tuple[np.ndarray, np.ndarray]:
+    """Sign-flip null R² and drift-to-noise of the (T, m) columns ``y`` (flat indices ``flat``)."""
+    d = np.diff(np.asarray(y, dtype=np.float64), axis=0)
+    ssn = np.sqrt(np.einsum("tn,tn->n", d, d))
+    _flip_inplace(d, flat, key)
+    c = np.empty((d.shape[0] + 1, d.shape[1]))
+    _cumsum_rows(d, c)
+    _, nxy, nyy = _moments(c, xc)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        null_dnr = np.where(ssn > 0, np.abs(c[-1]) / ssn, 0.0)
+    return _r2(nxy, nyy, sxx, np.zeros(d.shape[1], dtype=bool)), null_dnr
+
+
+def _analyze_fused(
+    y: np.ndarray,
+    x: np.ndarray,
+    i0: int,
+    key: int,
+    min_abs_change: float,
+    min_unique: int,
+    steps: Sequence[int],
+    name: str,
+    null_cols: np.ndarray | None,
+    hist: dict[str, Dist],
+    work: dict,
+) -> _FusedBlock:
+    """All mode without slopes: :func:`_analyze_block`'s filters, R² and drift-to-noise by the fused kernel
+    (:func:`_fused_columns`, one pass over the block), their histograms accumulated into ``hist["r2"]`` /
+    ``hist["dnr"]``; the sign-flip null on the kept columns among ``null_cols`` (numpy, a small sample).
+
+    ``y``: (T, n) float32 / float64 values or bf16 bits (uint16); columns ``i0 + arange(n)`` of the tensor.
+    """
+    T, n = y.shape
+    xc, sxx = _check_steps(x)
+    keep = _buf(work, "keep", (n,), np.bool_)
+    hr, hd = hist["r2"], hist["dnr"]
+    out = fused_kernel()(
+        y, y.dtype == np.uint16, tracking_proto(y.dtype), xc, 1.0 / sxx, float(min_abs_change), int(min_unique),
+        hr.counts, hr.bins / hr.hi, hd.counts, hd.bins / hd.hi, THRESHOLD, keep,
+    )  # fmt: skip
+    bad, small, few, never, kept, sum_r2, gt_r2, sum_dnr, gt_dnr = out
+    if bad:
+        _check_finite(_as_float(y), steps, name)
+        raise RlvrLinearError(f"tensor {name!r} contains NaN or Inf values")  # (not reached)
+    hr.n += kept
+    hr.n_gt += gt_r2
+    hd.n += kept
+    hd.n_gt += gt_dnr
+    js = np.flatnonzero(keep) if null_cols is None else null_cols[keep[null_cols]]
+    null_r2, null_dnr = _null_stats(_as_float(y[:, js]), i0 + js, key, xc, sxx)
+    return _FusedBlock(
+        n=n, never=never, small=small, few=few, kept=kept, keep=keep, sum_r2=sum_r2, sum_dnr=sum_dnr,
+        null_r2=null_r2, null_dnr=null_dnr, null_n=int(js.size),
+    )  # fmt: skip

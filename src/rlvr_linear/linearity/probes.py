@@ -1,0 +1,220 @@
+"""Probes (prompt + response), their sampling, and teacher-forced log-prob scoring."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import RlvrLinearError
+from ..io import write_text
+from ..io.checkpoints import Trajectory
+
+# --------------------------------------------------------------------------------------------------
+# Probes and teacher-forced log-probs
+
+
+@dataclass
+class Probe:
+    """A fixed prompt/response pair scored by every checkpoint (the response is appended verbatim)."""
+
+    prompt: str
+    response: str
+    problem_id: str = ""
+
+
+def read_probes(path: str | Path) -> list[Probe]:
+    """Probes from a JSONL file with ``prompt`` and ``response`` fields (``problem_id`` optional)."""
+    p = Path(path)
+    if not p.is_file():
+        raise RlvrLinearError(f"{p}: probe file not found")
+    out = []
+    for i, line in enumerate(p.read_text().splitlines()):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise RlvrLinearError(f"{p}: line {i + 1} is not JSON ({e})") from None
+        if not isinstance(r, dict) or "prompt" not in r or "response" not in r:
+            raise RlvrLinearError(f"{p}: line {i + 1} lacks a 'prompt' or 'response' field")
+        out.append(Probe(str(r["prompt"]), str(r["response"]), str(r.get("problem_id", ""))))
+    if not out:
+        raise RlvrLinearError(f"{p}: no probes in the file")
+    return out
+
+
+def write_probes(path: str | Path, probes: Sequence[Probe]) -> None:
+    lines = [json.dumps({"prompt": p.prompt, "response": p.response, "problem_id": p.problem_id}) for p in probes]
+    write_text(path, "\n".join(lines) + "\n")
+
+
+def _as_probes(probes: Sequence[Probe] | str | Path) -> list[Probe]:
+    if isinstance(probes, (str, Path)):
+        return read_probes(probes)
+    out = list(probes)
+    if not out:
+        raise RlvrLinearError("no probes given")
+    return out
+
+
+def _device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@torch.no_grad()
+def make_probes(
+    model_dir: str | Path,
+    task,
+    n_prompts: int = 32,
+    k: int = 4,
+    split: str = "validation",
+    max_new_tokens: int | None = None,
+    temperature: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 16,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    allow_pickle: bool = False,
+) -> list[Probe]:
+    """Sample ``k`` responses per prompt from one model (the trajectory's first checkpoint) as probes.
+
+    Prompts are ``task.render(problem, tokenizer)`` for ``n_prompts`` problems of ``split``, tokenized without
+    special tokens (the rendered text is what the model sees), left padded; sampling is plain
+    ``model.generate(do_sample=True, temperature, top_k=0, top_p=1)`` after ``torch.manual_seed(seed)``.
+    Responses are decoded with special tokens skipped; empty ones are dropped.
+    """
+    from ..models import load_model
+    from ..tasks import get_task
+
+    task = get_task(task)
+    dev = _device(device)
+    model, tok = load_model(model_dir, dtype=dtype, device=dev, allow_pickle=allow_pickle)
+    problems = task.problems(split, n_prompts, seed=seed)
+    if max_new_tokens is None:
+        chat = bool(getattr(tok, "chat_template", None))
+        max_new_tokens = task.max_new_tokens(chat) if hasattr(task, "max_new_tokens") else 64
+    torch.manual_seed(seed)
+    probes: list[Probe] = []
+    tok.padding_side = "left"
+    for s in range(0, len(problems), batch_size):
+        chunk = problems[s : s + batch_size]
+        prompts = [task.render(p, tok) for p in chunk]
+        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(dev)
+        out = model.generate(
+            **enc,
+            do_sample=True,
+            temperature=temperature,
+            top_k=0,
+            top_p=1.0,
+            max_new_tokens=max_new_tokens,
+            num_return_sequences=k,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
+        texts = tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        for j, text in enumerate(texts):
+            if text:
+                p = chunk[j // k]
+                probes.append(Probe(prompts[j // k], text, p.id))
+    if not probes:
+        raise RlvrLinearError(f"{model_dir}: every sampled response was empty; no probes")
+    return probes
+
+
+def encode_probes(tokenizer, probes: Sequence[Probe]) -> list[tuple[list[int], list[int]]]:
+    """``(prompt_ids, response_ids)`` per probe; both without special tokens (prompt text is pre-rendered)."""
+    out = []
+    for i, p in enumerate(probes):
+        pi = tokenizer(p.prompt, add_special_tokens=False)["input_ids"]
+        ri = tokenizer(p.response, add_special_tokens=False)["input_ids"]
+        if not pi:
+            raise RlvrLinearError(f"probe {i}: the prompt is empty, so the first response token has no context")
+        out.append((list(pi), list(ri)))
+    return out
+
+
+def _batches(encoded: list[tuple[list[int], list[int]]], batch_size: int) -> list[list[int]]:
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]) + len(encoded[i][1]))
+    return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+
+
+def _left_pad(encoded, batch: list[int], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    L = max(len(encoded[i][0]) + len(encoded[i][1]) for i in batch)
+    ids = torch.full((len(batch), L), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), L), dtype=torch.long)
+    for row, i in enumerate(batch):
+        seq = encoded[i][0] + encoded[i][1]
+        ids[row, L - len(seq) :] = torch.tensor(seq)
+        mask[row, L - len(seq) :] = 1
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    return ids.to(device), mask.to(device), pos.to(device)
+
+
+@torch.no_grad()
+def score_logprobs(
+    model, encoded: list[tuple[list[int], list[int]]], batch_size: int = 8, pad_id: int = 0
+) -> list[np.ndarray]:
+    """Teacher-forced ``log p(y_i | prompt, y_<i) = log_softmax(logits[i-1])[y_i]`` for every response token.
+
+    Batches are left padded (sorted by length) with ``position_ids = cumsum(mask) - 1``; only the logits of
+    the last ``max_response + 1`` positions are materialised (``logits_to_keep``). Returns one float32
+    array per probe, in input order.
+    """
+    dev = next(model.parameters()).device
+    out: list[np.ndarray | None] = [None] * len(encoded)
+    for batch in _batches(encoded, batch_size):
+        ids, mask, pos = _left_pad(encoded, batch, pad_id, dev)
+        K = max(len(encoded[i][1]) for i in batch) + 1
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=K).logits[:, -K:]
+        logits = logits[:, :-1].float()  # position j predicts token j+1 (kept window is L-K .. L-1)
+        tgt = ids[:, -(K - 1) :] if K > 1 else ids[:, :0]
+        lp = (logits.gather(-1, tgt.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)).cpu().numpy()
+        for row, i in enumerate(batch):
+            R = len(encoded[i][1])
+            out[i] = lp[row, K - 1 - R :].astype(np.float32) if R else np.zeros(0, np.float32)
+    return out  # type: ignore[return-value]
+
+
+def _load_for_scoring(path, device, dtype, allow_pickle: bool = False):
+    from ..models import load_model
+
+    model, _ = load_model(path, dtype=dtype, device=device, allow_pickle=allow_pickle)
+    return model
+
+
+def _trajectory_tokenizer(trajectory: Trajectory):
+    """The tokenizer of the first checkpoint (verl FSDP shards: the one in ``huggingface/`` next to them)."""
+    from ..io.verl_shards import config_dir
+    from ..tokenizer import load_tokenizer
+
+    return load_tokenizer(config_dir(trajectory.paths[0]))
+
+
+def score_trajectory(
+    trajectory: Trajectory,
+    probes: Sequence[Probe],
+    batch_size: int = 8,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    progress: bool = False,
+) -> tuple[np.ndarray, list[tuple[list[int], list[int]]], Any]:
+    """(T, N) float32 log-probs of every response token under every checkpoint, the encodings, the tokenizer."""
+    dev = _device(device)
+    tok = _trajectory_tokenizer(trajectory)
+    enc = encode_probes(tok, probes)
+    rows = []
+    for path in tqdm(trajectory.paths, desc="scoring checkpoints", disable=not progress):
+        model = _load_for_scoring(path, dev, dtype, trajectory.allow_pickle)
+        lp = score_logprobs(model, enc, batch_size=batch_size, pad_id=tok.pad_token_id or 0)
+        rows.append(np.concatenate(lp) if lp else np.zeros(0, np.float32))
+        del model
+    return np.stack(rows), enc, tok
