@@ -135,3 +135,28 @@ def test_atomic_dir_leaves_nothing_on_failure(tmp_path):
     with atomic_dir(out, overwrite=True) as tmp:
         (tmp / "new").write_text("y")
     assert [p.name for p in out.iterdir()] == ["new"]
+
+
+def test_one_json_cleaner(tmp_path):
+    import math
+    from pathlib import Path
+
+    import numpy as np
+
+    from rlvr_linear import study
+    from rlvr_linear.io import jsonable
+
+    obj = {1: (np.float32(0.5), np.int64(3), math.nan, np.float64(math.inf)), "a": np.arange(2), "p": Path("/x")}
+    assert jsonable(obj) == {"1": [0.5, 3, None, None], "a": [0, 1], "p": Path("/x")}
+    assert jsonable(obj, paths=True)["p"] == "/x"
+    assert study._jsonable is jsonable  # the study's name for it
+    # write_json's hook: numpy values and paths converted, non-finite numpy floats written as JSON's NaN
+    write_json(tmp_path / "r.json", {"i": np.int32(2), "f": np.float16(math.nan), "a": np.ones(2), "p": Path("/y")})
+    assert json.loads((tmp_path / "r.json").read_text(), parse_constant=str) == {
+        "i": 2,
+        "f": "NaN",
+        "a": [1.0, 1.0],
+        "p": "/y",
+    }
+    with pytest.raises(TypeError, match="not JSON serialisable: object"):
+        write_json(tmp_path / "bad.json", {"o": object()})
