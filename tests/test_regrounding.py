@@ -497,9 +497,6 @@ def test_find_final_checkpoint_layouts(tmp_path):
 
 
 def test_driver_with_real_weight_extrapolation(tmp_path, monkeypatch):
-    pytest.importorskip(
-        "rlvr_linear.weight_extrapolation", reason="rlvr_linear.weight_extrapolation is not written yet"
-    )
     script = tmp_path / "fake_trainer.py"
     script.write_text(FAKE_TRAINER)
     monkeypatch.setenv("FAKE_LOG", str(tmp_path / "log.jsonl"))

@@ -99,8 +99,32 @@ def test_sft_run_layout_is_discoverable_and_loss_decreases(tmp_path, pico_dir):
         train_sft(_cfg(pico_dir), run, progress=False)
 
 
+def _zero_signal_means(pico_dir, steps, batch_size=16, seed=0):
+    """The per-step mean of the zero-signal weights, replayed from train_sft's seeded draws (problems, then signs)."""
+    import random
+
+    from rlvr_linear.base_model import sft_batch
+    from rlvr_linear.sft import noise_weights
+    from rlvr_linear.tasks import get_task
+    from rlvr_linear.tokenizer import load_tokenizer
+
+    task, tok = get_task("arithmetic:digits=1"), load_tokenizer(pico_dir)
+    pool = task.problems("train", None)
+    rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(steps):
+        batch = [pool[rng.randrange(len(pool))] for _ in range(batch_size)]
+        x, y, _m = sft_batch(tok, [task.render(p, tok) for p in batch], [task.reference(p) for p in batch])
+        w = noise_weights((x.shape[0], x.shape[1] - 1), None, True, gen)
+        assert set(w.unique().tolist()) == {-1.0, 1.0}
+        out.append(float(w[y[:, 1:] != -100].mean()))
+    return out
+
+
 def test_sft_noise_run_records_noise(tmp_path, pico_dir):
     man = train_sft(_cfg(pico_dir, steps=4, zero_signal=True), tmp_path / "z", progress=False)
     assert man["noise"] == {"label": "zero-signal", "signal": 0.0, "sigma": 1.0}
     recs = [json.loads(line) for line in (tmp_path / "z" / "metrics.jsonl").read_text().splitlines()]
-    assert all(-1.0 <= r["weight_mean"] <= 1.0 for r in recs)
+    # the recorded mean is exactly that of the seeded random signs over each step's target tokens
+    assert [r["weight_mean"] for r in recs] == pytest.approx(_zero_signal_means(pico_dir, steps=4), abs=1e-7)
+    assert all(r["weight_mean"] != 1.0 for r in recs)

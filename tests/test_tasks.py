@@ -77,7 +77,18 @@ def test_file_benchmark_math_verify(tmp_path):
     assert t.score("\\boxed{\\frac{6}{8}}", ps[0]) == 1.0
     assert t.score("\\boxed{5}", ps[1]) == 0.0
     assert t.score("4", ps[1]) == 0.0  # no \boxed{} answer
-    assert "\\boxed{}" in t.render(ps[0], None) or t.render(ps[0], None) == ps[0].prompt
+    # no chat template: the bare prompt; a chat template gets the prompt and the \boxed{} instruction
+    assert t.render(ps[0], None) == ps[0].prompt == "What is 1/2 + 1/4?"
+    assert "\\boxed{}" in t.instruction
+
+    class ChatTokenizer:
+        chat_template = "{{ messages }}"
+
+        def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+            assert not tokenize and add_generation_prompt and [m["role"] for m in messages] == ["user"]
+            return "<user>" + messages[0]["content"] + "<assistant>"
+
+    assert t.render(ps[0], ChatTokenizer()) == f"<user>What is 1/2 + 1/4? {t.instruction}<assistant>"
 
 
 def test_bad_tasks(tmp_path):
