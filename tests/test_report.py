@@ -68,7 +68,9 @@ def test_html_embeds_figures_and_has_no_external_assets(tmp_path):
     assert "Tiny-model miniature" in page
     assert "reproduced: n/a" in page and "RL raised accuracy." in page
     assert "0.300 (n=1, no CI)" in page  # every number comes with its seeds / CI
-    assert paths["json"].exists()
+    import json
+
+    assert json.loads(paths["json"].read_text()) == res  # results.json holds exactly the validated object
     # a missing figure is reported, not fatal; an invalid object is refused before anything is written
     page2 = render_html(_good(fig="nope.png"), tmp_path)
     assert "(figure nope.png missing)" in page2
@@ -88,8 +90,12 @@ def test_study_plots_write_pngs(tmp_path):
     )
     curves = {"t1 = 5": ([10], [0.25], [(0.2, 0.3)])}
     p4 = plots.plot_extrapolation(tmp_path / "d.png", ([0, 5, 10], [0.1, 0.2, 0.3]), curves)
+    from matplotlib.image import imread
+
     for p in (p1, p2, p3, p4):
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        img = imread(p)  # a real picture: a sizeable canvas with something drawn on it
+        assert img.ndim == 3 and min(img.shape[:2]) > 200 and float(img[..., :3].std()) > 0.01, p
 
 
 def test_user_text_is_escaped_and_only_code_built_html_is_raw(tmp_path):
