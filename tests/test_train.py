@@ -93,6 +93,69 @@ def test_killed_run_resumes_from_last_save(tmp_path, pico_dir, monkeypatch):
         train(cfg2, run, progress=False)
 
 
+def _kill_at(monkeypatch, step):
+    """Make training die during ``step`` (after the saves before it); returns the undo."""
+    orig = TrajectoryCallback.on_step_end
+
+    def dying(self, args, state, control, **kw):
+        orig(self, args, state, control, **kw)
+        if self.step(state) == step:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(TrajectoryCallback, "on_step_end", dying)
+    return lambda: monkeypatch.setattr(TrajectoryCallback, "on_step_end", orig)
+
+
+@pytest.mark.slow
+def test_resumed_run_matches_an_uninterrupted_one(tmp_path, pico_dir, monkeypatch):
+    """Killed and resumed, a run ends with the steps, manifest fields, metrics and files of one run straight through."""
+    cfg = _cfg(pico_dir, steps=4, save_every=2)
+    whole = train(cfg, tmp_path / "whole", progress=False)
+    run = tmp_path / "resumed"
+    undo = _kill_at(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, run, progress=False)
+    undo()
+    resumed = train(cfg, run, progress=False)
+    assert [c["step"] for c in resumed["checkpoints"]] == [c["step"] for c in whole["checkpoints"]] == [0, 2, 4]
+    assert [c["path"] for c in resumed["checkpoints"]] == [c["path"] for c in whole["checkpoints"]]
+    assert sorted(resumed) == sorted(whole)
+    assert [sorted(c) for c in resumed["checkpoints"]] == [sorted(c) for c in whole["checkpoints"]]
+    timing = {"checkpoints", "wall_time"}
+    assert {k: v for k, v in resumed.items() if k not in timing} == {k: v for k, v in whole.items() if k not in timing}
+    assert [c["val_accuracy"] is None for c in resumed["checkpoints"]] == [
+        c["val_accuracy"] is None for c in whole["checkpoints"]
+    ]
+    recs = {d: [json.loads(x) for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+            for d in ("whole", "resumed")}  # fmt: skip
+    assert [r["step"] for r in recs["resumed"]] == [r["step"] for r in recs["whole"]] == [1, 2, 3, 4]
+    assert [sorted(r) for r in recs["resumed"]] == [sorted(r) for r in recs["whole"]]
+    assert sorted(p.name for p in run.iterdir()) == sorted(p.name for p in (tmp_path / "whole").iterdir())
+    assert (run / "config.yaml").read_text() == (tmp_path / "whole" / "config.yaml").read_text()
+    w0, r0 = (load_file(tmp_path / d / "step_000000" / "model.safetensors") for d in ("whole", "resumed"))
+    assert all(torch.equal(w0[k], r0[k]) for k in w0)  # both start from the same base
+
+
+@pytest.mark.slow
+def test_train_reground_inside_grpo_records_effective_step(tmp_path, pico_dir, capsys):
+    """``rlvr-linear train --reground M,N``: jumps inside the GRPO run, effective steps in manifest and metrics."""
+    from rlvr_linear.cli import main
+
+    run = tmp_path / "rg"
+    argv = ["train", "-o", str(run), "--model", str(pico_dir), "--task", "has-digit:digits=1", "--steps", "4",
+            "--save-every", "1", "--prompts-per-step", "2", "--samples-per-prompt", "4", "--max-new-tokens", "8",
+            "--eval-problems", "8", "--lr", "1e-2", "--threads", "1", "--reground", "2,3"]  # fmt: skip
+    assert main(argv) == 0
+    m = json.loads((run / "manifest.json").read_text())
+    assert m["finished"] and m["config"]["reground"] == "2,3"
+    # M = 2, N = 3: a jump of 3 steps after gradient steps 2 and 4 (effective = gradient steps + 3 per jump)
+    assert [(c["step"], c["effective_step"]) for c in m["checkpoints"]] == [(0, 0), (1, 1), (2, 5), (3, 6), (4, 10)]
+    assert [(h["grad_step"], h["effective_step"]) for h in m["reground_history"]] == [(2, 5), (4, 10)]
+    assert all(h["alpha"] == pytest.approx(2.5) for h in m["reground_history"])  # (M + N) / M
+    recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["effective_step"]) for r in recs] == [(1, 1), (2, 5), (3, 6), (4, 10)]
+
+
 def test_optimizer_state_round_trip():
     p = [torch.nn.Parameter(torch.randn(3, 2)), torch.nn.Parameter(torch.randn(4))]
     opt = torch.optim.AdamW(p, lr=0.1)
