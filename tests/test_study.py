@@ -1,6 +1,7 @@
 import json
 import shutil
 import subprocess
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -10,9 +11,12 @@ from rlvr_linear.errors import RlvrLinearError
 from rlvr_linear.report import SECTIONS, validate_results
 from rlvr_linear.study import (
     StudyConfig,
+    _r2_numbers,
     _verdict_linearity,
     _verdict_logit,
     _verdict_mechanism,
+    _verdict_regrounding,
+    _verdict_robustness,
     _verdict_wx,
     active_weighted,
     first_reach,
@@ -93,6 +97,47 @@ def test_verdict_rules():
     assert _verdict_logit({"diff": -0.02, "ci_low": -0.04, "ci_high": 0.01})[0] == "no"
 
 
+def test_verdict_robustness():
+    def row(label, med, null):
+        return {"label": label, "weights": {"median": med, "null_median": null}}
+
+    rows = [row("GRPO", 0.8, 0.4), row("SGD", 0.72, 0.5)]
+    rep, text = _verdict_robustness(rows)
+    assert rep == "yes"
+    assert text == "weight median R² per setting: GRPO 0.80, SGD 0.72; paper: 0.72-0.84 across its settings."
+    rows[1] = row("SGD", 0.6, 0.5)  # above its null but below 0.7
+    assert _verdict_robustness(rows)[0] == "partly"
+    rows[1] = row("SGD", 0.45, 0.5)  # below its null
+    assert _verdict_robustness(rows)[0] == "no"
+    rows[1] = row("SGD", None, 0.5)  # not computed: not above the null, and left out of the text
+    rep, text = _verdict_robustness(rows)
+    assert rep == "no" and text.startswith("weight median R² per setting: GRPO 0.80;")
+
+
+def test_verdict_regrounding():
+    def sp(cfg, v):
+        return {"config": cfg, "speedup": _ci(v)}
+
+    def budget(cfg, d):
+        return {"config": cfg, "diff": _ci(d)}
+
+    speed = [sp("4,4", 1.5), sp("4,4", 2.0), sp("8,8", 0.9), sp("8,8", None)]
+    budgets = [budget("4,4", 0.02), budget("4,4", 0.0), budget("8,8", -0.01)]
+    rep, text = _verdict_regrounding(speed, budgets)
+    assert rep == "yes"
+    assert text == ("4,4: speedups 1.50x, 2.00x; mean budget gain +0.010; 8,8: speedups 0.90x; mean budget gain "
+                    "-0.010. Paper: up to 6.1x, +2.3..+6.3% at fixed budgets.")  # fmt: skip
+    # one threshold reached only: not enough for yes
+    assert _verdict_regrounding([sp("4,4", 1.5)], budgets[:1])[0] == "partly"
+    # faster at every threshold but no budget gain: partly; a budget gain alone: partly
+    assert _verdict_regrounding(speed[:2], [budget("4,4", -0.01)])[0] == "partly"
+    assert _verdict_regrounding([sp("4,4", 0.8)], [budget("4,4", 0.01)])[0] == "partly"
+    rep, text = _verdict_regrounding([sp("4,4", 0.8), sp("4,4", None)], [budget("4,4", -0.01)])
+    assert rep == "no" and text.startswith("4,4: speedups 0.80x; mean budget gain -0.010.")
+    rep, text = _verdict_regrounding([sp("4,4", None)], [])
+    assert rep == "no" and "no threshold reached" in text and "mean budget gain +nan" in text
+
+
 @pytest.mark.slow
 def test_quick_study_end_to_end_and_rerun_skips(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("RLVR_LINEAR_CACHE", str(tmp_path / "cache"))
@@ -110,7 +155,13 @@ def test_quick_study_end_to_end_and_rerun_skips(tmp_path, monkeypatch, capsys):
         for f in sec["figures"]:
             assert (out / f).exists(), f
     lin = res["linearity"]["numbers"]
-    assert 0.0 <= lin["rl_weights"]["median"] <= 1.0 and 0.0 <= lin["sft_weights"]["median"] <= 1.0
+    # the R² numbers are those of the saved analyses (not a range a clamped value always meets), the verdict theirs
+    for key in ("rl_weights", "sft_weights"):
+        saved = json.loads((out / "linearity" / key / "weights.json").read_text())
+        assert lin[key] == _r2_numbers(saved), key
+        assert lin[key]["q1"] <= lin[key]["median"] <= lin[key]["q3"] and lin[key]["n"] > 0
+    rep = _verdict_linearity(lin["rl_weights"], lin["sft_weights"])
+    assert (res["linearity"]["reproduced"], res["linearity"]["verdict"]) == rep
     assert lin["rl_weights"]["null_median"] is not None
     assert len(res["mechanism"]["numbers"]["curve"]) == 4  # 3 SNRs + zero signal
     assert res["logit_extrapolation"]["numbers"]["alpha"] == 1.5
@@ -128,17 +179,32 @@ def test_quick_study_end_to_end_and_rerun_skips(tmp_path, monkeypatch, capsys):
     # a different protocol in the same folder is refused
     assert main(["study", "--quick", "-o", str(out), "--steps", "30", "--no-progress"]) == 2
     assert "holds a study with a different protocol" in capsys.readouterr().err
-    # render the report headless when chromium is installed
-    chromium = shutil.which("chromium") or ("/usr/bin/chromium" if shutil.os.path.exists("/usr/bin/chromium") else None)
-    if chromium is None:
-        pytest.skip("chromium not installed: headless rendering of the report not checked")
+    if CHROMIUM:  # (checked before the run: a missing chromium skips test_report_renders_headless, not this one)
+        _render_headless(out / "report.html", tmp_path)
+
+
+#: chromium for the headless rendering checks (None: not installed)
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if shutil.os.path.exists("/usr/bin/chromium") else None)
+
+
+def _render_headless(page: Path, tmp_path: Path) -> None:
     png = tmp_path / "shot.png"
     proc = subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync", "--enable-logging=stderr",
          f"--user-data-dir={tmp_path / 'chrome'}", f"--screenshot={png}", "--window-size=1200,3000",
-         (out / "report.html").as_uri()],
+         page.as_uri()],
         check=False, timeout=120, capture_output=True,
     )  # fmt: skip
     assert png.exists() and png.stat().st_size > 10_000
     assert "Uncaught" not in proc.stderr.decode(errors="replace")  # no script errors while rendering
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed: headless rendering of the report not checked")
+def test_report_renders_headless(tmp_path):
+    """The report of the shipped default-mode results renders in a headless browser without script errors."""
+    from rlvr_linear.report import write_report
+
+    res = json.loads((Path(__file__).resolve().parents[1] / "docs" / "study_default_results.json").read_text())
+    paths = write_report(res, tmp_path / "out")
+    _render_headless(paths["html"], tmp_path)
