@@ -27,8 +27,14 @@ import torch
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
+from .base_model import ensure_base
+from .checkpoints import find_model_dir
 from .errors import RlvrLinearError
+from .evaluation import evaluate
 from .io import atomic_dir, read_json, write_json, write_text
+from .tasks import get_task
+from .threads import for_model
+from .tokenizer import MARKER, load_tokenizer
 
 ALGORITHMS = {
     # name: (TRL loss_type, importance_sampling_level, scale_rewards)
@@ -133,8 +139,6 @@ PRESETS: dict[str, dict] = {
 
 def save_checkpoint(model, tokenizer, out: Path) -> None:
     """A weights-only HF checkpoint (safetensors, config, tokenizer), written atomically."""
-    from .tokenizer import MARKER
-
     with atomic_dir(out, overwrite=True) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
@@ -195,8 +199,6 @@ class TrajectoryCallback(TrainerCallback):
         return self.offset + state.global_step
 
     def evaluate(self, model) -> float:
-        from .evaluation import evaluate
-
         was_training = model.training
         acc = evaluate((model.eval(), self.tok), self.task, problems=self.val, k=0, batch_size=256).greedy_accuracy
         model.train(was_training)
@@ -271,9 +273,6 @@ class TrajectoryCallback(TrainerCallback):
 
 def resolve_model(name: str, cache_dir: str | Path | None = None, progress: bool = True) -> Path:
     """``tiny`` / ``tiny-cot`` (shipped) / ``smollm2-135m`` (converted once and cached) or an HF model directory."""
-    from .base_model import ensure_base
-    from .checkpoints import find_model_dir
-
     if name in ("tiny", "tiny-cot", "smollm2-135m", "smollm2"):
         return ensure_base(name, cache_dir=cache_dir, progress=progress)
     return find_model_dir(name)
@@ -359,10 +358,6 @@ def _train_in(cfg: TrainConfig, run: Path, manifest: dict | None, offset: int, p
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
     from trl import GRPOConfig, GRPOTrainer
-
-    from .tasks import get_task
-    from .threads import for_model
-    from .tokenizer import load_tokenizer
 
     task = get_task(cfg.task)
     base_dir = resolve_model(cfg.model, progress=progress)
