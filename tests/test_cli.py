@@ -139,3 +139,29 @@ def test_analyze_defaults_come_from_the_api():
     assert (lp.n_prompts, lp.k, lp.split, lp.temperature, lp.probe_seed) == tuple(
         default(make_probes, k) for k in ("n_prompts", "k", "split", "temperature", "seed")
     )
+
+
+def test_study_flags_are_the_study_config_fields(tmp_path):
+    import argparse
+    from dataclasses import fields
+
+    from rlvr_linear.cli import build_parser
+    from rlvr_linear.cli.study import EXTRA_OPTIONS, config_from_args
+    from rlvr_linear.study import StudyConfig
+
+    p = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices["study"]
+    dests = {a.dest for a in p._actions if a.dest != "help"}
+    assert dests == {f.name for f in fields(StudyConfig)} | set(EXTRA_OPTIONS)
+    old = ["--quick", "--full", "-o", "--model", "--stages", "--seeds", "--steps", "--save-every", "--threads",
+           "--render-only", "--no-progress", "--rl-steps", "--logit-alpha", "--no-mechanism-zero-signal"]  # fmt: skip
+    for flag in old:
+        assert flag in p._option_string_actions, flag
+    args = p.parse_args(["--quick", "-o", str(tmp_path), "--steps", "30", "--seeds", "1,2", "--reground-specs", "4,4",
+                         "2,8", "--mechanism-snrs", "5,-5", "--no-mechanism-zero-signal", "--logit-alpha", "2",
+                         "--base-recipe", '{"max_steps": 10}'])  # fmt: skip
+    over = dict(rl_steps=30, seeds=[1, 2], reground_specs=["4,4", "2,8"], mechanism_snrs=[5.0, -5.0],
+                mechanism_zero_signal=False, logit_alpha=2.0, base_recipe={"max_steps": 10})  # fmt: skip
+    assert config_from_args(args) == StudyConfig.for_mode("quick", **over)
+    assert config_from_args(p.parse_args(["-o", str(tmp_path)])) == StudyConfig.for_mode("default")
+    with pytest.raises(SystemExit):
+        p.parse_args(["-o", str(tmp_path), "--seeds", "1,x"])

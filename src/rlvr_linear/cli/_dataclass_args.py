@@ -1,8 +1,9 @@
 """Command-line flags generated from a config dataclass, the way TRL's ``TrlParser`` / ``HfArgumentParser`` build them.
 
 Every field becomes ``--field-name`` with the type of its annotation (``X | None`` -> ``X``; ``bool`` ->
-``--x/--no-x``; ``dict`` -> a JSON object) and the field's ``#:`` comment as its help. Every flag defaults to
-``None`` so that :func:`overrides` returns only what the user set: presets and YAML files stay the defaults.
+``--x/--no-x``; ``list[X]`` -> comma-separated values; ``dict`` -> a JSON object) and the field's ``#:`` comment as
+its help. Every flag defaults to ``None`` so that :func:`overrides` returns only what the user set: presets and
+YAML files stay the defaults.
 """
 
 from __future__ import annotations
@@ -34,6 +35,20 @@ def _json_object(text: str) -> dict:
     if not isinstance(v, dict):
         raise argparse.ArgumentTypeError("expected a JSON object")
     return v
+
+
+def _comma_list(elem):
+    """``"1,2,3"`` -> ``[elem("1"), elem("2"), elem("3")]`` (empty items skipped)."""
+    name = {int: "integers", float: "numbers", str: "values"}[elem]
+
+    def parse(text: str) -> list:
+        try:
+            return [elem(x.strip()) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {name}, got {text!r}") from None
+
+    parse.__name__ = f"comma-separated {name}"
+    return parse
 
 
 def _base_type(tp):
@@ -71,11 +86,18 @@ def add_dataclass_arguments(
             kw["type"], kw["metavar"] = _json_object, "JSON"
         elif tp in (int, float, str):
             kw["type"] = tp
+        elif typing.get_origin(tp) is list and typing.get_args(tp) and typing.get_args(tp)[0] in (int, float, str):
+            kw["type"], kw["metavar"] = _comma_list(typing.get_args(tp)[0]), "A,B,..."
         else:
             raise TypeError(f"{cls.__name__}.{f.name}: no command-line type for {tp!r}")
         text = helps.get(f.name, "").replace("``", "")
-        if f.default not in (dataclasses.MISSING, None) and tp is not bool:
-            text = f"{text} (default: {f.default})" if text else f"default: {f.default}"
+        default = f.default
+        if default is dataclasses.MISSING and f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        if isinstance(default, list):
+            default = ",".join(map(str, default))
+        if default not in (dataclasses.MISSING, None, {}) and tp is not bool:
+            text = f"{text} (default: {default})" if text else f"default: {default}"
         kw["help"] = text.replace("%", "%%")
         kw.update((extra or {}).get(f.name, {}))
         flag = "--" + f.name.replace("_", "-")

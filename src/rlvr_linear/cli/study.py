@@ -1,6 +1,33 @@
-"""``rlvr-linear study``: reproduce the paper's findings in miniature and write OUT/report.html + OUT/results.json."""
+"""``rlvr-linear study``: reproduce the paper's findings in miniature and write OUT/report.html + OUT/results.json.
+
+Every :class:`~rlvr_linear.study.StudyConfig` field but ``mode`` (``--quick`` / ``--full``) is a flag, generated
+from the dataclass (lists as comma-separated values); ``--steps`` is kept as an alias of ``--rl-steps``. A flag
+overrides the mode's value; the defaults shown are the quick mode's.
+"""
 
 from __future__ import annotations
+
+from ..errors import RlvrLinearError
+from ..study import StudyConfig
+from ._dataclass_args import add_dataclass_arguments, overrides
+
+#: the options of ``study`` that are not StudyConfig fields (``mode`` is set by --quick / --full)
+EXTRA_OPTIONS = ("out", "stages", "render_only", "no_progress", "mode")
+
+_EXTRA = {
+    "model": {"help": "tiny | smollm2-135m | an HF model directory (default: tiny)"},
+    "seeds": {"help": "comma-separated RL seeds (overrides the mode's)"},
+    "rl_steps": {"help": "gradient steps per run (overrides the mode's)"},
+    "threads": {"help": "torch CPU threads"},
+    # each item holds a comma itself: space-separated
+    "reground_specs": {
+        "type": str,
+        "nargs": "+",
+        "metavar": "M,N",
+        "help": '"M,N" grid, e.g. 5,5 1,5 (default: 5,5 1,5)',
+    },
+    "reground_optimizer": {"choices": ["keep", "reset"]},
+}
 
 
 def register(sub) -> None:
@@ -13,14 +40,9 @@ def register(sub) -> None:
     g.add_argument("--full", dest="mode", action="store_const", const="full", help="more seeds and steps")
     p.set_defaults(mode="default")
     p.add_argument("-o", "--out", required=True, help="output folder (a rerun skips finished stages)")
-    p.add_argument("--model", default="tiny", help="tiny | smollm2-135m | an HF model directory")
     p.add_argument("--stages", default=None, help="comma-separated subset of: baseline,linearity,robustness,"
                    "mechanism,weight_extrapolation,logit_extrapolation,regrounding,report (default: all); regime: the "
                    "regime map (opt-in, hours; docs/regime.md)")  # fmt: skip
-    p.add_argument("--seeds", default=None, help="comma-separated RL seeds (overrides the mode's)")
-    p.add_argument("--steps", type=int, default=None, help="gradient steps per run (overrides the mode's)")
-    p.add_argument("--save-every", type=int, default=None)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument(
         "--render-only",
         action="store_true",
@@ -31,24 +53,23 @@ def register(sub) -> None:
         action="store_true",
         help="hide the study's progress bars (the RL trainer's bar stays)",
     )
+    g = p.add_argument_group("protocol (StudyConfig fields; each overrides the mode's value)")
+    add_dataclass_arguments(g, StudyConfig, aliases={"rl_steps": ["--steps"]}, extra=_EXTRA, skip={"mode"})
     p.set_defaults(func=run)
 
 
+def config_from_args(args) -> StudyConfig:
+    """The mode's protocol with every flag the user set."""
+    over = overrides(args, StudyConfig)
+    over.pop("mode", None)
+    return StudyConfig.for_mode(args.mode, model=over.pop("model", "tiny"), **over)
+
+
 def run(args) -> int:
-    from ..study import StudyConfig, parse_stages, run_study
+    from ..study import parse_stages, run_study
 
-    over = {"rl_steps": args.steps, "save_every": args.save_every, "threads": args.threads}
-    if args.seeds:
-        from ..errors import RlvrLinearError
-
-        try:
-            over["seeds"] = [int(s) for s in args.seeds.split(",") if s.strip()]
-        except ValueError:
-            raise RlvrLinearError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
     stages = parse_stages(args.stages)
     if args.render_only and stages != ["regime"]:
-        from ..errors import RlvrLinearError
-
         raise RlvrLinearError("--render-only goes with --stages regime")
     if stages == ["regime"]:
         from ..regime import run_regime
@@ -57,7 +78,7 @@ def run(args) -> int:
                          progress=not args.no_progress)  # fmt: skip
         print(f"regime map: {reg.get('summary', 'nothing rendered yet')}")
         return 0
-    cfg = StudyConfig.for_mode(args.mode, model=args.model, **over)
+    cfg = config_from_args(args)
     results = run_study(cfg, args.out, stages=stages, progress=not args.no_progress)
     print("summary:")
     for name, sec in results.items():
