@@ -1,4 +1,5 @@
-"""Moved to :mod:`rlvr_linear.io.checkpoints` (checkpoint discovery, the lazy tensor reader, the sharded writer).
+"""Moved to :mod:`rlvr_linear.io.checkpoints` (checkpoint discovery, the lazy tensor reader) and
+:mod:`rlvr_linear.io.writer` (the sharded writer, copying a model's non-weight files).
 
 This module keeps the old import path working."""
 
@@ -7,19 +8,16 @@ from __future__ import annotations
 from .io.checkpoints import (
     BIN_INDEX,
     BIN_SINGLE,
-    NON_WEIGHT_SUFFIXES,
     SAFE_INDEX,
     SAFE_SINGLE,
     SAFETENSORS_DTYPES,
     WEIGHT_FILES,
     Checkpoint,
-    ShardedWriter,
     TensorReader,
     Trajectory,
     check_distinct,
     check_safetensors,
     check_weight_files,
-    copy_model_files,
     discover,
     find_model_dir,
     has_weights,
@@ -27,6 +25,7 @@ from .io.checkpoints import (
     step_of_path,
     weight_files,
 )
+from .io.writer import NON_WEIGHT_SUFFIXES, ShardedWriter, copy_model_files
 
 __all__ = [
     "BIN_INDEX",
