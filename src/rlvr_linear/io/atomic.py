@@ -10,9 +10,9 @@ import re
 import shutil
 import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from ..errors import RlvrLinearError
 from .jsonable import jsonable
@@ -121,34 +121,18 @@ def _umask_mode() -> int:
     return 0o666 & ~_umask()
 
 
-def write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> Path:
-    """Write JSON atomically (temp file in the same directory, then rename)."""
+def _write_atomically(path: str | os.PathLike, write: Callable[[IO[str]], None]) -> Path:
+    """Write a text file through ``write(f)`` into a temporary file next to ``path``, then rename it into place.
+
+    The file gets the user's umask (``mkstemp`` creates 0600); an I/O error (a full disk) becomes one clear line
+    naming ``path``, and no temporary file is left behind.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = _temp_file(path)
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=indent, default=_json_default)
-            f.write("\n")
-        os.chmod(tmp, _umask_mode())  # mkstemp creates 0600; results are ordinary files
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise RlvrLinearError(f"{path}: cannot write ({e.strerror or e})") from None
-        raise
-    return path
-
-
-def write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write a text file atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _temp_file(path)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+            write(f)
         os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException as e:
@@ -158,6 +142,21 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
             raise RlvrLinearError(f"{path}: cannot write ({e.strerror or e})") from None
         raise
     return path
+
+
+def write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> Path:
+    """Write JSON atomically (temp file in the same directory, then rename)."""
+
+    def write(f: IO[str]) -> None:
+        json.dump(obj, f, indent=indent, default=_json_default)
+        f.write("\n")
+
+    return _write_atomically(path, write)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file atomically."""
+    return _write_atomically(path, lambda f: f.write(text))
 
 
 def read_json(path: str | os.PathLike) -> Any:
