@@ -28,7 +28,7 @@ KNOWN_CYCLES: list[set[str]] = [
     # monitor imports regrounding.local_params; regrounding's driver imports monitor.LinearityMonitor in a function
     {"rlvr_linear.monitor", "rlvr_linear.regrounding"},
     # study -> report (SECTIONS) and -> regime (the regime stage); regime.* -> study (snap, ckpt, first_reach,
-    # QUICK_BASE_RECIPE, _jsonable); report -> regime.render (report_html); regime.analysis <-> regime.cases
+    # QUICK_BASE_RECIPE); report -> regime.render (report_html); regime.analysis <-> regime.cases
     {
         "rlvr_linear.regime",
         "rlvr_linear.regime.analysis",

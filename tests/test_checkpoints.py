@@ -149,7 +149,7 @@ def test_one_json_cleaner(tmp_path):
     obj = {1: (np.float32(0.5), np.int64(3), math.nan, np.float64(math.inf)), "a": np.arange(2), "p": Path("/x")}
     assert jsonable(obj) == {"1": [0.5, 3, None, None], "a": [0, 1], "p": Path("/x")}
     assert jsonable(obj, paths=True)["p"] == "/x"
-    assert study._jsonable is jsonable  # the study's name for it
+    assert study.jsonable is jsonable  # the study uses the one cleaner, no copy of its own
     # write_json's hook: numpy values and paths converted, non-finite numpy floats written as JSON's NaN
     write_json(tmp_path / "r.json", {"i": np.int32(2), "f": np.float16(math.nan), "a": np.ones(2), "p": Path("/y")})
     assert json.loads((tmp_path / "r.json").read_text(), parse_constant=str) == {

@@ -332,9 +332,6 @@ def _num(x: Any, nd: int = 4) -> Any:
     return x
 
 
-#: the one JSON cleaner (NaN / Inf -> None, numpy -> Python); the old name stays for rlvr_linear.regime
-_jsonable = jsonable
-
 
 class _Ctx:
     """Shared state of one study: config, output folder, base model, task, baseline runs."""
@@ -387,7 +384,7 @@ class _Ctx:
         man_path = run / "manifest.json"
         if man_path.exists():
             man = read_json(man_path)
-            if man.get("config") == _jsonable(asdict(tcfg)):
+            if man.get("config") == jsonable(asdict(tcfg)):
                 if man.get("finished"):
                     return run, man
                 return run, train(tcfg, run, progress=self.progress)  # resumes
@@ -401,7 +398,7 @@ class _Ctx:
         man_path = run / "manifest.json"
         if man_path.exists():
             man = read_json(man_path)
-            if man.get("finished") and man.get("config") == _jsonable(asdict(scfg)):
+            if man.get("finished") and man.get("config") == jsonable(asdict(scfg)):
                 return run, man
         return run, train_sft(scfg, run, overwrite=True, progress=self.progress)
 
@@ -525,7 +522,7 @@ def stage_baseline(ctx: _Ctx) -> dict:
             "val_accuracy_end": _ci(last),
             "val_accuracy_gain": gain,
             "eval_problems": c.eval_problems,
-            "config": _jsonable(asdict(ctx.train_config(c.seeds[0]))),
+            "config": jsonable(asdict(ctx.train_config(c.seeds[0]))),
         },
         "paper": {"note": "paper baseline: R1-Distill-Qwen-1.5B, GRPO, lr 1e-6, 128 prompts x 16 rollouts, 14 ckpts"},
         "reproduced": "n/a",
@@ -1181,7 +1178,7 @@ def machine_info() -> dict:
 
 def _check_config(out: Path, cfg: StudyConfig) -> None:
     p = out / "study_config.json"
-    cur = _jsonable(asdict(cfg))
+    cur = jsonable(asdict(cfg))
     if p.exists():
         old = read_json(p)
         if old != cur:
@@ -1237,7 +1234,7 @@ def run_study(cfg: StudyConfig, out: str | Path, stages: list[str] | None = None
         t0 = time.time()
         res = STAGE_FUNCS[st](ctx)
         res["wall_s"] = round(time.time() - t0, 1)
-        write_json(ctx.stage_dir(st) / "result.json", _jsonable(res))
+        write_json(ctx.stage_dir(st) / "result.json", jsonable(res))
         timings[st] = res["wall_s"]
         write_json(out / "timings.json", timings)
         print(f"[{st}] done in {res['wall_s']:.0f} s: {res['reproduced']} - {res['verdict']}")

@@ -23,7 +23,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 from ..errors import RlvrLinearError
-from ..io import read_json, write_text
+from ..io import jsonable, read_json, write_text
 from .grid import Item, queue
 
 
@@ -88,7 +88,6 @@ class Regime:
     # training --------------------------------------------------------------------------------------
     def train(self, item: Item) -> dict:
         """Train ``item`` (or reuse its finished run, or resume an unfinished one). Returns the manifest."""
-        from ..study import _jsonable
         from ..train import TrainConfig, train
 
         run, cfg = self.run_dir(item), self.train_config(item)
@@ -97,7 +96,7 @@ class Regime:
             man = read_json(man_path)
             known = {f.name for f in fields(TrainConfig)}
             saved = TrainConfig(**{k: v for k, v in man.get("config", {}).items() if k in known})
-            if _jsonable(asdict(saved)) != _jsonable(asdict(cfg)):
+            if jsonable(asdict(saved)) != jsonable(asdict(cfg)):
                 raise RlvrLinearError(f"{run} holds a run with another config; move it away or use a new folder")
             if man.get("finished"):
                 return man
