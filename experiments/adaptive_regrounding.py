@@ -3,9 +3,10 @@ default study's point (lr 3e-5 x 128 responses, 560 steps). Only calls ``rlvr_li
 
     python experiments/adaptive_regrounding.py --study out/study   # after `rlvr-linear study -o out/study`
 
-The standard and fixed (40, 40) runs are the default study's own (``runs/rl_seed*``, ``runs/reground_40_40_seed*``,
+The standard and fixed (8, 40) runs are the default study's own (``runs/rl_seed*``, ``runs/reground_8_40_seed*``,
 copied after checking that their configs are the ones ``compare_adaptive`` would train); only the ``40,auto`` runs
-are trained here. Writes experiments/results/adaptive_regrounding.json.
+are trained here (M = 40, the save interval; N = the monitor's h*, at most 5 M).
+Writes experiments/results/adaptive_regrounding.json.
 """
 
 from __future__ import annotations
@@ -27,14 +28,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--study", default=str(ROOT.parent / "out" / "study"), help="a finished default study")
     ap.add_argument("--out", default=str(ROOT.parent / "out" / "adaptive"), help="working folder (runs)")
-    ap.add_argument("--m", type=int, default=40, help="gradient steps between jumps (the study's save interval)")
+    ap.add_argument("--m", type=int, default=40, help="auto: gradient steps between jumps (the study's save interval)")
+    ap.add_argument("--fixed", default="8,40", help="the study's fixed M,N to compare with")
     args = ap.parse_args()
     study, out = Path(args.study), Path(args.out)
     cfg0 = read_json(study / "runs" / "rl_seed0" / "manifest.json")["config"]
     base = dataclasses.replace(TrainConfig(**cfg0), reground_optimizer="reset")
     seeds = (0, 1, 2)
-    fixed = f"{args.m},{args.m}"
-    reuse = {"standard": ("rl_seed{}", None), fixed.replace(",", "_"): (f"reground_{args.m}_{args.m}_seed{{}}", fixed)}
+    fixed = args.fixed
+    tag = fixed.replace(",", "_")
+    reuse = {"standard": ("rl_seed{}", None), tag: (f"reground_{tag}_seed{{}}", fixed)}
     for name, (src_name, spec) in reuse.items():
         for s in seeds:
             src, dst = study / "runs" / src_name.format(s), out / "runs" / f"{name}_seed{s}"

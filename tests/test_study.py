@@ -42,7 +42,7 @@ def test_config_modes_and_errors():
     assert d.seeds == [0, 1, 2] and d.rl_steps == 560 and d.base_recipe is None
     assert (d.learning_rate, d.save_every, d.prompts_per_step * d.samples_per_prompt) == (3e-5, 40, 128)
     assert d.rl_steps // d.save_every + 1 == 15
-    assert d.reground_specs == ["40,40", "8,40"] and d.wx_base_fractions == [0.0, 1 / 7]
+    assert d.reground_specs == ["8,40"] and d.wx_base_fractions == [0.0, 1 / 7]
     assert "fast" in d.robustness and "fast" in CONTRAST_SETTINGS
     f = StudyConfig.for_mode("full")
     assert (f.learning_rate, f.rl_steps, f.save_every) == (1e-5, 1400, 100)

@@ -196,8 +196,8 @@ class StudyConfig:
                 wx_base_fractions=[0.0, 1 / 7],
                 logit_k=8,
                 logit_problems=200,
-                # the paper's (M, N) grid scaled by 560 / 1400
-                reground_specs=["40,40", "8,40"],
+                # the paper's best (M, N) = (20, 100) scaled by 560 / 1400 (its (100, 100) would not fit the budget)
+                reground_specs=["8,40"],
             )
         else:
             # the map's most linear point: lr 1e-5, 1,400 steps (the paper's horizon), 15 checkpoints; hours
@@ -821,7 +821,9 @@ def stage_mechanism(ctx: _Ctx) -> dict:
     for seed in c.mechanism_seeds:
         for lab, kw in jobs:
             tag = lab.replace(" ", "").replace("-", "m").replace(".", "p")
-            run, man = ctx.sft_run(f"mech_{tag}_seed{seed}", ctx.sft_config(seed, **kw))
+            # vanilla SFT is the linearity stage's SFT run (same config): trained once
+            name = f"sft_seed{seed}" if not kw else f"mech_{tag}_seed{seed}"
+            run, man = ctx.sft_run(name, ctx.sft_config(seed, **kw))
             w = _weight_analysis(run)
             aw = active_weighted(w)
             results[lab].append({"seed": seed, **aw, "median": w.to_json()["r2"]["median"],
