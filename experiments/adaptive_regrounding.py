@@ -18,7 +18,8 @@ from pathlib import Path
 
 from rlvr_linear.advisor.compare import compare_adaptive
 from rlvr_linear.errors import RlvrLinearError
-from rlvr_linear.io import jsonable, read_json, write_json
+from rlvr_linear.io import read_json, write_json
+from rlvr_linear.study import same_config
 from rlvr_linear.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parent
@@ -45,7 +46,7 @@ def main() -> None:
             want = dataclasses.replace(base, seed=s, reground=spec, reground_max_n=None)
             if spec is None:
                 want = dataclasses.replace(want, reground_optimizer=man["config"]["reground_optimizer"])
-            if not man.get("finished") or man["config"] != jsonable(dataclasses.asdict(want)):
+            if not man.get("finished") or not same_config(man["config"], want):
                 raise RlvrLinearError(f"{src}: not a finished run with the comparison's config")
             if not dst.exists():
                 shutil.copytree(src, dst)

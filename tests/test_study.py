@@ -24,6 +24,7 @@ from rlvr_linear.study import (
     first_reach,
     paper_regime,
     parse_stages,
+    same_config,
     plan,
     snap,
     wx_targets,
@@ -247,3 +248,19 @@ def test_report_renders_headless(tmp_path):
     res = json.loads((Path(__file__).resolve().parents[1] / "docs" / "study_default_results.json").read_text())
     paths = write_report(res, tmp_path / "out")
     _render_headless(paths["html"], tmp_path)
+
+
+def test_same_config_tolerates_fields_added_since_a_run_was_saved():
+    from dataclasses import asdict
+
+    from rlvr_linear.io import jsonable
+    from rlvr_linear.train import TrainConfig
+
+    cfg = TrainConfig(model="tiny", steps=40, save_every=10, learning_rate=3e-5)
+    saved = jsonable(asdict(cfg))
+    assert same_config(saved, cfg)
+    older = {k: v for k, v in saved.items() if k != "reground_max_n"}  # a run saved before that field existed
+    assert same_config(older, cfg)
+    assert not same_config({**saved, "learning_rate": 3e-4}, cfg)
+    assert not same_config({**saved, "colour": 1}, cfg)  # a field this version does not know
+    assert not same_config(None, cfg)

@@ -348,6 +348,19 @@ def _num(x: Any, nd: int = 4) -> Any:
     return x
 
 
+def same_config(saved: dict | None, cfg) -> bool:
+    """Whether a run's saved config (a manifest's ``config``) is ``cfg``. Fields added to the dataclass since the run
+    was saved take their defaults, so a new option with a default keeps old runs reusable."""
+    if not isinstance(saved, dict):
+        return False
+    known = {f.name for f in fields(type(cfg))}
+    try:
+        old = type(cfg)(**{k: v for k, v in saved.items() if k in known})
+    except (TypeError, ValueError, RlvrLinearError):
+        return False
+    return set(saved) <= known and jsonable(asdict(old)) == jsonable(asdict(cfg))
+
+
 class _Ctx:
     """Shared state of one study: config, output folder, base model, task, baseline runs."""
 
@@ -399,7 +412,7 @@ class _Ctx:
         man_path = run / "manifest.json"
         if man_path.exists():
             man = read_json(man_path)
-            if man.get("config") == jsonable(asdict(tcfg)):
+            if same_config(man.get("config"), tcfg):
                 if man.get("finished"):
                     return run, man
                 return run, train(tcfg, run, progress=self.progress)  # resumes
@@ -413,7 +426,7 @@ class _Ctx:
         man_path = run / "manifest.json"
         if man_path.exists():
             man = read_json(man_path)
-            if man.get("finished") and man.get("config") == jsonable(asdict(scfg)):
+            if man.get("finished") and same_config(man.get("config"), scfg):
                 return run, man
         return run, train_sft(scfg, run, overwrite=True, progress=self.progress)
 
