@@ -45,15 +45,18 @@ def run(args) -> int:
 
         res = validate(args.validate, args.out, metric=args.metric, label=args.label)
         s = res["scores"]
-        prec = "n/a" if s["precision"] is None else f"{s['precision']:.2f}"
-        rec = "n/a" if s["recall"] is None else f"{s['recall']:.2f}"
+
+        def two(x):
+            return "n/a" if x is None else f"{x:.2f}"
+
+        prec, rec = two(s["precision"]), two(s["recall"])
         print(f"{s['cases']} cases, {s['labelled_safe']} labelled safe ({args.label}), {s['called_safe']} called safe: "
               f"precision {prec}, recall {rec} (base rate {s['base_rate']:.2f}); "
               f"{s['correct_calls']}/{s['cases']} calls right")  # fmt: skip
         if any(res["skipped"].values()):
             print(f"  skipped: {res['skipped']['logit']} logit-space cases, {res['skipped']['no_gain']} without a gain")
         for p, ps in res["per_predictor"].items():
-            print(f"  {p}: {ps['cases']} cases, precision {ps['precision']}, recall {ps['recall']}")
+            print(f"  {p}: {ps['cases']} cases, precision {two(ps['precision'])}, recall {two(ps['recall'])}")
         if args.out:
             print(f"written to {args.out}")
         return 0
