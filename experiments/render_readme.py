@@ -4,8 +4,10 @@
     python experiments/render_readme.py --check   # exit 1 when README.md is not what the files give
 
 Blocks (``<!-- BEGIN name -->`` ... ``<!-- END name -->``) and their files:
-``regime``, ``regime-effects``: experiments/results/regime_map.json (``python experiments/regime.py --render-only``);
-``study``, ``study-linearity``, ``study-wx``: experiments/results/study/results.json (``python experiments/study.py``).
+``regime``, ``regime-effects``, ``regime-best``: experiments/results/regime_map.json
+(``python experiments/regime.py --render-only``);
+``study``, ``study-linearity``, ``study-robustness``, ``study-wx``, ``study-regrounding``:
+experiments/results/study/results.json (``python experiments/study.py``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,17 @@ import sys
 from pathlib import Path
 
 from rlvr_linear.io import read_json, write_text
-from rlvr_linear.tables import effects_table, linearity_table, regime_table, study_table, update_blocks, wx_table
+from rlvr_linear.tables import (
+    best_table,
+    effects_table,
+    linearity_table,
+    regime_table,
+    regrounding_table,
+    robustness_table,
+    study_table,
+    update_blocks,
+    wx_table,
+)
 
 ROOT = Path(__file__).resolve().parent
 README = ROOT.parent / "README.md"
@@ -24,11 +36,17 @@ RESULTS = ROOT / "results"
 
 def blocks() -> dict[str, str]:
     regime = read_json(RESULTS / "regime_map.json")
-    out = {"regime": regime_table(regime), "regime-effects": effects_table(regime)}
+    out = {"regime": regime_table(regime), "regime-effects": effects_table(regime), "regime-best": best_table(regime)}
     study = RESULTS / "study" / "results.json"
     if study.exists():
         res = read_json(study)
-        out |= {"study": study_table(res), "study-linearity": linearity_table(res), "study-wx": wx_table(res)}
+        out |= {
+            "study": study_table(res),
+            "study-linearity": linearity_table(res),
+            "study-robustness": robustness_table(res),
+            "study-wx": wx_table(res),
+            "study-regrounding": regrounding_table(res),
+        }
     return out
 
 

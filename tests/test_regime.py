@@ -136,6 +136,13 @@ def test_quick_map_end_to_end(quick_map):
     for f in m["figures"]:
         assert (out / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(m["figures"]) == 4
+    # the best gain over the map, whatever its sign: the point whose best case gains most over t1
+    best = m["best"]["weight"]
+    top = max(m["points"].values(), key=lambda p: p["best_weight_extrapolation"]["gain_vs_t1_greedy"]["mean"])
+    assert best["gain_vs_t1_greedy"] == top["best_weight_extrapolation"]["gain_vs_t1_greedy"]
+    assert m["best"]["logit"]["point"] == "lr3e-4_r16"  # the only point with logit cases
+    speed = [r["speedup"] for r in rg["thresholds"] if r["speedup"] is not None]
+    assert (m["best"]["regrounding"] or {}).get("speedup") == (max(speed) if speed else None)
 
 
 @pytest.mark.slow

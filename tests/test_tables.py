@@ -9,6 +9,7 @@ import pytest
 
 from rlvr_linear.errors import RlvrLinearError
 from rlvr_linear.tables import (
+    best_table,
     effects_table,
     fmt_lr,
     linearity_table,
@@ -119,6 +120,18 @@ def test_effects_table_splits_points_by_each_criterion():
     assert "| 1e-5×128: 0.63 | 3e-4×128: 1.30 |" in rows["a line forecasts the weights"]
     assert "| 1e-5×128: +0.016 [+0.006, +0.026] |" in rows["weight extrapolation beats its t1 checkpoint"]
     assert rows["logit extrapolation beats its t1 checkpoint"].endswith("| nowhere | 1e-5×128: n/a; 3e-4×128: n/a |")
+
+
+def test_best_table():
+    b = {"point": "lr1e-5_r512", "case": "weight_two_point_200_500_a2", "predictor": "two_point", "t0": 200,
+         "t1": 500, "alpha": 2.0, "target": 800.0, "seeds": [0, 1],
+         "gain_vs_t1_greedy": {"mean": 0.027, "lo": 0.014, "hi": 0.04, "n": 2}, "gain_vs_real_greedy": None}  # fmt: skip
+    rows = best_table({"best": {"weight": b, "logit": None, "regrounding": {"point": "lr3e-5_r128", "spec": "40,40",
+                                "threshold": 0.4, "speedup": 1.5}}}).splitlines()[2:]  # fmt: skip
+    assert rows[0] == ("| weight extrapolation | lr 1e-5, 512 responses: two-point (200, 500) → 800, α 2 (2 seed(s)) "
+                       "| +0.027 [+0.014, +0.040] | no real checkpoint at the target |")  # fmt: skip
+    assert rows[1].startswith("| logit extrapolation | not measured yet |")
+    assert "speed-up 1.50× to threshold 0.400" in rows[2]
 
 
 def test_update_blocks():

@@ -95,6 +95,39 @@ def wx_table(results: dict) -> str:
     return table(head, rows)
 
 
+def robustness_table(results: dict) -> str:
+    """Weight and log-prob R² median (null) and final validation accuracy per setting (seed 0)."""
+    rows = [
+        [r["label"], f"{_f(r['weights']['median'])} ({_f(r['weights']['null_median'])})",
+         f"{_f(r['logprobs']['median'])} ({_f(r['logprobs']['null_median'])})", _f(r["val_accuracy_end"])]
+        for r in results["robustness"]["numbers"]["settings"]
+    ]  # fmt: skip
+    return table(["setting", "weights R² median (null)", "log-probs R² median (null)", "final validation greedy"], rows)
+
+
+def regrounding_table(results: dict) -> str:
+    """Gradient steps to each threshold per seed (standard vs re-grounded), speed-up and accuracy at fixed budgets."""
+    n = results["regrounding"]["numbers"]
+    rows = []
+    for r in n["speedups"]:
+        rows.append([
+            r["config"], _f(r["threshold"]), ", ".join(map(str, r["std_steps"])),
+            ", ".join("—" if x is None else str(x) for x in r["reground_steps"]), r["reached"],
+            _mci(r["speedup"], 2),
+        ])  # fmt: skip
+    head = ["(M, N)", "threshold", "standard: steps per seed", "re-grounded: steps per seed", "reached",
+            "speed-up, mean [95% CI over seeds]"]  # fmt: skip
+    out = table(head, rows)
+    rows = [
+        [b["config"], b["gradient_steps"], _mci(b["standard"]), _mci(b["reground"]), _mci(b["diff"], sign=True),
+         _mci({**b["pooled_paired_bootstrap"], "mean": b["pooled_paired_bootstrap"]["diff"]}, sign=True)]
+        for b in n["fixed_budgets"]
+    ]  # fmt: skip
+    head = ["(M, N)", "gradient steps", "standard", "re-grounded", "difference [CI over seeds]",
+            "difference [paired bootstrap over problems]"]  # fmt: skip
+    return out + "\n" + table(head, rows)
+
+
 # --------------------------------------------------------------------------------------------------
 # the regime map
 
@@ -114,15 +147,17 @@ def fmt_lr(lr: float) -> str:
     return f"{mant}e{int(exp)}"
 
 
+def _case_desc(b: dict) -> str:
+    pred = {"two_point": "two-point", "lsq": "least squares", "rank1": "rank-1"}.get(b["predictor"], b["predictor"])
+    tgt = b["target"]
+    tgt = int(tgt) if float(tgt).is_integer() else tgt
+    return f"{pred} ({b['t0']}, {b['t1']}) → {tgt}, α {b['alpha']:g}"
+
+
 def _best_cell(b: dict | None) -> str:
     if not b:
         return "n/a"
-    pred = {"two_point": "two-point", "lsq": "least squares", "rank1": "rank-1"}.get(
-        b["predictor"], b["predictor"]
-    )
-    tgt = b["target"]
-    tgt = int(tgt) if float(tgt).is_integer() else tgt
-    cell = f"{pred} ({b['t0']}, {b['t1']}) → {tgt}, α {b['alpha']:g}: {_mci(b['gain_vs_t1_greedy'], sign=True)}"
+    cell = f"{_case_desc(b)}: {_mci(b['gain_vs_t1_greedy'], sign=True)}"
     real = b.get("gain_vs_real_greedy")
     cell += f" (vs real: {_mci(real, sign=True)})" if real else " (no real checkpoint at the target)"
     return cell
@@ -219,6 +254,34 @@ def effects_table(regime_map: dict) -> str:
             (yes if ok else no).append(f"{label(n)}: {txt}")
         rows.append([f"{effect} ({rule})", "; ".join(yes) or "nowhere", "; ".join(no) or "—"])
     return table(["effect (criterion)", "appears at (lr×responses: number)", "does not appear at"], rows)
+
+
+def best_table(regime_map: dict) -> str:
+    """The best measured gain over the map for weight extrapolation, logit extrapolation and re-grounding."""
+    best = regime_map.get("best") or {}
+
+    def label(name: str) -> str:
+        lr, resp, rest = _point_label(name)
+        return f"lr {fmt_lr(lr)}, {resp} responses" + (f" {rest}" if rest else "")
+
+    rows = []
+    for space, what in (("weight", "weight extrapolation"), ("logit", "logit extrapolation")):
+        b = best.get(space)
+        if not b:
+            rows.append([what, "not measured yet", "", ""])
+            continue
+        where = f"{label(b['point'])}: {_case_desc(b)} ({len(b['seeds'])} seed(s))"
+        real = b.get("gain_vs_real_greedy")
+        rows.append([what, where, _mci(b["gain_vs_t1_greedy"], sign=True),
+                     _mci(real, sign=True) if real else "no real checkpoint at the target"])  # fmt: skip
+    r = best.get("regrounding")
+    if r:
+        gain = f"speed-up {r['speedup']:.2f}× to threshold {_f(r['threshold'])} (held-out greedy)"
+        rows.append(["re-grounding", f"{label(r['point'])}, (M, N) = ({r['spec']})", gain, "—"])
+    else:
+        rows.append(["re-grounding", "not measured yet (its runs are last in the queue)", "", ""])
+    return table(["effect", "where (best over the map)", "greedy gain over t1 [95% CI]", "vs the real checkpoint"],
+                 rows)  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------
