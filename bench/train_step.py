@@ -6,6 +6,14 @@ Prints the ratio TRL / bare and writes bench/results/train_step.json.
 Targets (issue): TRL overhead <= 20%, <= 1.2 s/step.
 
     python bench/train_step.py [--steps 20] [--warmup 3] [--threads 2]
+
+``--model smollm2-135m`` (issue 14) runs the real model instead, at 8 prompts x 8 samples and ~48 new tokens of a
+chat task, and puts three numbers side by side: the physical limit (the step's model FLOPs over the fp32 matmul
+throughput measured in the same run), the bare PyTorch GRPO step of ``rlvr_linear.grpo_step`` and TRL's step as
+``rlvr-linear train`` configures it, each split into phases, with peak RSS. Writes
+bench/results/train_step_smollm2.json (see docs/smollm2.md):
+
+    python bench/train_step.py --model smollm2-135m [--steps 2] [--warmup 1] [--threads 1] [--micro-batch 16]
 """
 
 from __future__ import annotations
@@ -105,6 +113,18 @@ def trl_steps(model_dir, rows, task, cfg, n_steps, tmp):
 
 
 def main():
+    import sys
+
+    argv = sys.argv[1:]
+    model = next((a.split("=", 1)[1] for a in argv if a.startswith("--model=")), None)
+    if "--model" in argv and argv.index("--model") + 1 < len(argv):
+        model = argv[argv.index("--model") + 1]
+    if model in (None, "tiny"):
+        return tiny_main()
+    return real_model_main(model)
+
+
+def tiny_main():
     import tempfile
 
     from rlvr_linear.models import ensure_base
@@ -116,6 +136,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="bench/results/train_step.json")
+    ap.add_argument("--model", default="tiny", help="tiny (this mode) or smollm2-135m (the real-model mode)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cfg = TrainConfig(**PRESETS["tiny"])
@@ -147,6 +168,251 @@ def main():
     print(f"TRL  {res['trl_s_per_step']:.3f} s/step")
     print(f"bare {res['bare_s_per_step']:.3f} s/step")
     print(f"ratio TRL/bare = {res['ratio_trl_over_bare']:.2f}  (target <= 1.20; TRL target <= 1.2 s/step)")
+
+
+# --------------------------------------------------------------------------------------------------
+# The real-model mode (issue 14): physical limit, bare step and TRL step side by side
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _real_bare(model_dir, task_name, probs, a) -> dict:
+    """Child process: ``a.warmup + a.steps`` bare GRPO steps; phases and token counts per step, own peak RSS."""
+    from transformers import AutoModelForCausalLM
+
+    from rlvr_linear.grpo_step import grpo_step
+    from rlvr_linear.tasks import get_task
+    from rlvr_linear.tokenizer import load_tokenizer
+
+    torch.set_num_threads(a["threads"])
+    task = get_task(task_name)
+    tok = load_tokenizer(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    opt = torch.optim.AdamW(model.parameters(), lr=a["lr"], weight_decay=0.0)
+    torch.manual_seed(0)
+    P, G = a["prompts"], a["samples"]
+    steps = []
+    for s in range(a["warmup"] + a["steps"]):
+        st = grpo_step(model, opt, tok, task, probs[s * P : (s + 1) * P], G, a["max_new_tokens"],
+                       micro_batch=a["micro_batch"], max_grad_norm=1.0)  # fmt: skip
+        steps.append(st.to_json())
+        print("bare", json.dumps(steps[-1]), flush=True)
+    return {"steps": steps, "n_params": sum(p.numel() for p in model.parameters()), "peak_rss_mb": _peak_rss_mb()}
+
+
+def _real_trl(model_dir, task_name, probs, a) -> dict:
+    """Child process: TRL's GRPOTrainer configured as ``rlvr-linear train`` does, with timers around its phases."""
+    import tempfile
+
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from rlvr_linear.tasks import get_task
+    from rlvr_linear.tokenizer import load_tokenizer
+
+    torch.set_num_threads(a["threads"])
+    task = get_task(task_name)
+    tok = load_tokenizer(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    P, G = a["prompts"], a["samples"]
+    total = P * G
+    mb = a["trl_micro_batch"] or total
+    n = a["warmup"] + a["steps"]
+    rows = [{"prompt": [{"role": "user", "content": p.prompt + " " + task.instruction}], "answer": p.answer,
+             "problem_id": p.id} for p in probs[: n * P]]  # fmt: skip
+    acc = {"gen_s": 0.0, "logps_fwd_s": 0.0, "backward_s": 0.0, "reward_s": 0.0, "trained_positions": 0,
+           "real_tokens": 0, "completion_tokens": 0, "opt_s": 0.0}  # fmt: skip
+    steps: list[dict] = []
+
+    class Phases(TrainerCallback):
+        def on_step_begin(self, *args, **kw):
+            self.t, self.start = time.perf_counter(), dict(acc)
+
+        def on_pre_optimizer_step(self, *args, **kw):
+            self.t_opt = time.perf_counter()
+
+        def on_optimizer_step(self, *args, **kw):
+            acc["opt_s"] += time.perf_counter() - self.t_opt
+
+        def on_step_end(self, *args, **kw):
+            rec = {k: round(acc[k] - self.start[k], 4) for k in acc}
+            rec["step_s"] = round(time.perf_counter() - self.t, 4)
+            rec["other_s"] = round(rec["step_s"] - sum(rec[k] for k in rec if k.endswith("_s") and k != "step_s"), 4)
+            steps.append(rec)
+            print("trl", json.dumps(rec), flush=True)
+
+    def timed(key, fn):
+        def wrapper(*args, **kw):
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kw)
+            finally:
+                acc[key] += time.perf_counter() - t
+
+        return wrapper
+
+    with tempfile.TemporaryDirectory() as tmp:
+        gcfg = GRPOConfig(output_dir=tmp, per_device_train_batch_size=mb, gradient_accumulation_steps=total // mb,
+                          steps_per_generation=total // mb, num_generations=G,
+                          max_completion_length=a["max_new_tokens"], learning_rate=a["lr"], max_steps=n,
+                          lr_scheduler_type="constant", weight_decay=0.0, temperature=1.0, top_p=1.0, beta=0.0,
+                          epsilon=0.2, epsilon_high=0.28, loss_type="grpo", max_grad_norm=1.0, logging_steps=1,
+                          save_strategy="no", report_to="none", bf16=False, use_cpu=True, shuffle_dataset=False,
+                          disable_tqdm=True, seed=0, dataloader_num_workers=0,
+                          activation_checkpointing=False)  # fmt: skip
+        trainer = GRPOTrainer(model=model, reward_funcs=[task.reward_function()], args=gcfg,
+                              train_dataset=Dataset.from_list(rows), processing_class=tok,
+                              callbacks=[Phases()])  # fmt: skip
+        model.generate = timed("gen_s", model.generate)  # TRL's unwrap_model_for_generation yields this object
+        logps = trainer._get_per_token_logps_and_entropies
+
+        def counted(mdl, input_ids, attention_mask, logits_to_keep, *args, **kw):
+            acc["trained_positions"] += input_ids.numel()
+            acc["real_tokens"] += int(attention_mask.sum())
+            acc["completion_tokens"] += int(attention_mask[:, -logits_to_keep:].sum())
+            return logps(mdl, input_ids, attention_mask, logits_to_keep, *args, **kw)
+
+        trainer._get_per_token_logps_and_entropies = timed("logps_fwd_s", counted)
+        trainer.accelerator.backward = timed("backward_s", trainer.accelerator.backward)
+        trainer._calculate_rewards = timed("reward_s", trainer._calculate_rewards)
+        trainer.train()
+    return {"steps": steps, "peak_rss_mb": _peak_rss_mb()}
+
+
+def _in_child(fn, *args):
+    """Run ``fn`` in a fresh process, so that each implementation's peak RSS is its own."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as ex:
+        return ex.submit(fn, *args).result()
+
+
+def _mean(recs: list[dict], key: str) -> float:
+    return sum(r[key] for r in recs) / len(recs)
+
+
+def real_model_main(model_name: str) -> None:
+    from rlvr_linear.grpo_step import matmul_gflops, step_flops
+    from rlvr_linear.models import ensure_base
+    from rlvr_linear.tasks import get_task
+
+    ap = argparse.ArgumentParser(description="GRPO step of a real model: physical limit, bare PyTorch, TRL")
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--task", default="arithmetic-cot-chat")
+    ap.add_argument("--steps", type=int, default=2, help="timed steps per implementation")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--samples", type=int, default=8)
+    ap.add_argument("--max-new-tokens", type=int, default=48)
+    ap.add_argument("--micro-batch", type=int, default=16, help="bare step: sequences per forward/backward")
+    ap.add_argument("--trl-micro-batch", type=int, default=16, help="TRL: per_device_train_batch_size (64 = no GA)")
+    ap.add_argument("--lr", type=float, default=1e-5)
+    ap.add_argument("--skip", choices=["bare", "trl"], default=None, help="leave one implementation out")
+    ap.add_argument("--out", default="bench/results/train_step_smollm2.json")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    model_dir = str(ensure_base(model_name))
+    task = get_task(args.task)
+    n = args.steps + args.warmup
+    probs = task.problems("train", n * args.prompts)
+    a = {k: getattr(args, k) for k in ("threads", "prompts", "samples", "max_new_tokens", "micro_batch",
+                                        "trl_micro_batch", "lr", "steps", "warmup")}  # fmt: skip
+    gflops_before = matmul_gflops()
+    bare = None if args.skip == "bare" else _in_child(_real_bare, model_dir, args.task, probs, a)
+    trl = None if args.skip == "trl" else _in_child(_real_trl, model_dir, args.task, probs, a)
+    gflops = max(gflops_before, matmul_gflops())  # the best of two measurements, before and after the steps
+    if bare is not None:
+        n_params = bare["n_params"]
+    else:
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        with torch.device("meta"):
+            meta_model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
+        n_params = sum(p.numel() for p in meta_model.parameters())
+    res = {
+        "what": f"seconds per GRPO step of {model_name}: physical limit vs bare PyTorch vs TRL GRPOTrainer",
+        "model": model_name, "task": args.task, "n_params": n_params, "prompts": args.prompts,
+        "samples": args.samples, "max_new_tokens": args.max_new_tokens, "threads": args.threads,
+        "micro_batch": args.micro_batch, "trl_micro_batch": args.trl_micro_batch or args.prompts * args.samples,
+        "steps_timed": args.steps, "warmup_steps_dropped": args.warmup, "matmul_gflops": gflops,
+        "matmul_gflops_before_after": None,
+        "flop_model": "2*N per prefilled or generated token + 6*N per trained (prompt + completion) token; "
+        "real tokens only (padding is overhead, not model work)",
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "torch": torch.__version__,
+        "load_average_at_end": os.getloadavg(),
+    }  # fmt: skip
+    if bare is not None:
+        t = bare["steps"][args.warmup :]
+        flops = [
+            step_flops(n_params, r["prompt_tokens"], r["generated_tokens"], r["prompt_tokens"] + r["generated_tokens"])
+            for r in t
+        ]
+        res["bare"] = {
+            "s_per_step": _mean(t, "step_s"),
+            "phases_s": {k: _mean(t, k) for k in ("gen_s", "score_s", "train_s", "opt_s")},
+            "tokens_per_step": {k: _mean(t, k) for k in ("prompt_tokens", "generated_tokens", "trained_positions")},
+            "mean_completion_len": _mean(t, "mean_completion_len"),
+            "model_gflop_per_step": sum(flops) / len(flops) / 1e9,
+            "limit_s": sum(flops) / len(flops) / (gflops * 1e9),
+            "peak_rss_mb": bare["peak_rss_mb"],
+            "steps": bare["steps"],
+        }  # fmt: skip
+        res["bare"]["ratio_to_limit"] = res["bare"]["s_per_step"] / res["bare"]["limit_s"]
+    if trl is not None:
+        t = trl["steps"][args.warmup :]
+        flops = [
+            step_flops(n_params, r["real_tokens"] - r["completion_tokens"], r["completion_tokens"], r["real_tokens"])
+            for r in t
+        ]
+        res["trl"] = {
+            "s_per_step": _mean(t, "step_s"),
+            "phases_s": {
+                k: _mean(t, k) for k in ("gen_s", "reward_s", "logps_fwd_s", "backward_s", "opt_s", "other_s")
+            },
+            "tokens_per_step": {"prompt_tokens": _mean(t, "real_tokens") - _mean(t, "completion_tokens"),
+                                "generated_tokens": _mean(t, "completion_tokens"),
+                                "trained_positions": _mean(t, "trained_positions")},
+            "model_gflop_per_step": sum(flops) / len(flops) / 1e9,
+            "limit_s": sum(flops) / len(flops) / (gflops * 1e9),
+            "peak_rss_mb": trl["peak_rss_mb"],
+            "steps": trl["steps"],
+        }  # fmt: skip
+        res["trl"]["ratio_to_limit"] = res["trl"]["s_per_step"] / res["trl"]["limit_s"]
+    targets = {"ratio_to_limit_max": 2.0, "peak_rss_mb_max": 8192, "ratio_trl_over_bare_max": 1.3}
+    res["targets"] = targets
+    met = {}
+    if bare is not None:
+        met["bare_step_within_2x_limit"] = res["bare"]["ratio_to_limit"] <= targets["ratio_to_limit_max"]
+        met["bare_peak_rss_within_8gb"] = res["bare"]["peak_rss_mb"] <= targets["peak_rss_mb_max"]
+    if trl is not None:
+        met["trl_step_within_2x_limit"] = res["trl"]["ratio_to_limit"] <= targets["ratio_to_limit_max"]
+        met["trl_peak_rss_within_8gb"] = res["trl"]["peak_rss_mb"] <= targets["peak_rss_mb_max"]
+    if bare is not None and trl is not None:
+        res["ratio_trl_over_bare"] = res["trl"]["s_per_step"] / res["bare"]["s_per_step"]
+        met["trl_within_1_3x_bare"] = res["ratio_trl_over_bare"] <= targets["ratio_trl_over_bare_max"]
+    res["meets_targets"] = met
+    res["matmul_gflops_before_after"] = [gflops_before, gflops]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+    print(f"fp32 matmul {gflops:.1f} GFLOP/s on {args.threads} thread(s)")
+    for name in ("bare", "trl"):
+        if name in res:
+            r = res[name]
+            phases = json.dumps({k: round(v, 1) for k, v in r["phases_s"].items()})
+            print(
+                f"{name:5s} {r['s_per_step']:.1f} s/step = {r['ratio_to_limit']:.2f} x limit {r['limit_s']:.1f} s "
+                f"({r['model_gflop_per_step']:.0f} GFLOP); phases {phases}; peak RSS {r['peak_rss_mb']:.0f} MB"
+            )
+    if "ratio_trl_over_bare" in res:
+        print(f"TRL / bare = {res['ratio_trl_over_bare']:.2f} (target <= 1.3); targets met: {met}")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@ from rlvr_linear.cli import main
 from rlvr_linear.errors import RlvrLinearError
 from rlvr_linear.report import SECTIONS, validate_results
 from rlvr_linear.study import (
+    CONTRAST_SETTINGS,
     StudyConfig,
+    _mean_numbers,
     _r2_numbers,
     _verdict_linearity,
     _verdict_logit,
@@ -20,6 +22,7 @@ from rlvr_linear.study import (
     _verdict_wx,
     active_weighted,
     first_reach,
+    paper_regime,
     parse_stages,
     plan,
     snap,
@@ -35,8 +38,14 @@ def test_config_modes_and_errors():
     q = StudyConfig.for_mode("quick")
     assert q.seeds == [0] and q.rl_steps == 60 and q.base_recipe["hidden_size"] == 64
     d = StudyConfig.for_mode("default")
-    assert d.seeds == [0, 1, 2] and d.rl_steps == 200 and d.base_recipe is None
-    assert d.reground_specs == ["10,10", "30,30", "30,60", "2,10"]
+    # the default runs at the regime map's lr 3e-5 x 128 responses point: 560 steps, 15 checkpoints
+    assert d.seeds == [0, 1, 2] and d.rl_steps == 560 and d.base_recipe is None
+    assert (d.learning_rate, d.save_every, d.prompts_per_step * d.samples_per_prompt) == (3e-5, 40, 128)
+    assert d.rl_steps // d.save_every + 1 == 15
+    assert d.reground_specs == ["40,40", "8,40"] and d.wx_base_fractions == [0.0, 1 / 7]
+    assert "fast" in d.robustness and "fast" in CONTRAST_SETTINGS
+    f = StudyConfig.for_mode("full")
+    assert (f.learning_rate, f.rl_steps, f.save_every) == (1e-5, 1400, 100)
     assert StudyConfig.for_mode("quick", rl_steps=30).rl_steps == 30
     with pytest.raises(RlvrLinearError, match="unknown study mode 'huge'"):
         StudyConfig.for_mode("huge")
@@ -61,6 +70,8 @@ def test_protocol_helpers():
     assert wx_targets(15, steps, 4.0, 4) == [20, 35, 45, 60]  # 9 candidates in (15, 60], evenly spread
     assert wx_targets(45, steps, 4.0, 4) == [50, 55, 60]
     assert wx_targets(10, steps, 2.0, 4) == [15, 20]
+    # a later base: alpha = (target - t0) / (t1 - t0) <= 2 from (10, 20) reaches 30
+    assert wx_targets(20, steps, 2.0, 4, t0=10) == [25, 30]
     assert first_reach([0, 5, 10], [0.1, None, 0.4], 0.3) == 10
     assert first_reach([0, 5], [0.1, 0.2], 0.3) is None
 
@@ -97,6 +108,26 @@ def test_verdict_rules():
     assert _verdict_logit({"diff": -0.02, "ci_low": -0.04, "ci_high": 0.01})[0] == "no"
 
 
+def _r2(med, null):
+    return {"median": med, "q1": med and med - 0.1, "q3": med and med + 0.1, "mean": med, "share_gt_0.7": 0.5, "n": 10,
+            "null_median": null, "null_share_gt_0.7": 0.1}  # fmt: skip
+
+
+def test_mean_numbers_and_paper_regime():
+    m = _mean_numbers([_r2(0.8, 0.4), {**_r2(0.9, 0.5), "n": 13}])
+    assert m["median"] == pytest.approx(0.85) and m["null_median"] == pytest.approx(0.45) and m["n"] == 12
+    assert _mean_numbers([_r2(0.8, 0.4), _r2(None, 0.4)])["median"] is None
+
+    def seed(w, lp):
+        return {"rl_weights": _r2(*w), "rl_logprobs": _r2(*lp)}
+
+    ok = seed((0.83, 0.44), (0.77, 0.38))
+    assert paper_regime([ok, ok])
+    assert not paper_regime([ok, seed((0.79, 0.44), (0.77, 0.38))])  # one seed's weights below 0.8
+    assert not paper_regime([seed((0.83, 0.44), (0.76, 0.5))])  # log-probs only 0.26 above their null
+    assert not paper_regime([seed((0.83, None), (0.77, 0.38))])
+
+
 def test_verdict_robustness():
     def row(label, med, null):
         return {"label": label, "weights": {"median": med, "null_median": null}}
@@ -107,6 +138,10 @@ def test_verdict_robustness():
     assert text == "weight median R² per setting: GRPO 0.80, SGD 0.72; paper: 0.72-0.84 across its settings."
     rows[1] = row("SGD", 0.6, 0.5)  # above its null but below 0.7
     assert _verdict_robustness(rows)[0] == "partly"
+    rows[1] = row("SGD", 0.72, 0.5)
+    rows.append({**row("fast regime", 0.5, 0.45), "setting": "fast"})  # a contrast: shown, not counted
+    assert _verdict_robustness(rows)[0] == "yes"
+    rows.pop()
     rows[1] = row("SGD", 0.45, 0.5)  # below its null
     assert _verdict_robustness(rows)[0] == "no"
     rows[1] = row("SGD", None, 0.5)  # not computed: not above the null, and left out of the text
@@ -160,8 +195,12 @@ def test_quick_study_end_to_end_and_rerun_skips(tmp_path, monkeypatch, capsys):
         saved = json.loads((out / "linearity" / key / "weights.json").read_text())
         assert lin[key] == _r2_numbers(saved), key
         assert lin[key]["q1"] <= lin[key]["median"] <= lin[key]["q3"] and lin[key]["n"] > 0
+        assert lin["per_seed"][0][key] == lin[key]  # one seed: its numbers are the mean
     rep = _verdict_linearity(lin["rl_weights"], lin["sft_weights"])
-    assert (res["linearity"]["reproduced"], res["linearity"]["verdict"]) == rep
+    assert res["linearity"]["reproduced"] == rep[0] and res["linearity"]["verdict"].startswith(rep[1])
+    regime = "reached" if lin["paper_regime"] else "not reached"
+    assert res["linearity"]["verdict"].endswith(f"every seed): {regime}.")
+    assert lin["paper_regime"] == paper_regime(lin["per_seed"])
     assert lin["rl_weights"]["null_median"] is not None
     assert len(res["mechanism"]["numbers"]["curve"]) == 4  # 3 SNRs + zero signal
     assert res["logit_extrapolation"]["numbers"]["alpha"] == 1.5

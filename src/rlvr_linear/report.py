@@ -310,6 +310,19 @@ def _body_linearity(s: dict) -> str:
         _r2_row("SFT weights", n["sft_weights"], iqr("sft_weight_r2")),
         _r2_row("SFT token log-probs", n["sft_logprobs"], f"{p['sft_logprob_r2_median']}"),
     ]
+    head = ""
+    if len(n.get("per_seed", [])) > 1:
+        head = f"<p>Medians are means over {len(n['per_seed'])} seeds; per seed:</p>" + _table(
+            ["seed", "RL weights (null)", "RL log-probs (null)", "SFT weights", "SFT log-probs"],
+            [
+                [_s(r["seed"])]
+                + [
+                    f"{_f(r[k]['median'])} ({_f(r[k]['null_median'])})" if k.startswith("rl") else _f(r[k]["median"])
+                    for k in ("rl_weights", "rl_logprobs", "sft_weights", "sft_logprobs")
+                ]
+                for r in n["per_seed"]
+            ],
+        )
     fc = n["forecast"]
     ftxt = (
         f"<p><b>Forecast</b> (line fitted on steps {', '.join(map(str, fc['fit_steps']))}; predicting "
@@ -324,9 +337,10 @@ def _body_linearity(s: dict) -> str:
         )
     ftxt += ".</p>"
     return (
-        f"<p>Checkpoints: steps {', '.join(map(str, n['checkpoints']))} (seed {s['seeds'][0]}); weight sampling: "
+        f"<p>Checkpoints: steps {', '.join(map(str, n['checkpoints']))}; forecast on seed "
+        f"{n.get('forecast_seed', s['seeds'][0])}; weight sampling: "
         f"{_f(n.get('weight_sampling'))}; {n['probes']} teacher-forced probes (base-model responses). "
-        "Null = the same increments with random signs (driftless).</p>" + _table(_R2_HEAD, rows) + ftxt
+        "Null = the same increments with random signs (driftless).</p>" + _table(_R2_HEAD, rows) + head + ftxt
     )
 
 
@@ -370,16 +384,19 @@ def _body_mechanism(s: dict) -> str:
 def _body_wx(s: dict) -> str:
     n = s["numbers"]
     rows = [
-        [_s(r["t1"]), _s(r["target"]), _f(r["alpha"], 2), _ci(r["extrapolated"]), _ci(r["real_rl"]),
-         _ci(r["diff_vs_real"]), _ci(r["gain_vs_t1"])]
+        [_s(r.get("t0", 0)), _s(r["t1"]), _s(r["target"]), _f(r["alpha"], 2), _ci(r["extrapolated"]),
+         _ci(r["real_rl"]), _ci(r["diff_vs_real"]), _ci(r["gain_vs_t1"])]
         for r in n["rows"]
     ]  # fmt: skip
-    head = ["t1", "target", "alpha", "extrapolated acc", "real RL acc at target", "extrap − real", "extrap − t1 ckpt"]
+    head = ["t0", "t1", "target", "alpha", "extrapolated acc", "real RL acc at target", "extrap − real",
+            "extrap − t1 ckpt"]  # fmt: skip
     peaks = "; ".join(
-        f"t1={k}: peak at {v['target']} (alpha {v['alpha']:.2f}, {v['accuracy']:.3f})" for k, v in n["peaks"].items()
+        f"(t0, t1) = {k}: peak at {v['target']} (alpha {v['alpha']:.2f}, {v['accuracy']:.3f})"
+        for k, v in n["peaks"].items()
     )
-    return f"<p>{html.escape(n['metric'])} on {n['problems']} problems; base t0 = 0. Peaks: {peaks}.</p>" + _table(
-        head, rows
+    return (
+        f"<p>{html.escape(n['metric'])} on {n['problems']} problems; two-point rule from (t0, t1); t0 = 0 is the "
+        f"paper's base, a later t0 skips the early phase. Peaks: {peaks}.</p>" + _table(head, rows)
     )
 
 

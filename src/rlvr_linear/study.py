@@ -137,6 +137,7 @@ class StudyConfig:
     mechanism_snrs: list[float] = field(default_factory=lambda: [0.0, -10.0, -20.0])  #: SNR grid (dB)
     mechanism_zero_signal: bool = True  #: also run the zero-signal setting
     mechanism_seeds: list[int] = field(default_factory=lambda: [0])  #: SFT seeds per SNR
+    wx_base_fractions: list[float] = field(default_factory=lambda: [0.0])  #: t0 / rl_steps (0: from the base)
     wx_t1_fractions: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])  #: t1 / rl_steps
     wx_max_alpha: float = 4.0  #: largest alpha = target / t1 evaluated
     wx_max_targets: int = 4  #: targets per t1 (evenly spread over the save grid beyond t1)
@@ -181,32 +182,40 @@ class StudyConfig:
         if mode == "quick":
             d.update(base_recipe=dict(QUICK_BASE_RECIPE) if model == "tiny" else None)
         elif mode == "default":
+            # the map's point lr 3e-5 x 128 responses (docs/regime.md): the most paper-like regime whose 3 seeds fit
+            # the 30-minute budget (lr 1e-5 is more linear but needs 1,400 steps per run); 15 checkpoints
             d.update(
                 seeds=[0, 1, 2],
-                rl_steps=200,
-                save_every=20,
+                rl_steps=560,
+                save_every=40,
+                learning_rate=3e-5,
                 eval_problems=200,
                 probe_prompts=32,
-                robustness=["grpo", "gspo", "dr_grpo", "sgd", "lr_x3", "group_16"],
-                mechanism_snrs=[10.0, 5.0, 0.0, -3.0, -5.0, -10.0, -15.0, -20.0],
+                robustness=["grpo", "dr_grpo", "sgd", "fast"],
+                mechanism_snrs=[10.0, 0.0, -5.0, -10.0, -20.0],
+                wx_base_fractions=[0.0, 1 / 7],
                 logit_k=8,
                 logit_problems=200,
-                reground_specs=["10,10", "30,30", "30,60", "2,10"],
+                # the paper's (M, N) grid scaled by 560 / 1400
+                reground_specs=["40,40", "8,40"],
             )
         else:
+            # the map's most linear point: lr 1e-5, 1,400 steps (the paper's horizon), 15 checkpoints; hours
             d.update(
-                seeds=[0, 1, 2, 3, 4],
-                rl_steps=400,
-                save_every=20,
+                seeds=[0, 1, 2],
+                rl_steps=1400,
+                save_every=100,
+                learning_rate=1e-5,
                 eval_problems=300,
                 probe_prompts=64,
-                robustness=["grpo", "gspo", "dr_grpo", "sgd", "lr_x3", "group_16"],
+                robustness=["grpo", "gspo", "dr_grpo", "sgd", "lr_x3", "group_16", "fast"],
                 mechanism_snrs=[10.0, 5.0, 0.0, -3.0, -5.0, -10.0, -15.0, -20.0],
                 mechanism_seeds=[0, 1, 2],
+                wx_base_fractions=[0.0, 1 / 7],
                 wx_eval_problems=500,
                 logit_k=16,
                 logit_problems=500,
-                reground_specs=["20,20", "60,60", "60,120", "4,20"],
+                reground_specs=["100,100", "300,300", "300,600"],
                 reground_eval_problems=500,
             )
         if model not in ("tiny",):
@@ -236,7 +245,11 @@ ROBUSTNESS_SETTINGS: dict[str, tuple[str, Any]] = {
     "sgd": (f"SGD (lr x{SGD_LR_FACTOR:g})", lambda lr: {"optimizer": "sgd", "learning_rate": lr * SGD_LR_FACTOR}),
     "lr_x3": ("lr x3", lambda lr: {"learning_rate": lr * 3}),
     "group_16": ("group size 16", lambda lr: {"samples_per_prompt": 16}),
+    # a contrast, not a robustness claim: v0.1's default rate (3e-4 at 200 steps), where linearity did not appear
+    "fast": ("fast regime (lr x10)", lambda lr: {"learning_rate": lr * 10}),
 }
+#: settings shown for contrast only: not counted by the robustness verdict
+CONTRAST_SETTINGS = {"fast"}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -263,7 +276,10 @@ def plan(cfg: StudyConfig, stages: list[str]) -> list[dict]:
         if st == "baseline":
             what, sec = f"{S} RL run(s) x {T} steps (save every {cfg.save_every})", S * (T * rl + ev_run)
         elif st == "linearity":
-            what, sec = f"weights + log-prob R², 1 SFT run x {T} steps, forecast", T * sft + ev_run + 10
+            what, sec = (
+                f"weights + log-prob R² of {S} seed(s), {S} SFT run(s) x {T} steps, forecast",
+                S * (T * sft + ev_run + 10),
+            )
         elif st == "robustness":
             n = sum(1 for r in cfg.robustness if r != "grpo")
             what, sec = f"{len(cfg.robustness)} settings ({n} new runs x {T} steps)", n * (T * rl + ev_run + 3)
@@ -330,7 +346,6 @@ def _num(x: Any, nd: int = 4) -> Any:
     if isinstance(x, float):
         return round(x, nd) if math.isfinite(x) else None
     return x
-
 
 
 class _Ctx:
@@ -562,6 +577,34 @@ def _verdict_linearity(rl_w: dict, sft_w: dict) -> tuple[str, str]:
     return rep, (f"RL weights: median R² {m:.3f} (null {nm:.3f}) vs SFT {sm:.3f}; paper RL 0.84 vs SFT 0.42.")
 
 
+def _mean_numbers(rows: list[dict]) -> dict:
+    """Field-wise mean over seeds of :func:`_r2_numbers` dicts (None where any seed has none; ``n`` rounded)."""
+    out = {}
+    for k in rows[0]:
+        vals = [r[k] for r in rows]
+        out[k] = None if any(v is None for v in vals) else _num(float(np.mean(vals)))
+    out["n"] = int(round(float(np.mean([r["n"] for r in rows]))))
+    return out
+
+
+#: issue 10's bar for "the paper's regime": weight and log-prob R² medians >= these, each >= its null + PAPER_MARGIN,
+#: on every seed
+PAPER_REGIME = {"weights": 0.8, "logprobs": 0.75}
+PAPER_MARGIN = 0.3
+
+
+def paper_regime(per_seed: list[dict]) -> bool:
+    """True when every seed's RL weight and log-prob R² medians clear :data:`PAPER_REGIME` and their nulls by 0.3."""
+    for r in per_seed:
+        for kind, bar in PAPER_REGIME.items():
+            x = r[f"rl_{kind}"]
+            if x["median"] is None or x["null_median"] is None:
+                return False
+            if x["median"] < bar or x["median"] < x["null_median"] + PAPER_MARGIN:
+                return False
+    return True
+
+
 def stage_linearity(ctx: _Ctx) -> dict:
     from . import plots
     from .checkpoints import discover
@@ -572,28 +615,45 @@ def stage_linearity(ctx: _Ctx) -> dict:
     seed = c.seeds[0]
     rl_run = ctx.out / "runs" / f"rl_seed{seed}"
     probes = _probes(ctx)
-    steps = ["RL weights", "RL log-probs", "SFT run", "SFT weights", "SFT log-probs", "forecast"]
-    bar = tqdm(total=len(steps), desc="linearity", disable=not ctx.progress)
-    rl_w = _weight_analysis(rl_run, d / "rl_weights")
-    bar.update()
-    rl_lp = analyze_logprobs(discover(rl_run), probes)
-    rl_lp.save(d / "rl_logprobs")
-    bar.update()
-    sft_run, sft_man = ctx.sft_run(f"sft_seed{seed}", ctx.sft_config(seed))
-    bar.update()
-    sft_w = _weight_analysis(sft_run, d / "sft_weights")
-    bar.update()
-    sft_lp = analyze_logprobs(discover(sft_run), probes)
-    sft_lp.save(d / "sft_logprobs")
-    bar.update()
+    bar = tqdm(total=5 * len(c.seeds) + 1, desc="linearity", disable=not ctx.progress)
+    per_seed, sft_ends = [], []
+    for sd in c.seeds:
+        # the first seed keeps its full results and figures; the others only their numbers
+        sub = d if sd == seed else d / f"seed{sd}"
+        run = ctx.out / "runs" / f"rl_seed{sd}"
+        w = _weight_analysis(run, sub / "rl_weights")
+        bar.update()
+        lp = analyze_logprobs(discover(run), probes)
+        lp.save(sub / "rl_logprobs")
+        bar.update()
+        s_run, s_man = ctx.sft_run(f"sft_seed{sd}", ctx.sft_config(sd))
+        bar.update()
+        sw_ = _weight_analysis(s_run, sub / "sft_weights")
+        bar.update()
+        slp = analyze_logprobs(discover(s_run), probes)
+        slp.save(sub / "sft_logprobs")
+        bar.update()
+        sft_ends.append(s_man["checkpoints"][-1]["val_accuracy"])
+        per_seed.append(
+            {
+                "seed": sd,
+                "rl_weights": _r2_numbers(w.to_json()),
+                "rl_logprobs": _r2_numbers(lp.to_json()),
+                "sft_weights": _r2_numbers(sw_.to_json()),
+                "sft_logprobs": _r2_numbers(slp.to_json()),
+            }
+        )
+        if sd == seed:
+            rl_w, sft_w = w, sw_
     traj = discover(rl_run)
     fit_until = traj.steps[(len(traj.steps) - 1) // 2]
     fc = forecast(traj, fit_until, probes=probes)
     fc.save(d / "forecast")
     bar.update()
     bar.close()
-    rw, rl_l = _r2_numbers(rl_w.to_json()), _r2_numbers(rl_lp.to_json())
-    sw, sl = _r2_numbers(sft_w.to_json()), _r2_numbers(sft_lp.to_json())
+    rw, rl_l = (_mean_numbers([r[k] for r in per_seed]) for k in ("rl_weights", "rl_logprobs"))
+    sw, sl = (_mean_numbers([r[k] for r in per_seed]) for k in ("sft_weights", "sft_logprobs"))
+    in_regime = paper_regime(per_seed)
     ov = fc.overall()
     fc_num = {
         "fit_steps": fc.fit_steps,
@@ -627,16 +687,26 @@ def stage_linearity(ctx: _Ctx) -> dict:
         if (d / f).exists():
             figs.append(d / f)
     rep, verdict = _verdict_linearity(rw, sw)
+    verdict += (
+        f" Log-probs: median R² {rl_l['median']:.3f} (null {rl_l['null_median']:.3f}). Mean over {len(c.seeds)} "
+        f"seed(s); the paper's regime (weights >= 0.8, log-probs >= 0.75, each >= null + 0.3, every seed): "
+        f"{'reached' if in_regime else 'not reached'}."
+        if rl_l["median"] is not None and rl_l["null_median"] is not None
+        else ""
+    )
     return {
         "title": "Linearity of weights and token log-probs; RL vs SFT",
-        "seeds": [seed],
+        "seeds": list(c.seeds),
         "numbers": {
             "checkpoints": traj.steps,
             "rl_weights": rw,
             "rl_logprobs": rl_l,
             "sft_weights": sw,
             "sft_logprobs": sl,
-            "sft_val_accuracy_end": sft_man["checkpoints"][-1]["val_accuracy"],
+            "per_seed": per_seed,
+            "paper_regime": in_regime,
+            "forecast_seed": seed,
+            "sft_val_accuracy_end": _num(float(np.mean(sft_ends))),
             "probes": len(probes),
             "forecast": fc_num,
             "weight_sampling": rl_w.config.get("sample"),
@@ -650,7 +720,8 @@ def stage_linearity(ctx: _Ctx) -> dict:
 
 def _verdict_robustness(rows: list[dict]) -> tuple[str, str]:
     """yes: every setting's weight median R² >= 0.7 and above its null median; partly: every setting above its null
-    median; no: otherwise."""
+    median; no: otherwise. Contrast rows (``CONTRAST_SETTINGS``) are shown but not counted."""
+    rows = [r for r in rows if r.get("setting") not in CONTRAST_SETTINGS]
     above = [r["weights"]["median"] is not None and r["weights"]["median"] > r["weights"]["null_median"] for r in rows]
     strong = [r["weights"]["median"] is not None and r["weights"]["median"] >= 0.7 for r in rows]
     meds = ", ".join(f"{r['label']} {r['weights']['median']:.2f}" for r in rows if r["weights"]["median"] is not None)
@@ -792,9 +863,10 @@ def stage_mechanism(ctx: _Ctx) -> dict:
     }
 
 
-def wx_targets(t1: int, steps: list[int], max_alpha: float, max_targets: int) -> list[int]:
-    """Save-grid steps in ``(t1, min(last, max_alpha * t1)]``, at most ``max_targets`` of them, evenly spread."""
-    cand = [s for s in steps if t1 < s <= min(steps[-1], max_alpha * t1)]
+def wx_targets(t1: int, steps: list[int], max_alpha: float, max_targets: int, t0: int = 0) -> list[int]:
+    """Save-grid steps in ``(t1, min(last, t0 + max_alpha * (t1 - t0))]``, at most ``max_targets`` of them, evenly
+    spread."""
+    cand = [s for s in steps if t1 < s <= min(steps[-1], t0 + max_alpha * (t1 - t0))]
     if len(cand) <= max_targets:
         return cand
     idx = np.unique(np.round(np.linspace(0, len(cand) - 1, max_targets)).astype(int))
@@ -829,11 +901,15 @@ def stage_weight_extrapolation(ctx: _Ctx) -> dict:
     problems = task.problems("validation", c.wx_eval_problems)
     T = c.rl_steps
     steps = list(range(0, T + 1, c.save_every))
+    t0s = sorted({snap(f * T, c.save_every, lo=0, hi=T - 2 * c.save_every) for f in c.wx_base_fractions})
     t1s = sorted({snap(f * T, c.save_every, lo=c.save_every, hi=T - c.save_every) for f in c.wx_t1_fractions})
-    plan_ = {t1: wx_targets(t1, steps, c.wx_max_alpha, c.wx_max_targets) for t1 in t1s}
-    need_real = sorted({s for t1, ts in plan_.items() for s in [t1, *ts]})
+    # (t0, t1) windows: t0 = 0 is the paper's (from the base); a later t0 skips the early phase (docs/regime.md)
+    plan_ = {
+        (t0, t1): wx_targets(t1, steps, c.wx_max_alpha, c.wx_max_targets, t0=t0) for t0 in t0s for t1 in t1s if t1 > t0
+    }
+    need_real = sorted({s for (_, t1), ts in plan_.items() for s in [t1, *ts]})
     real: dict[int, dict[int, float]] = {}
-    extra: dict[tuple[int, int], dict[int, float]] = {}
+    extra: dict[tuple[int, int, int], dict[int, float]] = {}
     n_jobs = len(c.seeds) * (len(need_real) + sum(len(v) for v in plan_.values()))
     bar = tqdm(total=n_jobs, desc="weight extrapolation", disable=not ctx.progress)
     tmp_root = d / "models"
@@ -842,28 +918,29 @@ def stage_weight_extrapolation(ctx: _Ctx) -> dict:
         for s in need_real:
             real.setdefault(s, {})[seed] = float(_eval_greedy(ckpt(run, s), task, problems).mean())
             bar.update()
-        for t1, targets in plan_.items():
+        for (t0, t1), targets in plan_.items():
             for s in targets:
-                out = tmp_root / f"seed{seed}_t{t1}_to{s}"
-                alpha = s / t1
-                extrapolate_two_point(ckpt(run, 0), ckpt(run, t1), out, alpha=alpha, overwrite=True, progress=False,
+                out = tmp_root / f"seed{seed}_t{t0}-{t1}_to{s}"
+                alpha = (s - t0) / (t1 - t0)
+                extrapolate_two_point(ckpt(run, t0), ckpt(run, t1), out, alpha=alpha, overwrite=True, progress=False,
                                       metadata={"study": "weight_extrapolation", "seed": seed})  # fmt: skip
-                extra.setdefault((t1, s), {})[seed] = float(_eval_greedy(out, task, problems).mean())
+                extra.setdefault((t0, t1, s), {})[seed] = float(_eval_greedy(out, task, problems).mean())
                 shutil.rmtree(out, ignore_errors=True)
                 bar.update()
     bar.close()
     shutil.rmtree(tmp_root, ignore_errors=True)
     rows = []
-    for t1, targets in plan_.items():
+    for (t0, t1), targets in plan_.items():
         for s in targets:
-            e = [extra[(t1, s)][sd] for sd in c.seeds]
+            e = [extra[(t0, t1, s)][sd] for sd in c.seeds]
             r = [real[s][sd] for sd in c.seeds]
             b = [real[t1][sd] for sd in c.seeds]
             rows.append(
                 {
+                    "t0": t0,
                     "t1": t1,
                     "target": s,
-                    "alpha": round(s / t1, 4),
+                    "alpha": round((s - t0) / (t1 - t0), 4),
                     "extrapolated": _ci(e),
                     "real_rl": _ci(r),
                     "t1_checkpoint": _ci(b),
@@ -872,27 +949,28 @@ def stage_weight_extrapolation(ctx: _Ctx) -> dict:
                 }
             )
     peaks = {}
-    for t1 in t1s:
-        rs = [r for r in rows if r["t1"] == t1]
+    for t0, t1 in plan_:
+        rs = [r for r in rows if (r["t0"], r["t1"]) == (t0, t1)]
         if rs:
             best = max(rs, key=lambda r: r["extrapolated"]["mean"])
-            peaks[str(t1)] = {
-                "target": best["target"],
-                "alpha": best["alpha"],
-                "accuracy": best["extrapolated"]["mean"],
-            }
+            key = str(t1) if t0 == 0 else f"{t0}-{t1}"
+            peaks[key] = {"target": best["target"], "alpha": best["alpha"], "accuracy": best["extrapolated"]["mean"]}
     fig = plots.plot_extrapolation(
         d / "weight_extrapolation.png",
         real_curve=(need_real, [float(np.mean(list(real[s].values()))) for s in need_real]),
         curves={
-            f"t1 = {t1}": (
-                [r["target"] for r in rows if r["t1"] == t1],
-                [r["extrapolated"]["mean"] for r in rows if r["t1"] == t1],
-                [(r["extrapolated"]["ci_low"], r["extrapolated"]["ci_high"]) for r in rows if r["t1"] == t1],
+            f"({t0}, {t1})": (
+                [r["target"] for r in rows if (r["t0"], r["t1"]) == (t0, t1)],
+                [r["extrapolated"]["mean"] for r in rows if (r["t0"], r["t1"]) == (t0, t1)],
+                [
+                    (r["extrapolated"]["ci_low"], r["extrapolated"]["ci_high"])
+                    for r in rows
+                    if (r["t0"], r["t1"]) == (t0, t1)
+                ],
             )
-            for t1 in t1s
+            for t0, t1 in plan_
         },
-        title=f"Weight extrapolation from (0, t1) vs real RL ({len(c.seeds)} seed(s), {len(problems)} val problems)",
+        title=f"Weight extrapolation from (t0, t1) vs real RL ({len(c.seeds)} seed(s), {len(problems)} val problems)",
     )
     rep, verdict = _verdict_wx(rows)
     return {

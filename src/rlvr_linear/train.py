@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from .training.grpo import (
     ALGORITHMS,
+    LARGE_MODEL_MICRO_BATCH,
     PRESETS,
     TrainConfig,
     TrajectoryCallback,
+    micro_batch_size,
     resolve_model,
     save_checkpoint,
     summarize,
@@ -18,9 +20,11 @@ from .training.grpo import (
 
 __all__ = [
     "ALGORITHMS",
+    "LARGE_MODEL_MICRO_BATCH",
     "PRESETS",
     "TrainConfig",
     "TrajectoryCallback",
+    "micro_batch_size",
     "resolve_model",
     "save_checkpoint",
     "summarize",

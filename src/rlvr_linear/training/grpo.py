@@ -33,7 +33,7 @@ from ..evaluation import evaluate
 from ..io import atomic_dir, read_json, write_json, write_text
 from ..io.checkpoints import find_model_dir
 from ..tasks import get_task
-from ..threads import for_model
+from ..threads import SMALL_MODEL_PARAMS, for_model
 from ..tokenizer import MARKER, load_tokenizer
 
 ALGORITHMS = {
@@ -79,6 +79,8 @@ class TrainConfig:
     bf16: bool = False  #: bf16 training (leave off on CPU: 6-22x slower without AVX-512/AMX)
     use_vllm: bool = False  #: generate with vLLM (GPU)
     threads: int | None = None  #: torch CPU threads (default: all cores)
+    micro_batch: int | None = None  #: sequences per forward/backward pass (gradient accumulation over one generation
+    #: batch; 0: the whole batch; default: the whole batch under 20M parameters, 16 above; must divide the batch)
     grpo_extra: dict = field(default_factory=dict)  #: extra GRPOConfig fields, passed through
 
     def __post_init__(self):
@@ -113,11 +115,14 @@ class TrainConfig:
 
 
 PRESETS: dict[str, dict] = {
-    # the embedded default: tiny char-level Qwen2 on 2-digit addition; ~1 s/step on 2 CPU cores
-    "tiny": dict(model="tiny", task="arithmetic", steps=200, save_every=20, learning_rate=3e-4),
+    # the embedded default: tiny char-level Qwen2 on 2-digit addition, in the regime map's paper-like point
+    # (lr 3e-5, 128 responses per step, 560 steps, 15 checkpoints; docs/regime.md); ~0.25 s/step on one core
+    "tiny": dict(model="tiny", task="arithmetic", steps=560, save_every=40, learning_rate=3e-5),
+    # v0.1's default, kept as a contrast: 10x the rate over 200 steps, where the paper's linearity does not appear
+    "tiny-fast": dict(model="tiny", task="arithmetic", steps=200, save_every=20, learning_rate=3e-4),
     # the long-response variant: the tiny base warmed up on chain-of-thought arithmetic (21-54 response tokens, only
-    # the final answer rewarded)
-    "tiny-cot": dict(model="tiny-cot", task="arithmetic-cot", steps=200, save_every=20, learning_rate=3e-4),
+    # the final answer rewarded); same rate and horizon as "tiny"
+    "tiny-cot": dict(model="tiny-cot", task="arithmetic-cot", steps=560, save_every=40, learning_rate=3e-5),
     # the real-model preset: SmolLM2-135M-Instruct (paper-like lr, small batch; ~50 s/step on 2 CPU cores)
     "smollm2": dict(
         model="smollm2-135m",
@@ -278,6 +283,30 @@ def resolve_model(name: str, cache_dir: str | Path | None = None, progress: bool
     return find_model_dir(name)
 
 
+#: sequences per forward/backward pass of a large model: a 135M model's whole 64-sequence batch holds ~10 GB of
+#: activations at ~100-token sequences; 16 at a time stays under 4 GB and is no slower (docs/smollm2.md)
+LARGE_MODEL_MICRO_BATCH = 16
+
+
+def micro_batch_size(cfg: TrainConfig, n_params: int) -> int:
+    """Sequences per forward/backward pass: ``cfg.micro_batch``, else the whole batch for small models, 16 above.
+
+    TRL gets ``per_device_train_batch_size`` = this, ``gradient_accumulation_steps`` = ``steps_per_generation`` =
+    batch / this: one generation of the whole batch per optimizer step (so no old log-probs are recomputed: the
+    samples are on-policy), its loss and gradient accumulated over the micro-batches.
+    """
+    total = cfg.prompts_per_step * cfg.samples_per_prompt
+    if cfg.micro_batch is not None:
+        mb = cfg.micro_batch or total
+    else:
+        mb = total if n_params < SMALL_MODEL_PARAMS else min(total, LARGE_MODEL_MICRO_BATCH)
+    if mb < 1 or total % mb:
+        raise RlvrLinearError(
+            f"micro_batch {mb} must divide the batch of {total} sequences (prompts_per_step x samples_per_prompt)"
+        )
+    return mb
+
+
 def _rows(task, cfg: TrainConfig, chat: bool) -> list[dict]:
     need = cfg.steps * cfg.prompts_per_step
     try:
@@ -374,10 +403,13 @@ def _train_in(cfg: TrainConfig, run: Path, manifest: dict | None, offset: int, p
 
     rows = _rows(task, cfg, chat)[offset * cfg.prompts_per_step :]
     loss_type, is_level, scale = ALGORITHMS[cfg.algorithm]
+    mb = micro_batch_size(cfg, sum(p.numel() for p in model.parameters()))
+    accum = cfg.prompts_per_step * cfg.samples_per_prompt // mb
     gcfg = GRPOConfig(
         output_dir=str(run / ".trainer"),
-        per_device_train_batch_size=cfg.prompts_per_step * cfg.samples_per_prompt,
-        gradient_accumulation_steps=1,
+        per_device_train_batch_size=mb,
+        gradient_accumulation_steps=accum,
+        steps_per_generation=accum,
         num_generations=cfg.samples_per_prompt,
         max_completion_length=cfg.max_new_tokens or task.max_new_tokens(chat),
         learning_rate=cfg.learning_rate,

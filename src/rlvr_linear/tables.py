@@ -1,0 +1,235 @@
+"""Markdown tables rendered from the results files, so that the README quotes exactly what the runs wrote.
+
+The README holds generated blocks between ``<!-- BEGIN name -->`` and ``<!-- END name -->`` markers;
+:func:`update_blocks` replaces them and ``experiments/render_readme.py`` writes (or ``--check`` s) the README. The
+same files feed the HTML report (``report.py``), so the README and the report have one source of truth:
+
+* ``study``: the study's ``results.json`` (``rlvr-linear study``), one row per stage, and the linearity per seed;
+* ``regime``: the regime map's ``regime_map.json`` (``rlvr-linear study --stages regime``), one row per point.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from .errors import RlvrLinearError
+
+#: the study's sections in README order (the report's order)
+STUDY_ROWS = ("baseline", "linearity", "robustness", "mechanism", "weight_extrapolation", "logit_extrapolation",
+              "regrounding")  # fmt: skip
+
+
+def _f(v: Any, nd: int = 3, sign: bool = False) -> str:
+    if v is None:
+        return "n/a"
+    return f"{v:+.{nd}f}" if sign else f"{v:.{nd}f}"
+
+
+def _cell(text: str) -> str:
+    """A markdown table cell: pipes escaped, one line."""
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------------
+# the study
+
+
+def _mci(d: dict | None, nd: int = 3, sign: bool = False) -> str:
+    """``mean [lo, hi]`` of an ``evaluation.mean_ci`` dict (``ci_low``/``ci_high``) or a map dict (``lo``/``hi``)."""
+    if not d or d.get("mean") is None:
+        return "n/a"
+    lo, hi = d.get("ci_low", d.get("lo")), d.get("ci_high", d.get("hi"))
+    if lo is None or hi is None or lo == hi:
+        return _f(d["mean"], nd, sign)
+    return f"{_f(d['mean'], nd, sign)} [{_f(lo, nd, sign)}, {_f(hi, nd, sign)}]"
+
+
+def study_table(results: dict) -> str:
+    """One row per stage: whether the paper's effect reproduced, and the stage's verdict (its numbers)."""
+    rows = []
+    for name in STUDY_ROWS:
+        sec = results.get(name)
+        if not sec:
+            continue
+        rows.append([sec.get("title", name), sec.get("reproduced", "n/a"), sec.get("verdict", "")])
+    return table(["stage", "reproduced?", "ours (the stage's verdict, with its numbers)"], rows)
+
+
+def linearity_table(results: dict) -> str:
+    """RL and SFT weight / log-prob R² medians with their nulls, per seed and as the mean over seeds."""
+    n = results["linearity"]["numbers"]
+    per_seed = n.get("per_seed") or [{"seed": results["linearity"]["seeds"][0], **{k: n[k] for k in
+                                      ("rl_weights", "rl_logprobs", "sft_weights", "sft_logprobs")}}]  # fmt: skip
+
+    def row(label: str, r: dict) -> list[str]:
+        return [label] + [
+            f"{_f(r[k]['median'])} ({_f(r[k]['null_median'])})"
+            for k in ("rl_weights", "rl_logprobs", "sft_weights", "sft_logprobs")
+        ]
+
+    rows = [row(f"seed {r['seed']}", r) for r in per_seed]
+    if len(per_seed) > 1:
+        rows.append(row("mean", n))
+    head = ["", "RL weights R² (null)", "RL token log-probs R² (null)", "SFT weights R² (null)",
+            "SFT token log-probs R² (null)"]  # fmt: skip
+    return table(head, rows)
+
+
+def wx_table(results: dict) -> str:
+    """The weight-extrapolation rows at alpha <= 2 (mean over seeds, t-based 95% CI)."""
+    n = results["weight_extrapolation"]["numbers"]
+    rows = [
+        [f"({r.get('t0', 0)}, {r['t1']}) → {r['target']}", _f(r["alpha"], 2), _mci(r["extrapolated"]),
+         _mci(r["t1_checkpoint"]), _mci(r["real_rl"]), _mci(r["gain_vs_t1"], sign=True),
+         _mci(r["diff_vs_real"], sign=True)]
+        for r in n["rows"] if r["alpha"] <= 2.0
+    ]  # fmt: skip
+    head = ["(t0, t1) → target", "α", "extrapolated", "t1 checkpoint", "real RL at target", "− t1", "− real"]
+    return table(head, rows)
+
+
+# --------------------------------------------------------------------------------------------------
+# the regime map
+
+_POINT = re.compile(r"^lr(?P<lr>[0-9.e+-]+)_r(?P<r>\d+)(?P<rest>.*)$")
+
+
+def _point_label(name: str) -> tuple[float, int, str]:
+    m = _POINT.match(name)
+    if not m:
+        return (float("inf"), 0, name)
+    return (float(m["lr"]), int(m["r"]), m["rest"].lstrip("_"))
+
+
+def fmt_lr(lr: float) -> str:
+    """``3e-05`` -> ``3e-5``, ``0.0001`` -> ``1e-4``."""
+    mant, exp = f"{lr:.0e}".split("e")
+    return f"{mant}e{int(exp)}"
+
+
+def _best_cell(b: dict | None) -> str:
+    if not b:
+        return "n/a"
+    pred = {"two_point": "two-point", "lsq": "least squares", "rank1": "rank-1"}.get(
+        b["predictor"], b["predictor"]
+    )
+    tgt = b["target"]
+    tgt = int(tgt) if float(tgt).is_integer() else tgt
+    cell = f"{pred} ({b['t0']}, {b['t1']}) → {tgt}, α {b['alpha']:g}: {_mci(b['gain_vs_t1_greedy'], sign=True)}"
+    real = b.get("gain_vs_real_greedy")
+    cell += f" (vs real: {_mci(real, sign=True)})" if real else " (no real checkpoint at the target)"
+    return cell
+
+
+def regime_table(regime_map: dict) -> str:
+    """One row per point of the map, ordered by learning rate then responses per step."""
+    rows = []
+    for name in sorted(regime_map["points"], key=_point_label):
+        p = regime_map["points"][name]
+        lr, resp, rest = _point_label(name)
+        w, lp = p["weights"], p["logprobs"]
+        rows.append([
+            fmt_lr(lr) + (f" {rest}" if rest else ""),
+            resp,
+            ", ".join(map(str, p["seeds"])),
+            f"{_f((p['val_accuracy_start'] or {}).get('mean'))} → {_f((p['val_accuracy_end'] or {}).get('mean'))}",
+            f"{_mci(w['median'])} ({_f((w['null_median'] or {}).get('mean'))})",
+            f"{_mci(lp['median'])} ({_f((lp['null_median'] or {}).get('mean'))})",
+            _mci(p["forecast_ratio"]["q2"], 2),
+            _best_cell(p.get("best_weight_extrapolation")),
+            _best_cell(p.get("best_logit_extrapolation")),
+        ])  # fmt: skip
+    head = ["lr", "responses / step", "seeds", "validation greedy, start → end", "weight R² median (null)",
+            "log-prob R² median (null)", "forecast ratio (fit to H/2)", "best weight extrapolation, greedy − t1",
+            "best logit extrapolation, greedy − t1"]  # fmt: skip
+    return table(head, rows)
+
+
+def _mean(d: dict | None) -> float | None:
+    return None if not d else d.get("mean")
+
+
+def _lo(d: dict | None) -> float | None:
+    return None if not d else d.get("lo", d.get("ci_low"))
+
+
+def _linear(p: dict, part: str, bar: float) -> tuple[bool, str]:
+    m, null = _mean(p[part]["median"]), _mean(p[part]["null_median"])
+    ok = m is not None and null is not None and m >= bar and m >= null + 0.3
+    return ok, f"{_f(m)} (null {_f(null)})"
+
+
+def _gain(b: dict | None, key: str) -> tuple[bool, str]:
+    g = (b or {}).get(key)
+    if not g or g.get("mean") is None:
+        return False, "n/a"
+    return _lo(g) is not None and _lo(g) > 0, _mci(g, sign=True)
+
+
+#: effect -> (what counts as "appears", test on a point of the map)
+EFFECTS = {
+    "weight linearity": ("median R² ≥ 0.8 and ≥ null + 0.3", lambda p: _linear(p, "weights", 0.8)),
+    "token log-prob linearity": ("median R² ≥ 0.75 and ≥ null + 0.3", lambda p: _linear(p, "logprobs", 0.75)),
+    "a line forecasts the weights": (
+        "error ratio vs 'no change' < 1 at the horizon, fit to H/2",
+        lambda p: (
+            (_mean(p["forecast_ratio"]["q2"]) or 9) < 1,
+            _f(_mean(p["forecast_ratio"]["q2"]), 2),
+        ),
+    ),
+    "weight extrapolation beats its t1 checkpoint": (
+        "best case's greedy gain over t1: 95% CI above 0",
+        lambda p: _gain(p.get("best_weight_extrapolation"), "gain_vs_t1_greedy"),
+    ),
+    "weight extrapolation beats real RL at the target": (
+        "the same case vs the real checkpoint: CI above 0",
+        lambda p: _gain(p.get("best_weight_extrapolation"), "gain_vs_real_greedy"),
+    ),
+    "logit extrapolation beats its t1 checkpoint": (
+        "best logit case's greedy gain over t1: CI above 0",
+        lambda p: _gain(p.get("best_logit_extrapolation"), "gain_vs_t1_greedy"),
+    ),
+    "logit extrapolation beats real RL at the target": (
+        "the same case vs the real checkpoint: CI above 0",
+        lambda p: _gain(p.get("best_logit_extrapolation"), "gain_vs_real_greedy"),
+    ),
+}
+
+
+def effects_table(regime_map: dict) -> str:
+    """Effect -> the map's points where it appears -> where it does not, each point with its number."""
+    names = sorted(regime_map["points"], key=_point_label)
+
+    def label(name: str) -> str:
+        lr, resp, rest = _point_label(name)
+        return f"{fmt_lr(lr)}×{resp}" + (f" {rest}" if rest else "")
+
+    rows = []
+    for effect, (rule, test) in EFFECTS.items():
+        yes, no = [], []
+        for n in names:
+            ok, txt = test(regime_map["points"][n])
+            (yes if ok else no).append(f"{label(n)}: {txt}")
+        rows.append([f"{effect} ({rule})", "; ".join(yes) or "nowhere", "; ".join(no) or "—"])
+    return table(["effect (criterion)", "appears at (lr×responses: number)", "does not appear at"], rows)
+
+
+# --------------------------------------------------------------------------------------------------
+# README blocks
+
+
+def update_blocks(text: str, blocks: dict[str, str]) -> str:
+    """Replace the body of every ``<!-- BEGIN name -->`` ... ``<!-- END name -->`` block named in ``blocks``."""
+    for name, body in blocks.items():
+        pat = re.compile(rf"(<!-- BEGIN {re.escape(name)} -->\n)(.*?)(<!-- END {re.escape(name)} -->)", re.S)
+        if len(pat.findall(text)) != 1:
+            raise RlvrLinearError(f"README: expected one block '<!-- BEGIN {name} -->' ... '<!-- END {name} -->'")
+        text = pat.sub(lambda m, body=body: m[1] + body + m[3], text)
+    return text

@@ -1,0 +1,137 @@
+"""README tables from results files (rlvr_linear.tables) and the README's generated blocks."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rlvr_linear.errors import RlvrLinearError
+from rlvr_linear.tables import (
+    effects_table,
+    fmt_lr,
+    linearity_table,
+    regime_table,
+    study_table,
+    table,
+    update_blocks,
+    wx_table,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _mci(m, lo=None, hi=None):
+    return {"mean": m, "std": 0.0, "ci_low": m if lo is None else lo, "ci_high": m if hi is None else hi, "n": 3}
+
+
+def test_table_escapes_pipes_and_newlines():
+    assert table(["a", "b|c"], [[1, "x\ny"]]) == "| a | b\\|c |\n|---|---|\n| 1 | x y |\n"
+
+
+def test_fmt_lr():
+    assert [fmt_lr(x) for x in (3e-5, 1e-4, 0.0003, 3e-3)] == ["3e-5", "1e-4", "3e-4", "3e-3"]
+
+
+def _r2(med, null):
+    return {"median": med, "null_median": null}
+
+
+def test_study_tables():
+    res = {
+        "baseline": {"title": "Baseline RL runs", "reproduced": "n/a", "verdict": "RL raised accuracy"},
+        "linearity": {
+            "title": "Linearity",
+            "reproduced": "yes",
+            "verdict": "RL weights: median R² 0.830",
+            "seeds": [0, 1],
+            "numbers": {
+                "per_seed": [
+                    {"seed": s, "rl_weights": _r2(0.8 + s / 10, 0.4), "rl_logprobs": _r2(0.7, 0.3),
+                     "sft_weights": _r2(0.6, 0.4), "sft_logprobs": _r2(0.5, 0.3)}
+                    for s in (0, 1)
+                ],  # fmt: skip
+                "rl_weights": _r2(0.85, 0.4), "rl_logprobs": _r2(0.7, 0.3), "sft_weights": _r2(0.6, 0.4),
+                "sft_logprobs": _r2(0.5, 0.3),
+            },  # fmt: skip
+        },
+        "weight_extrapolation": {
+            "numbers": {
+                "rows": [
+                    {"t0": 80, "t1": 280, "target": 480, "alpha": 2.0, "extrapolated": _mci(0.45, 0.43, 0.47),
+                     "t1_checkpoint": _mci(0.44), "real_rl": _mci(0.46), "gain_vs_t1": _mci(0.01, -0.005, 0.025),
+                     "diff_vs_real": _mci(-0.01, -0.02, 0.0)},
+                    {"t0": 0, "t1": 140, "target": 560, "alpha": 4.0, "extrapolated": _mci(0.3),
+                     "t1_checkpoint": _mci(0.4), "real_rl": _mci(0.46), "gain_vs_t1": _mci(-0.1),
+                     "diff_vs_real": _mci(-0.16)},
+                ]
+            }
+        },
+    }  # fmt: skip
+    st = study_table(res).splitlines()
+    assert st[2] == "| Baseline RL runs | n/a | RL raised accuracy |" and st[3].startswith("| Linearity | yes |")
+    assert len(st) == 5 and st[4].startswith("| weight_extrapolation | n/a |")  # absent stages left out
+    lt = linearity_table(res).splitlines()
+    assert lt[2] == "| seed 0 | 0.800 (0.400) | 0.700 (0.300) | 0.600 (0.400) | 0.500 (0.300) |"
+    assert lt[4].startswith("| mean | 0.850 (0.400) |")
+    wt = wx_table(res).splitlines()
+    assert len(wt) == 3  # alpha 4 is left out
+    assert wt[2] == (
+        "| (80, 280) → 480 | 2.00 | 0.450 [0.430, 0.470] | 0.440 | 0.460 | +0.010 [-0.005, +0.025] "
+        "| -0.010 [-0.020, +0.000] |"
+    )
+
+
+def test_regime_table_orders_points_and_renders_best_cases():
+    best = {"predictor": "rank1", "t0": 200, "t1": 500, "alpha": 2.0, "target": 800.0,
+            "gain_vs_t1_greedy": {"mean": 0.017, "lo": 0.006, "hi": 0.028, "n": 1},
+            "gain_vs_real_greedy": {"mean": -0.002, "lo": -0.013, "hi": 0.009, "n": 1}}  # fmt: skip
+
+    def point(w):
+        one = {"mean": w, "lo": w, "hi": w, "n": 1}
+        return {"seeds": [0], "val_accuracy_start": {"mean": 0.335}, "val_accuracy_end": {"mean": 0.4},
+                "weights": {"median": one, "null_median": {"mean": 0.43}},
+                "logprobs": {"median": one, "null_median": {"mean": 0.4}},
+                "forecast_ratio": {"q2": {"mean": 0.63, "lo": 0.6, "hi": 0.7, "n": 2}},
+                "best_weight_extrapolation": best, "best_logit_extrapolation": None}  # fmt: skip
+
+    m = {"points": {"lr3e-4_r128": point(0.58), "lr1e-5_r512": point(0.93), "lr1e-5_r128": point(0.9)}}
+    rows = regime_table(m).splitlines()[2:]
+    assert [r.split(" | ")[:2] for r in rows] == [["| 1e-5", "128"], ["| 1e-5", "512"], ["| 3e-4", "128"]]
+    assert "| 0.900 (0.430) |" in rows[0] and "| 0.63 [0.60, 0.70] |" in rows[0]
+    assert "rank-1 (200, 500) → 800, α 2: +0.017 [+0.006, +0.028] (vs real: -0.002 [-0.013, +0.009])" in rows[0]
+    assert rows[0].endswith("| n/a |")
+
+
+def test_effects_table_splits_points_by_each_criterion():
+    def point(w, null, ratio, gain_lo):
+        one = lambda m: {"mean": m, "lo": m, "hi": m, "n": 1}  # noqa: E731
+        best = {"gain_vs_t1_greedy": {"mean": gain_lo + 0.01, "lo": gain_lo, "hi": gain_lo + 0.02, "n": 1}}
+        return {"weights": {"median": one(w), "null_median": one(null)},
+                "logprobs": {"median": one(w), "null_median": one(null)},
+                "forecast_ratio": {"q2": one(ratio)}, "best_weight_extrapolation": best}  # fmt: skip
+
+    m = {"points": {"lr1e-5_r128": point(0.9, 0.43, 0.63, 0.006), "lr3e-4_r128": point(0.81, 0.52, 1.3, -0.01)}}
+    rows = {r.split(" | ")[0].lstrip("| ").split(" (")[0]: r for r in effects_table(m).splitlines()[2:]}
+    # 0.81 clears 0.8 but not null + 0.3 = 0.82
+    assert rows["weight linearity"].endswith("| 1e-5×128: 0.900 (null 0.430) | 3e-4×128: 0.810 (null 0.520) |")
+    assert "| 1e-5×128: 0.63 | 3e-4×128: 1.30 |" in rows["a line forecasts the weights"]
+    assert "| 1e-5×128: +0.016 [+0.006, +0.026] |" in rows["weight extrapolation beats its t1 checkpoint"]
+    assert rows["logit extrapolation beats its t1 checkpoint"].endswith("| nowhere | 1e-5×128: n/a; 3e-4×128: n/a |")
+
+
+def test_update_blocks():
+    text = "a\n<!-- BEGIN t -->\nold\n<!-- END t -->\nb\n"
+    assert update_blocks(text, {"t": "new\n"}) == "a\n<!-- BEGIN t -->\nnew\n<!-- END t -->\nb\n"
+    with pytest.raises(RlvrLinearError, match="expected one block '<!-- BEGIN u -->'"):
+        update_blocks(text, {"u": "x"})
+
+
+def test_readme_blocks_are_rendered_from_the_committed_results():
+    """The README quotes exactly what the results files hold (run experiments/render_readme.py after new results)."""
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "render_readme.py"), "--check"],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads((ROOT / "experiments" / "results" / "regime_map.json").read_text())
+    assert regime_table(m) in (ROOT / "README.md").read_text()
