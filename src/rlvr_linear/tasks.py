@@ -321,6 +321,73 @@ class ArithmeticCoTTask(Task):
         return 1.0 if got is not None and int(got) == int(problem.answer) else 0.0
 
 
+#: "answer: N", "the answer is N", "final answer is N", "\\boxed{N}": the last of them is the reply's final answer
+_CHAT_ANSWER_RE = re.compile(r"(?:answer(?:\s+is)?\s*[:=]?|\\boxed\{)\s*\$?\s*(-?\d+)", re.IGNORECASE)
+
+
+@dataclass
+class ArithmeticCoTChatTask(ArithmeticCoTTask):
+    """Chain-of-thought addition for instruct models: ``What is 47+85?`` with the chat template, worked replies.
+
+    Why a separate task: ``arithmetic-cot``'s bare ``"12+7+45="`` prompt and strict format suit the char-level tiny
+    base, which was warmed up on them. SmolLM2-135M-Instruct answers a question in its own words; asked for partial
+    sums and an answer line it writes a few tens of tokens of working (and often rambles on past the answer), and its
+    greedy accuracy on two 2-digit operands is in the 10-60% band where RL has headroom (measured on 200 validation
+    problems: 0.20, docs/smollm2.md; three terms fall to 2-5%, and spaces around ``+`` in the question halve it).
+    Only the final answer is verified: the integer after the last answer phrase (``answer: N``, ``the answer is N``,
+    ``\\boxed{N}``), else the last integer of the reply. Problem ids are the bare expressions, in the same
+    hash-bucket splits as ``arithmetic-cot``; options as ``arithmetic-cot``'s
+    (``arithmetic-cot-chat:max_terms=3,min_digits=1``).
+    """
+
+    min_terms: int = 2
+    max_terms: int = 2
+    min_digits: int = 2
+    name: str = "arithmetic-cot-chat"
+    instruction: str = (
+        "Add the numbers one at a time, writing each partial sum, "
+        "then give the final answer on a last line as 'answer: N'."
+    )
+
+    def problems(self, split: str, n: int | None = None, seed: int = 0) -> list[Problem]:
+        """``n`` problems of ``split``; ``n=None``: the whole split (spaces up to 300,000 expressions), seeded order."""
+        if n is None:
+            exprs = [e for e in self._enumerate() if _in_split(e, split)]
+            random.Random(f"{self.name}-{split}-{seed}").shuffle(exprs)
+        else:
+            exprs = [p.id for p in super().problems(split, n, seed)]
+        return [Problem(id=e, prompt=f"What is {e}?",
+                        answer=str(self._steps(e)[-1][3])) for e in exprs]  # fmt: skip
+
+    def _enumerate(self) -> list[str]:
+        import itertools
+
+        if self.space_size() > 300_000:
+            raise RlvrLinearError("this arithmetic-cot-chat space is too large to enumerate; give a number of problems")
+        lo = 0 if self.min_digits <= 1 else 10 ** (self.min_digits - 1)
+        nums = range(lo, 10**self.digits)
+        out = []
+        for t in range(self.min_terms, self.max_terms + 1):
+            for ns in itertools.product(nums, repeat=t):
+                for ops in itertools.product(self.ops, repeat=t - 1):
+                    out.append(str(ns[0]) + "".join(o + str(x) for o, x in zip(ops, ns[1:])))
+        return out
+
+    def reference(self, problem: Problem) -> str:
+        return super().reference(Problem(problem.id, problem.id + "=", problem.answer))
+
+    def max_new_tokens(self, chat: bool) -> int:
+        """48: the working and the answer line fit in 10-40 tokens; longer replies ramble on past the answer."""
+        return 48
+
+    def extract(self, completion: str) -> str | None:
+        found = _CHAT_ANSWER_RE.findall(completion)
+        if found:
+            return found[-1]
+        ints = _INT_RE.findall(completion)
+        return ints[-1] if ints else None
+
+
 # --------------------------------------------------------------------------------------------------
 # reasoning-gym adapter
 
@@ -471,7 +538,11 @@ def _parse_opts(spec: str) -> dict:
     return out
 
 
-TASKS: dict[str, Callable[..., Task]] = {"arithmetic": ArithmeticTask, "arithmetic-cot": ArithmeticCoTTask}
+TASKS: dict[str, Callable[..., Task]] = {
+    "arithmetic": ArithmeticTask,
+    "arithmetic-cot": ArithmeticCoTTask,
+    "arithmetic-cot-chat": ArithmeticCoTChatTask,
+}
 
 
 def get_task(name: str | Task, **kw) -> Task:
