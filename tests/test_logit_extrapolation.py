@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from rlvr_linear import logit_extrapolation as lx
 from rlvr_linear.cli import main
 from rlvr_linear.errors import RlvrLinearError
+from rlvr_linear.extrapolation import logits as lx
+from rlvr_linear.extrapolation import mixing
 from rlvr_linear.logit_extrapolation import (
     ExtrapolatedGenerator,
     alpha_from_steps,
@@ -127,7 +128,7 @@ def test_inverse_cdf_sampler_matches_filtered_distribution(top_k, top_p):
     row = torch.randn(1, 30, generator=g) * 2
     N = 20000
     u = (torch.arange(N, dtype=torch.float32) + 0.5) / N  # evenly spaced quantiles
-    toks = lx._sample_rows(row.expand(N, -1).clone(), u, top_k, top_p)
+    toks = mixing._sample_rows(row.expand(N, -1).clone(), u, top_k, top_p)
     freq = torch.bincount(toks, minlength=30).float() / N
     probs = filter_logits(row, top_k, top_p).softmax(-1)[0]
     assert (freq - probs).abs().max() < 2.0 / N + 1e-4

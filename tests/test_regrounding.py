@@ -374,7 +374,7 @@ def fake_env(tmp_path, monkeypatch):
         shutil.copytree(second, out, dirs_exist_ok=True)
         return Path(out)
 
-    monkeypatch.setattr("rlvr_linear.regrounding._extrapolate", fake_extrapolate)
+    monkeypatch.setattr("rlvr_linear.training.reground_driver._extrapolate", fake_extrapolate)
     cmd = f"{sys.executable} {script} {{model}} {{steps}} {{out}}"
     start = make_pico_dir(tmp_path / "start")
     return SimpleNamespace(cmd=cmd, log=log, calls=calls, start=start, work=tmp_path / "work")

@@ -6,7 +6,8 @@ from safetensors.torch import load_file
 
 from rlvr_linear.errors import RlvrLinearError
 from rlvr_linear.tasks import TASKS, ArithmeticTask
-from rlvr_linear.train import TrainConfig, TrajectoryCallback, _optimizer_from_tensors, _optimizer_to_tensors, train
+from rlvr_linear.train import TrainConfig, TrajectoryCallback, train
+from rlvr_linear.training.grpo import _optimizer_from_tensors, _optimizer_to_tensors
 
 
 class HasDigitTask(ArithmeticTask):

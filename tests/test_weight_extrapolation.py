@@ -16,6 +16,7 @@ from rlvr_linear import weight_extrapolation as wx
 from rlvr_linear.checkpoints import TensorReader
 from rlvr_linear.cli import main
 from rlvr_linear.errors import RlvrLinearError
+from rlvr_linear.extrapolation import weights as engine
 from rlvr_linear.io import read_json
 from rlvr_linear.testing import make_pico_dir, make_trajectory
 from rlvr_linear.weight_extrapolation import (
@@ -201,7 +202,7 @@ def test_sharded_output_loads_and_matches_unsharded(tmp_path):
 def test_failure_mid_write_leaves_nothing(tmp_path, monkeypatch):
     a, b = _pair(tmp_path)
     calls = {"n": 0}
-    real = wx._combine
+    real = engine._combine
 
     def flaky(*args, **kw):
         calls["n"] += 1
@@ -209,7 +210,7 @@ def test_failure_mid_write_leaves_nothing(tmp_path, monkeypatch):
             raise RuntimeError("disk on fire")
         return real(*args, **kw)
 
-    monkeypatch.setattr(wx, "_combine", flaky)
+    monkeypatch.setattr(engine, "_combine", flaky)
     with pytest.raises(RuntimeError, match="disk on fire"):
         extrapolate_two_point(a, b, tmp_path / "out", alpha=1.5, max_shard_bytes=2048, progress=False)
     assert _no_leftovers(tmp_path, "out")
@@ -356,7 +357,7 @@ def test_rank_r_matches_explicit_svd_reference_and_full_rank_equals_least_square
         bias = "model.layers.0.self_attn.q_proj.bias"  # 1-D: plain least squares
         assert torch.equal(out[bias], lsq[bias])
     # the streamed Gram matrix does not depend on the chunking
-    monkeypatch.setattr(wx, "GRAM_CHUNK", 37)
+    monkeypatch.setattr(engine, "GRAM_CHUNK", 37)
     chunked = _tensors(extrapolate_fit(root, tmp_path / "chunked", target_step=80, rank=2, progress=False))
     torch.testing.assert_close(chunked[k], out[k], rtol=0, atol=1e-6)
     full = _tensors(extrapolate_fit(root, tmp_path / "full", target_step=80, rank=len(steps) - 1, progress=False))

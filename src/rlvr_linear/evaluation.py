@@ -7,7 +7,7 @@ of c/n; pass@k = 1 − C(n−c, k)/C(n, k), computed in the numerically stable p
 Anything with the *Generator* protocol can be evaluated: an attribute ``tokenizer`` and a method
 ``generate(prompts, n=1, *, temperature, top_p, top_k, max_new_tokens, greedy, seed, batch_size, stop)``
 returning ``n`` decoded completions per prompt. :class:`HFGenerator` wraps one HF model;
-``rlvr_linear.logit_extrapolation.ExtrapolatedGenerator`` decodes with several checkpoints.
+``rlvr_linear.extrapolation.logits.ExtrapolatedGenerator`` decodes with several checkpoints.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ Model args (``key=value``, comma separated; lists use ``|``):
   ``add_special_tokens`` (False), ``seed`` (0);
 * ``allow_pickle=True`` to read verl FSDP shard folders (``global_step_N/actor``; weights_only=True).
 
-``generate_until`` decodes with :class:`~rlvr_linear.logit_extrapolation.ExtrapolatedGenerator`
+``generate_until`` decodes with :class:`~rlvr_linear.extrapolation.logits.ExtrapolatedGenerator`
 (greedy unless ``do_sample``), ``loglikelihood`` / ``loglikelihood_rolling`` use its teacher-forced
 scorer. ``loglikelihood_rolling`` scores the whole text after one prefix token (EOS, else BOS) in a
 single window: texts longer than the models' context are not split.
@@ -42,7 +42,8 @@ from collections import defaultdict
 import torch
 
 from .errors import RlvrLinearError
-from .logit_extrapolation import ExtrapolatedGenerator, resolve_weights
+from .extrapolation.logit_scoring import resolve_weights
+from .extrapolation.logits import ExtrapolatedGenerator
 
 
 def _split(value, conv=str) -> list | None:

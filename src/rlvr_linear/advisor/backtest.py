@@ -5,7 +5,7 @@ token log-probs, or a run's reward / validation curve, held as :class:`Block` ar
 *origin* ``o`` (the checkpoint a user would extrapolate from) and every later checkpoint ``j``, a predictor is fitted
 on checkpoints ``<= o`` only and predicts ``Y_j``; the naive predictor is ``Y_o`` ("no change"):
 
-    predictors (coefficient rules from :mod:`rlvr_linear.weight_extrapolation`, not rewritten here)
+    predictors (coefficient rules from :mod:`rlvr_linear.extrapolation.rules`, not rewritten here)
       two_point   Y_b + α (Y_o − Y_b), α = alpha_from_steps(x_b, x_o, x_j), b = the base checkpoint (default the first)
       lsq_last_k  least-squares line over the k newest checkpoints <= o (least_squares_weights)
       lsq_all     least-squares line over every checkpoint b..o
@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import RlvrLinearError
-from ..weight_extrapolation import alpha_from_steps, least_squares_weights, rank_r_weights
+from ..extrapolation.rules import alpha_from_steps, least_squares_weights, rank_r_weights
 
 PREDICTORS = ("two_point", "lsq_last_k", "rank1")
 #: also available: least squares over every checkpoint from the base (the regime map's "lsq" cases)

@@ -73,7 +73,8 @@ def run(args) -> int:
     )
     jobs = [(name, path) for name, path in _targets(args.models, args.allow_pickle)]
     if args.logit_extrapolate:
-        from ..logit_extrapolation import ExtrapolatedGenerator, resolve_weights
+        from ..extrapolation.logit_scoring import resolve_weights
+        from ..extrapolation.logits import ExtrapolatedGenerator
 
         a, b = args.logit_extrapolate
         if (args.alpha is None) == (args.target_step is None):

@@ -106,16 +106,11 @@ def _check_inputs(args) -> None:
 
 def cmd_weights(args) -> int:
     from ..checkpoints import discover
+    from ..extrapolation.params import parse_size
+    from ..extrapolation.rules import alpha_from_steps, target_from_alpha
+    from ..extrapolation.weights import extrapolate_fit, extrapolate_two_point, select_checkpoints
     from ..io import read_json
-    from ..weight_extrapolation import (
-        alpha_from_steps,
-        extrapolate_fit,
-        extrapolate_two_point,
-        parse_size,
-        select_checkpoints,
-        step_of_path,
-        target_from_alpha,
-    )
+    from ..io.checkpoints import step_of_path
 
     _check_inputs(args)
     common = dict(
@@ -160,7 +155,8 @@ def cmd_weights(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from ..weight_extrapolation import parse_size, sweep
+    from ..extrapolation.params import parse_size
+    from ..extrapolation.sweep import sweep
 
     _check_inputs(args)
     result = sweep(

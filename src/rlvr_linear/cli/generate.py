@@ -68,8 +68,9 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
+    from ..extrapolation.logit_scoring import generate_records, resolve_weights
+    from ..extrapolation.logits import ExtrapolatedGenerator
     from ..io import write_text
-    from ..logit_extrapolation import ExtrapolatedGenerator, generate_records, resolve_weights
 
     if args.output and Path(args.output).exists() and not args.overwrite:
         raise RlvrLinearError(f"{args.output} already exists (pass --overwrite to replace it)")

@@ -47,7 +47,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..regrounding import SUMMARY_FILE, reground_driver
+    from ..training.reground_driver import SUMMARY_FILE, reground_driver
 
     res = reground_driver(
         args.cmd,

@@ -7,7 +7,7 @@ by :mod:`._dataclass_args`; ``--lr`` is kept as an alias of ``--learning-rate``.
 
 from __future__ import annotations
 
-from ..train import PRESETS, TrainConfig
+from ..training.grpo import PRESETS, TrainConfig
 from ._dataclass_args import add_dataclass_arguments, overrides
 
 #: the options of ``train`` that are not TrainConfig fields
@@ -48,7 +48,7 @@ def config_from_args(args) -> TrainConfig:
 
 
 def run(args) -> int:
-    from ..train import summarize, train
+    from ..training.grpo import summarize, train
 
     cfg = config_from_args(args)
     manifest = train(cfg, args.out, overwrite=args.overwrite)

@@ -1,0 +1,498 @@
+"""RLVR training with TRL's ``GRPOTrainer`` that saves a checkpoint *trajectory*.
+
+A run directory looks like::
+
+    RUN/
+      config.yaml            the TrainConfig used
+      manifest.json          step -> path, mean reward, validation accuracy, wall time
+      metrics.jsonl          one line per optimizer step (TRL's logs)
+      step_000000/           the starting model (weights-only HF directory)
+      step_000020/ ...       every ``save_every`` steps
+      resume/                optimizer moments + data position of the last save (safetensors + JSON)
+
+Runs on CPU here and unchanged on GPU (accelerate; ``use_vllm`` for vLLM generation). A killed run
+resumes from its last save: same weights, optimizer moments and data position.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import TrainerCallback
+
+from ..base_model import ensure_base
+from ..errors import RlvrLinearError
+from ..evaluation import evaluate
+from ..io import atomic_dir, read_json, write_json, write_text
+from ..io.checkpoints import find_model_dir
+from ..tasks import get_task
+from ..threads import SMALL_MODEL_PARAMS, for_model
+from ..tokenizer import MARKER, load_tokenizer
+
+ALGORITHMS = {
+    # name: (TRL loss_type, importance_sampling_level, scale_rewards)
+    "grpo": ("grpo", "token", "group"),
+    "dapo": ("dapo", "token", "group"),
+    "dr_grpo": ("dr_grpo", "token", "none"),
+    "gspo": ("grpo", "sequence", "group"),
+    "bnpo": ("bnpo", "token", "group"),
+}
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of an RLVR run. Load from YAML with :meth:`from_yaml`; CLI flags override fields."""
+
+    model: str = "tiny"  #: ``tiny`` (embedded default), ``tiny-cot``, ``smollm2-135m``, or an HF model directory
+    task: str = "arithmetic"  #: task name (see ``rlvr_linear.tasks.get_task``)
+    steps: int = 200  #: optimizer steps
+    save_every: int = 20  #: save a weights-only checkpoint every K steps (step 0 is always saved)
+    algorithm: str = "grpo"  #: grpo | dapo | dr_grpo | gspo (sequence-level importance sampling) | bnpo
+    learning_rate: float = 3e-4  #: constant learning rate, no warm-up (as the paper's verl recipe)
+    optimizer: str = "adamw"  #: adamw | sgd
+    weight_decay: float = 0.0  #: AdamW / SGD weight decay
+    prompts_per_step: int = 16  #: distinct prompts per optimizer step
+    samples_per_prompt: int = 8  #: group size G (rollouts per prompt)
+    max_new_tokens: int | None = None  #: completion length (default: the task's)
+    temperature: float = 1.0  #: sampling temperature during training
+    top_p: float = 1.0  #: nucleus sampling during training
+    epsilon: float = 0.2  #: lower clip range
+    epsilon_high: float = 0.28  #: upper clip range ("clip-higher", paper §7.2)
+    beta: float = 0.0  #: KL coefficient (paper: no KL)
+    max_grad_norm: float = 1.0  #: gradient clipping (paper: 1.0)
+    seed: int = 0  #: data order, sampling and init of anything random
+    eval_every: int | None = None  #: validation greedy accuracy every K steps (default: save_every)
+    eval_problems: int = 200  #: validation problems per evaluation
+    reground: str | None = None  #: "M,N": jump N steps after every M gradient steps (ReGroundingCallback)
+    reground_norms: str = "copy"  #: norm policy of the jump: copy | extrapolate
+    reground_optimizer: str = "keep"  #: optimizer state after a jump: keep | reset
+    reground_max_n: int | None = None  #: "M,auto" / "auto" re-grounding: cap on the automatic N (default 5 M)
+    monitor: bool = False  #: LinearityMonitor: log drift-to-noise, R² vs null, forecast error ratio and h*
+    monitor_every: int | None = None  #: monitor record interval in steps (default: save_every); "auto" M too
+    bf16: bool = False  #: bf16 training (leave off on CPU: 6-22x slower without AVX-512/AMX)
+    use_vllm: bool = False  #: generate with vLLM (GPU)
+    threads: int | None = None  #: torch CPU threads (default: all cores)
+    micro_batch: int | None = None  #: sequences per forward/backward pass (gradient accumulation over one generation
+    #: batch; 0: the whole batch; default: the whole batch under 20M parameters, 16 above; must divide the batch)
+    grpo_extra: dict = field(default_factory=dict)  #: extra GRPOConfig fields, passed through
+
+    def __post_init__(self):
+        if self.algorithm not in ALGORITHMS:
+            raise RlvrLinearError(f"unknown algorithm {self.algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise RlvrLinearError(f"unknown optimizer {self.optimizer!r}; choose adamw or sgd")
+        if self.steps < 1 or self.save_every < 1:
+            raise RlvrLinearError("steps and save_every must be >= 1")
+        if self.samples_per_prompt < 2:
+            raise RlvrLinearError("GRPO needs at least 2 samples per prompt")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides) -> TrainConfig:
+        import yaml
+
+        p = Path(path)
+        if not p.exists():
+            raise RlvrLinearError(f"{p}: config file not found")
+        data = yaml.safe_load(p.read_text()) or {}
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise RlvrLinearError(f"{p}: unknown config fields {unknown}")
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**data)
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(asdict(self), sort_keys=False)
+
+
+PRESETS: dict[str, dict] = {
+    # the embedded default: tiny char-level Qwen2 on 2-digit addition, in the regime map's paper-like point
+    # (lr 3e-5, 128 responses per step, 560 steps, 15 checkpoints; docs/regime.md); ~0.25 s/step on one core
+    "tiny": dict(model="tiny", task="arithmetic", steps=560, save_every=40, learning_rate=3e-5),
+    # v0.1's default, kept as a contrast: 10x the rate over 200 steps, where the paper's linearity does not appear
+    "tiny-fast": dict(model="tiny", task="arithmetic", steps=200, save_every=20, learning_rate=3e-4),
+    # the long-response variant: the tiny base warmed up on chain-of-thought arithmetic (21-54 response tokens, only
+    # the final answer rewarded); same rate and horizon as "tiny"
+    "tiny-cot": dict(model="tiny-cot", task="arithmetic-cot", steps=560, save_every=40, learning_rate=3e-5),
+    # the real-model preset: SmolLM2-135M-Instruct (paper-like lr, small batch; ~50 s/step on 2 CPU cores)
+    "smollm2": dict(
+        model="smollm2-135m",
+        task="arithmetic",
+        steps=30,
+        save_every=5,
+        learning_rate=1e-5,
+        prompts_per_step=8,
+        samples_per_prompt=8,
+        max_new_tokens=16,
+        eval_problems=100,
+    ),
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Saving the trajectory
+
+
+def save_checkpoint(model, tokenizer, out: Path) -> None:
+    """A weights-only HF checkpoint (safetensors, config, tokenizer), written atomically."""
+    with atomic_dir(out, overwrite=True) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        src = getattr(tokenizer, "name_or_path", "")
+        if src and (Path(src) / MARKER).exists():
+            (tmp / MARKER).write_text((Path(src) / MARKER).read_text())
+
+
+def _optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = opt.state_dict()
+    tensors, meta = {}, {"param_groups": sd["param_groups"], "scalars": {}}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v) and v.dim() > 0:
+                tensors[f"{pid}.{k}"] = v.detach().contiguous().cpu()
+            else:
+                meta["scalars"][f"{pid}.{k}"] = v.item() if torch.is_tensor(v) else v
+    return tensors, meta
+
+
+def _optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
+    state: dict = {}
+    for key, v in tensors.items():
+        pid, k = key.split(".", 1)
+        state.setdefault(int(pid), {})[k] = v
+    for key, v in meta["scalars"].items():
+        pid, k = key.split(".", 1)
+        state.setdefault(int(pid), {})[k] = torch.tensor(float(v)) if k == "step" else v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+class TrajectoryCallback(TrainerCallback):
+    """Saves ``RUN/step_N`` every ``save_every`` steps, updates the manifest, logs metrics, shows progress."""
+
+    def __init__(
+        self,
+        run: Path,
+        cfg: TrainConfig,
+        task,
+        tokenizer,
+        step_offset: int = 0,
+        manifest: dict | None = None,
+        progress: bool = True,
+    ):
+        self.run, self.cfg, self.task, self.tok = run, cfg, task, tokenizer
+        self.offset = step_offset
+        self.manifest = manifest or {"checkpoints": []}
+        self.rewards: list[float] = []
+        self.t0 = time.time() - self.manifest.get("wall_time", 0.0)
+        self.val = self.task.problems("validation", cfg.eval_problems)
+        self.bar = tqdm(total=cfg.steps, initial=step_offset, desc="RL", dynamic_ncols=True, disable=not progress)
+        self.last_acc = self.manifest["checkpoints"][-1].get("val_accuracy") if self.manifest["checkpoints"] else None
+        self.optimizer = None
+        self.regrounder = None
+        self.monitor = None
+
+    def step(self, state) -> int:
+        return self.offset + state.global_step
+
+    def evaluate(self, model) -> float:
+        was_training = model.training
+        acc = evaluate((model.eval(), self.tok), self.task, problems=self.val, k=0, batch_size=256).greedy_accuracy
+        model.train(was_training)
+        return acc
+
+    def save(self, model, step: int, reward: float | None) -> None:
+        name = f"step_{step:06d}"
+        save_checkpoint(model, self.tok, self.run / name)
+        eval_every = self.cfg.eval_every or self.cfg.save_every
+        acc = self.evaluate(model) if step % eval_every == 0 or step == self.cfg.steps else None
+        if acc is not None:
+            self.last_acc = acc
+        entry = {
+            "step": step,
+            "path": name,
+            "mean_reward": reward,
+            "val_accuracy": acc,
+            "wall_time": round(time.time() - self.t0, 2),
+        }
+        if self.regrounder is not None:
+            entry["effective_step"] = self.regrounder.effective_steps
+        if self.monitor is not None:
+            self.manifest["monitor"] = self.monitor.history
+        if self.regrounder is not None:
+            self.manifest["reground_history"] = self.regrounder.history
+        if self.optimizer is not None:
+            tensors, meta = _optimizer_to_tensors(self.optimizer)
+            with atomic_dir(self.run / "resume", overwrite=True) as tmp:
+                from safetensors.torch import save_file
+
+                save_file(tensors or {"_empty": torch.zeros(1)}, str(tmp / "optimizer.safetensors"))
+                write_json(tmp / "state.json", {"step": step, "optimizer": meta, "python_random": None})
+        self.manifest["checkpoints"] = [c for c in self.manifest["checkpoints"] if c["step"] != step] + [entry]
+        self.manifest["wall_time"] = entry["wall_time"]
+        write_json(self.run / "manifest.json", self.manifest)
+
+    # TrainerCallback hooks ---------------------------------------------------------------------------
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kw):
+        self.optimizer = optimizer
+        if self.offset == 0:
+            self.save(model, 0, None)
+            self.t0 = time.time()
+
+    def on_log(self, args, state, control, logs=None, model=None, **kw):
+        # TRL logs every step (logging_steps=1) after on_step_end: record, then save with this step's reward
+        if not logs or "reward" not in logs:
+            return
+        step = self.step(state)
+        rec = {"step": step, **{k: v for k, v in logs.items() if isinstance(v, (int, float))}}
+        if self.regrounder is not None:
+            rec["effective_step"] = self.regrounder.effective_steps
+        with open(self.run / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        self.rewards.append(float(logs["reward"]))
+        post = {"reward": f"{self.rewards[-1]:.3f}"}
+        if step % self.cfg.save_every == 0 or step == self.cfg.steps:
+            reward = sum(self.rewards) / len(self.rewards)
+            self.rewards = []
+            self.save(model, step, reward)
+        if self.last_acc is not None:
+            post["val_acc"] = f"{self.last_acc:.3f}"
+        self.bar.update(step - self.bar.n)
+        self.bar.set_postfix(post)
+
+    def on_train_end(self, args, state, control, **kw):
+        self.bar.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# Models
+
+
+def resolve_model(name: str, cache_dir: str | Path | None = None, progress: bool = True) -> Path:
+    """``tiny`` / ``tiny-cot`` (shipped) / ``smollm2-135m`` (converted once and cached) or an HF model directory."""
+    if name in ("tiny", "tiny-cot", "smollm2-135m", "smollm2"):
+        return ensure_base(name, cache_dir=cache_dir, progress=progress)
+    return find_model_dir(name)
+
+
+#: sequences per forward/backward pass of a large model: a 135M model's whole 64-sequence batch holds ~10 GB of
+#: activations at ~100-token sequences; 16 at a time stays under 4 GB and is no slower (docs/smollm2.md)
+LARGE_MODEL_MICRO_BATCH = 16
+
+
+def micro_batch_size(cfg: TrainConfig, n_params: int) -> int:
+    """Sequences per forward/backward pass: ``cfg.micro_batch``, else the whole batch for small models, 16 above.
+
+    TRL gets ``per_device_train_batch_size`` = this, ``gradient_accumulation_steps`` = ``steps_per_generation`` =
+    batch / this: one generation of the whole batch per optimizer step (so no old log-probs are recomputed: the
+    samples are on-policy), its loss and gradient accumulated over the micro-batches.
+    """
+    total = cfg.prompts_per_step * cfg.samples_per_prompt
+    if cfg.micro_batch is not None:
+        mb = cfg.micro_batch or total
+    else:
+        mb = total if n_params < SMALL_MODEL_PARAMS else min(total, LARGE_MODEL_MICRO_BATCH)
+    if mb < 1 or total % mb:
+        raise RlvrLinearError(
+            f"micro_batch {mb} must divide the batch of {total} sequences (prompts_per_step x samples_per_prompt)"
+        )
+    return mb
+
+
+def _rows(task, cfg: TrainConfig, chat: bool) -> list[dict]:
+    need = cfg.steps * cfg.prompts_per_step
+    try:
+        pool = task.problems("train", None)
+    except (RlvrLinearError, TypeError):
+        pool = task.problems("train", min(need, 20000))
+    rng = random.Random(cfg.seed)
+    rows: list[dict] = []
+    while len(rows) < need:
+        order = list(range(len(pool)))
+        rng.shuffle(order)
+        for i in order:
+            p = pool[i]
+            prompt = [{"role": "user", "content": p.prompt + " " + task.instruction}] if chat else task.render(p)
+            rows.append({"prompt": prompt, "answer": p.answer, "problem_id": p.id})
+    return rows[:need]
+
+
+def train(cfg: TrainConfig, run: str | Path, overwrite: bool = False, progress: bool = True) -> dict:
+    """Run RLVR training and write the trajectory to ``run``. Returns the manifest.
+
+    If ``run`` holds an unfinished run with the same config, training resumes from its last save (weights,
+    optimizer moments, data position; sampling uses a fresh seed). Known limit: a resumed ``--reground`` run starts
+    a new re-grounding segment at the resume point (the anchor is not saved) and counts effective steps from there.
+    """
+    import shutil
+
+    run = Path(run)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    manifest = None
+    offset = 0
+    if (run / "manifest.json").exists() and not overwrite:
+        manifest = read_json(run / "manifest.json")
+        saved = TrainConfig(
+            **{k: v for k, v in manifest["config"].items() if k in {f.name for f in fields(TrainConfig)}}
+        )
+        if asdict(saved) != asdict(cfg):
+            diff = {k: (v, asdict(cfg)[k]) for k, v in asdict(saved).items() if asdict(cfg)[k] != v}
+            raise RlvrLinearError(f"{run} holds a run with a different config {diff}; use --overwrite to start over")
+        if manifest.get("finished"):
+            raise RlvrLinearError(f"{run} is already complete ({cfg.steps} steps); use --overwrite to start over")
+        offset = manifest["checkpoints"][-1]["step"] if manifest["checkpoints"] else 0
+        print(f"resuming {run} from step {offset}")
+        _trim_metrics(run / "metrics.jsonl", offset)
+    elif run.exists() and any(run.iterdir()):
+        if not overwrite:
+            raise RlvrLinearError(f"{run} exists and is not an unfinished run; use --overwrite to replace it")
+        shutil.rmtree(run)
+    created = [p for p in [run, *run.parents] if not p.exists()]
+    run.mkdir(parents=True, exist_ok=True)
+    try:
+        return _train_in(cfg, run, manifest, offset, progress)
+    except BaseException:
+        if not (run / "manifest.json").exists():  # nothing to resume: leave no folder we created behind
+            for d in created:
+                shutil.rmtree(d, ignore_errors=True)
+        raise
+
+
+def _trim_metrics(path: Path, step: int) -> None:
+    """Keep each step's metrics once, in order, up to the resumed ``step`` (a killed run logged past its last save)."""
+    if not path.exists():
+        return
+    recs: dict[int, str] = {}
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by the kill
+        if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= step:
+            recs[rec["step"]] = line  # the last record of a step is the one the saved weights followed
+    write_text(path, "".join(recs[k] + "\n" for k in sorted(recs)))
+
+
+def _train_in(cfg: TrainConfig, run: Path, manifest: dict | None, offset: int, progress: bool) -> dict:
+    from datasets import Dataset
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+    from trl import GRPOConfig, GRPOTrainer
+
+    task = get_task(cfg.task)
+    base_dir = resolve_model(cfg.model, progress=progress)
+    start_dir = run / f"step_{offset:06d}" if offset else base_dir
+    tok = load_tokenizer(start_dir)
+    model = AutoModelForCausalLM.from_pretrained(str(start_dir), dtype=torch.bfloat16 if cfg.bf16 else torch.float32)
+    if not cfg.threads:
+        for_model(model)  # 1 thread for small models, all cores for large (unless --threads / OMP_NUM_THREADS)
+    chat = bool(getattr(tok, "chat_template", None))
+    if manifest is None:
+        manifest = {"config": asdict(cfg), "base_model": str(base_dir), "task": task.name, "checkpoints": []}
+        write_text(run / "config.yaml", cfg.to_yaml())
+        (run / "metrics.jsonl").unlink(missing_ok=True)
+
+    rows = _rows(task, cfg, chat)[offset * cfg.prompts_per_step :]
+    loss_type, is_level, scale = ALGORITHMS[cfg.algorithm]
+    mb = micro_batch_size(cfg, sum(p.numel() for p in model.parameters()))
+    accum = cfg.prompts_per_step * cfg.samples_per_prompt // mb
+    gcfg = GRPOConfig(
+        output_dir=str(run / ".trainer"),
+        per_device_train_batch_size=mb,
+        gradient_accumulation_steps=accum,
+        steps_per_generation=accum,
+        num_generations=cfg.samples_per_prompt,
+        max_completion_length=cfg.max_new_tokens or task.max_new_tokens(chat),
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=cfg.weight_decay,
+        optim="sgd" if cfg.optimizer == "sgd" else "adamw_torch",
+        max_steps=cfg.steps - offset,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        epsilon=cfg.epsilon,
+        epsilon_high=cfg.epsilon_high,
+        beta=cfg.beta,
+        loss_type=loss_type,
+        importance_sampling_level=is_level,
+        scale_rewards=scale,
+        max_grad_norm=cfg.max_grad_norm,
+        seed=cfg.seed + offset,
+        data_seed=cfg.seed,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        bf16=cfg.bf16,
+        use_cpu=not torch.cuda.is_available(),
+        use_vllm=cfg.use_vllm,
+        shuffle_dataset=False,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        activation_checkpointing=False,
+        **cfg.grpo_extra,
+    )
+    cb = TrajectoryCallback(run, cfg, task, tok, step_offset=offset, manifest=manifest, progress=progress)
+    callbacks = [cb]
+    monitor = rg = None
+    if cfg.monitor or (cfg.reground and cfg.reground.replace(" ", "").split(",")[-1] == "auto"):
+        from .monitor import LinearityMonitor
+
+        monitor = cb.monitor = LinearityMonitor(every=cfg.monitor_every or cfg.save_every)
+    if cfg.reground:
+        from .regrounding import ReGroundingCallback
+
+        spec = f"{monitor.every},auto" if cfg.reground.strip() == "auto" else cfg.reground
+        rg = ReGroundingCallback.from_spec(
+            spec, norms=cfg.reground_norms, optimizer_state=cfg.reground_optimizer, monitor=monitor,
+            max_n=cfg.reground_max_n,
+        )  # fmt: skip
+        cb.regrounder = rg
+        callbacks.insert(0, rg)
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=[task.reward_function()],
+        args=gcfg,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tok,
+        callbacks=callbacks,
+    )
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    for c in (PrinterCallback, ProgressCallback):
+        trainer.remove_callback(c)
+    if monitor is not None:
+        monitor.install(trainer)  # first: its keys reach metrics.jsonl and any reporting callback
+        if rg is not None:  # record pre-jump weights, in effective steps
+            monitor.coordinate = lambda state: state.global_step + rg.extrapolated_steps
+    if offset and (run / "resume" / "state.json").exists():
+        st = read_json(run / "resume" / "state.json")
+        if st["step"] == offset:
+            trainer.create_optimizer_and_scheduler(num_training_steps=gcfg.max_steps)
+            tensors = load_file(str(run / "resume" / "optimizer.safetensors"))
+            tensors.pop("_empty", None)
+            _optimizer_from_tensors(trainer.optimizer, tensors, st["optimizer"])
+    trainer.train()
+    manifest = cb.manifest
+    manifest["finished"] = True
+    write_json(run / "manifest.json", manifest)
+    return manifest
+
+
+def summarize(manifest: dict) -> str:
+    cps = manifest["checkpoints"]
+    accs = [(c["step"], c["val_accuracy"]) for c in cps if c.get("val_accuracy") is not None]
+    first, last = accs[0] if accs else (0, math.nan), accs[-1] if accs else (0, math.nan)
+    return (
+        f"{len(cps)} checkpoints, steps {cps[0]['step']}..{cps[-1]['step']}; validation greedy accuracy "
+        f"{first[1]:.3f} (step {first[0]}) -> {last[1]:.3f} (step {last[0]}); wall {manifest.get('wall_time', 0):.0f} s"
+    )
