@@ -9,6 +9,7 @@ from rlvr_linear.grpo_step import (
     completion_mask,
     group_advantages,
     grpo_step,
+    matmul_gflops,
     policy_gradient,
     sample_groups,
     step_flops,
@@ -110,8 +111,14 @@ def test_grpo_step_updates_weights_and_counts_tokens():
     assert 8 <= st.generated_tokens <= 8 * 6 and st.mean_completion_len == st.generated_tokens / 8
     assert st.trained_positions >= st.prompt_tokens + st.generated_tokens
     assert st.step_s >= st.gen_s + st.train_s
+    assert 0 < st.gen_cpu_s and 0 < st.train_cpu_s and st.step_cpu_s >= st.gen_cpu_s + st.train_cpu_s + st.opt_cpu_s
     if 0 < st.mean_reward < 1:  # some group had a spread of rewards: the step must have moved the weights
         assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_matmul_rate_on_both_clocks_is_a_plausible_cpu_rate():
+    wall, cpu = matmul_gflops(256, 0.3), matmul_gflops(256, 0.3, clock="cpu")
+    assert 0.5 < wall < 2000 and 0.5 < cpu < 2000  # GFLOP/s of 1-2 cores of any recent x86 / ARM CPU
 
 
 def test_micro_batch_rule_of_the_trl_path():

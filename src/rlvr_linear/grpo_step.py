@@ -48,13 +48,21 @@ class Rollout:
 
 @dataclass
 class StepStats:
-    """Wall times (s) of one step's phases and the token counts the FLOP model needs."""
+    """Wall times (s) of one step's phases, the same in process CPU time, and the token counts the FLOP model needs.
+
+    CPU time is what the process got from the cores: on a shared machine wall time also counts the time other
+    processes held them, so comparisons with the physical limit use CPU time (with one thread, CPU s = core s).
+    """
 
     gen_s: float = 0.0
     score_s: float = 0.0
     train_s: float = 0.0
     opt_s: float = 0.0
     step_s: float = 0.0
+    gen_cpu_s: float = 0.0
+    train_cpu_s: float = 0.0
+    opt_cpu_s: float = 0.0
+    step_cpu_s: float = 0.0
     prompt_tokens: int = 0  # real (non-pad) prompt tokens, summed over all sequences
     generated_tokens: int = 0  # completion tokens up to and including EOS
     trained_positions: int = 0  # positions the micro-batched forward/backward computed (padding included)
@@ -156,23 +164,24 @@ def grpo_step(
 ) -> StepStats:  # fmt: skip
     """One GRPO step on ``problems`` (rendered with the chat template when the tokenizer has one)."""
     st = StepStats()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     render_tok = tok if (chat if chat is not None else bool(getattr(tok, "chat_template", None))) else None
     prompts = [task.render(p, render_tok) for p in problems]
     roll = sample_groups(model, tok, prompts, group, max_new_tokens, temperature, top_p, gen_batch)
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     rewards = torch.tensor([task.score(t, p) for t, p in zip(roll.texts, [p for p in problems for _ in range(group)])])
     adv = group_advantages(rewards.float(), group).to(roll.ids.device)
-    t2 = time.perf_counter()
+    t2, c2 = time.perf_counter(), time.process_time()
     model.train()
     opt.zero_grad(set_to_none=True)
     st.loss, st.trained_positions = policy_gradient(model, roll, adv, micro_batch)
-    t3 = time.perf_counter()
+    t3, c3 = time.perf_counter(), time.process_time()
     if max_grad_norm:
         torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
     opt.step()
-    t4 = time.perf_counter()
+    t4, c4 = time.perf_counter(), time.process_time()
     st.gen_s, st.score_s, st.train_s, st.opt_s, st.step_s = t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0
+    st.gen_cpu_s, st.train_cpu_s, st.opt_cpu_s, st.step_cpu_s = c1 - c0, c3 - c2, c4 - c3, c4 - c0
     st.prompt_tokens = int(roll.prompt_mask.sum())
     st.generated_tokens = int(roll.completion_mask.sum())
     st.mean_reward = float(rewards.mean())
@@ -188,13 +197,20 @@ def step_flops(n_params: int, prefill_tokens: int, generated_tokens: int, traine
     return 2.0 * n_params * (prefill_tokens + generated_tokens) + 6.0 * n_params * trained_tokens
 
 
-def matmul_gflops(n: int = 2048, seconds: float = 3.0) -> float:
-    """fp32 GFLOP/s of an ``n x n`` ``torch.mm`` with the current thread count (best of repeated timings)."""
+def matmul_gflops(n: int = 2048, seconds: float = 3.0, clock: str = "wall") -> float:
+    """fp32 GFLOP/s of an ``n x n`` ``torch.mm`` with the current thread count (best of repeated timings).
+
+    ``clock="cpu"`` times with the process CPU clock: GFLOP per CPU second, the rate a core gives this process
+    while it runs, unaffected by other processes' share of the cores (with one thread; with T threads divide by T).
+    """
+    now = time.process_time if clock == "cpu" else time.perf_counter
     a, b = torch.randn(n, n), torch.randn(n, n)
     torch.mm(a, b)  # warm-up: thread pool, caches
     best, t_end = float("inf"), time.perf_counter() + seconds
     while time.perf_counter() < t_end:
-        t = time.perf_counter()
+        t = now()
         torch.mm(a, b)
-        best = min(best, time.perf_counter() - t)
+        dt = now() - t
+        if dt > 0:
+            best = min(best, dt)
     return 2.0 * n**3 / best / 1e9
