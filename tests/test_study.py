@@ -24,8 +24,8 @@ from rlvr_linear.study import (
     first_reach,
     paper_regime,
     parse_stages,
-    same_config,
     plan,
+    same_config,
     snap,
     wx_targets,
 )

@@ -125,7 +125,8 @@ def test_effects_table_splits_points_by_each_criterion():
 def test_best_table():
     b = {"point": "lr1e-5_r512", "case": "weight_two_point_200_500_a2", "predictor": "two_point", "t0": 200,
          "t1": 500, "alpha": 2.0, "target": 800.0, "seeds": [0, 1],
-         "gain_vs_t1_greedy": {"mean": 0.027, "lo": 0.014, "hi": 0.04, "n": 2}, "gain_vs_real_greedy": None}  # fmt: skip
+         "gain_vs_t1_greedy": {"mean": 0.027, "lo": 0.014, "hi": 0.04, "n": 2},
+         "gain_vs_real_greedy": None}  # fmt: skip
     rows = best_table({"best": {"weight": b, "logit": None, "regrounding": {"point": "lr3e-5_r128", "spec": "40,40",
                                 "threshold": 0.4, "speedup": 1.5}}}).splitlines()[2:]  # fmt: skip
     assert rows[0] == ("| weight extrapolation | lr 1e-5, 512 responses: two-point (200, 500) → 800, α 2 (2 seed(s)) "
