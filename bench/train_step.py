@@ -214,6 +214,7 @@ def _real_trl(model_dir, task_name, probs, a) -> dict:
 
     from rlvr_linear.tasks import get_task
     from rlvr_linear.tokenizer import load_tokenizer
+    from rlvr_linear.trl_cpu import compact_fused_lm_head
 
     torch.set_num_threads(a["threads"])
     task = get_task(task_name)
@@ -290,7 +291,8 @@ def _real_trl(model_dir, task_name, probs, a) -> dict:
         trainer._get_per_token_logps_and_entropies = timed("logps_fwd", counted)
         trainer.accelerator.backward = timed("backward", trainer.accelerator.backward)
         trainer._calculate_rewards = timed("reward", trainer._calculate_rewards)
-        trainer.train()
+        with compact_fused_lm_head(not a["trl_full_lm_head"]):  # as rlvr-linear train does for large models
+            trainer.train()
     return {"steps": steps, "peak_rss_mb": _peak_rss_mb()}
 
 
@@ -325,6 +327,8 @@ def real_model_main(model_name: str) -> None:
     ap.add_argument("--trl-micro-batch", type=int, default=16, help="TRL: per_device_train_batch_size (64 = no GA)")
     ap.add_argument("--trl-gradient-checkpointing", action="store_true",
                     help="TRL's own default (rlvr-linear train turns it off for models above 20M parameters)")
+    ap.add_argument("--trl-full-lm-head", action="store_true",
+                    help="TRL's own CPU choice: the fused LM head scores every position, prompt included")
     ap.add_argument("--lr", type=float, default=1e-5)
     ap.add_argument("--skip", choices=["bare", "trl"], default=None, help="leave one implementation out")
     ap.add_argument("--out", default="bench/results/train_step_smollm2.json")
@@ -335,8 +339,8 @@ def real_model_main(model_name: str) -> None:
     n = args.steps + args.warmup
     probs = task.problems("train", n * args.prompts)
     a = {k: getattr(args, k) for k in ("threads", "prompts", "samples", "max_new_tokens", "micro_batch",
-                                        "trl_micro_batch", "trl_gradient_checkpointing", "lr", "steps",
-                                        "warmup")}  # fmt: skip
+                                        "trl_micro_batch", "trl_gradient_checkpointing", "trl_full_lm_head", "lr",
+                                        "steps", "warmup")}  # fmt: skip
     mm_before = (matmul_gflops(), matmul_gflops(clock="cpu"))
     bare = None if args.skip == "bare" else _in_child(_real_bare, model_dir, args.task, probs, a)
     trl = None if args.skip == "trl" else _in_child(_real_trl, model_dir, args.task, probs, a)
@@ -355,7 +359,7 @@ def real_model_main(model_name: str) -> None:
         "model": model_name, "task": args.task, "n_params": n_params, "prompts": args.prompts,
         "samples": args.samples, "max_new_tokens": args.max_new_tokens, "threads": args.threads,
         "micro_batch": args.micro_batch, "trl_micro_batch": args.trl_micro_batch or args.prompts * args.samples,
-        "trl_gradient_checkpointing": args.trl_gradient_checkpointing,
+        "trl_gradient_checkpointing": args.trl_gradient_checkpointing, "trl_full_lm_head": args.trl_full_lm_head,
         "steps_timed": args.steps, "warmup_steps_dropped": args.warmup,
         "matmul_gflops_wall": gflops, "matmul_gflops_per_cpu_s": gflops_cpu,
         "matmul_gflops_wall_before_after": [mm_before[0], mm_after[0]],

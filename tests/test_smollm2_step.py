@@ -135,3 +135,31 @@ def test_micro_batch_rule_of_the_trl_path():
 def test_rollout_dataclass_prompt_len():
     r = Rollout(torch.zeros(2, 7, dtype=torch.long), torch.ones(2, 3), torch.ones(2, 4), ["", ""])
     assert r.prompt_len == 3
+
+
+def test_compact_fused_lm_head_gives_trl_the_same_log_probs_and_entropies():
+    """trl_cpu: TRL's fused head scoring only labelled positions on CPU = scoring every position, then masking."""
+    import trl.trainer.utils as trl_utils
+    from trl.trainer.utils import add_fused_lm_head
+
+    from rlvr_linear.trl_cpu import compact_fused_lm_head
+
+    model, tok = make_pico_model("llama")
+    add_fused_lm_head(model, outputs=("log_probs", "entropy"))
+    ids = torch.randint(4, len(tok), (3, 9))
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0  # left padding
+    labels = ids.masked_fill(mask == 0, -100)
+    labels[:, :5] = -100  # the prompt: only the last 4 positions are scored
+    original = trl_utils._use_triton
+    outs = {}
+    for compact in (False, True):
+        with compact_fused_lm_head(compact) as patched:
+            assert patched is compact and (trl_utils._use_triton(torch.device("cpu")) is compact)
+            out = model(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True)
+            outs[compact] = (out.log_probs, out.entropy)
+    assert trl_utils._use_triton is original  # restored
+    scored = labels[:, 1:] != -100
+    for full, compact in zip(outs[False], outs[True]):
+        assert torch.allclose(full[scored], compact[scored], atol=1e-5)
+        assert compact[~scored].abs().max() == 0

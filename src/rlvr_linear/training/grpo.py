@@ -35,6 +35,7 @@ from ..io.checkpoints import find_model_dir
 from ..tasks import get_task
 from ..threads import SMALL_MODEL_PARAMS, for_model
 from ..tokenizer import MARKER, load_tokenizer
+from ..trl_cpu import compact_fused_lm_head
 
 ALGORITHMS = {
     # name: (TRL loss_type, importance_sampling_level, scale_rewards)
@@ -498,7 +499,9 @@ def _train_in(cfg: TrainConfig, run: Path, manifest: dict | None, offset: int, p
             tensors = load_file(str(run / "resume" / "optimizer.safetensors"))
             tensors.pop("_empty", None)
             _optimizer_from_tensors(trainer.optimizer, tensors, st["optimizer"])
-    trainer.train()
+    # large model on CPU: TRL's fused LM head scores only the completion positions (trl_cpu.py); small ones as before
+    with compact_fused_lm_head(n_params >= SMALL_MODEL_PARAMS):
+        trainer.train()
     manifest = cb.manifest
     manifest["finished"] = True
     write_json(run / "manifest.json", manifest)
