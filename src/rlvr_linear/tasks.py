@@ -333,7 +333,7 @@ class ArithmeticCoTChatTask(ArithmeticCoTTask):
     base, which was warmed up on them. SmolLM2-135M-Instruct answers a question in its own words; asked for partial
     sums and an answer line it writes a few tens of tokens of working (and often rambles on past the answer), and its
     greedy accuracy on two 2-digit operands is in the 10-60% band where RL has headroom (measured on 200 validation
-    problems: 0.20, docs/smollm2.md; three terms fall to 2-5%, and spaces around ``+`` in the question halve it).
+    problems: 0.20, docs/smollm2.md; three terms fall to 0-5%, and spaces around ``+`` lower it to 0.135).
     Only the final answer is verified: the integer after the last answer phrase (``answer: N``, ``the answer is N``,
     ``\\boxed{N}``), else the last integer of the reply. Problem ids are the bare expressions, in the same
     hash-bucket splits as ``arithmetic-cot``; options as ``arithmetic-cot``'s
