@@ -245,7 +245,7 @@ def test_report_renders_headless(tmp_path):
     """The report of the shipped default-mode results renders in a headless browser without script errors."""
     from rlvr_linear.report import write_report
 
-    res = json.loads((Path(__file__).resolve().parents[1] / "docs" / "study_default_results.json").read_text())
+    res = json.loads((Path(__file__).resolve().parents[1] / "experiments/results/study/results.json").read_text())
     paths = write_report(res, tmp_path / "out")
     _render_headless(paths["html"], tmp_path)
 
