@@ -22,7 +22,9 @@ if [[ "${1:-}" == "--download-wheels" ]]; then
     mkdir -p "$WHEELS"
     # --no-deps: torch and the rest are already on the GPU machine; pulling dependencies would fetch a CUDA torch
     # shellcheck disable=SC2086
-    "$PY" -m pip download --no-deps --only-binary=:all: --python-version 3.11 -d "$WHEELS" ${GPU_CONFIRM_WHEELS:-scipy}
+    # the GPU machine's Python (default: this one's); GPU_CONFIRM_PYTHON_VERSION=3.12 for another
+    pyver="${GPU_CONFIRM_PYTHON_VERSION:-$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')}"
+    "$PY" -m pip download --no-deps --only-binary=:all: --python-version "$pyver" -d "$WHEELS" ${GPU_CONFIRM_WHEELS:-scipy}
     du -ch "$WHEELS"/*.whl | tail -1
     exit 0
 fi
