@@ -190,7 +190,7 @@ def part_logprobs(regime, item: Item, run: Path) -> dict:
 
 def forecast_steps(point) -> dict[str, int]:
     """Fit-until steps at 1/4 and 1/2 of the horizon, on the save grid."""
-    from ..study import snap
+    from ..study.common import snap
 
     H, u = point.horizon, point.save_every
     return {"q1": snap(H / 4, u, lo=u, hi=H - u), "q2": snap(H / 2, u, lo=u, hi=H - u)}
@@ -220,7 +220,7 @@ def part_forecast(item: Item, run: Path) -> dict:
 def part_reground(regime, item: Item, scorer: Scorer, cache: RunCache, man: dict) -> dict:
     """Steps to thresholds: the standard run's held-out greedy accuracy at 1/4 and 1/2 of the horizon (seed 0);
     the first checkpoint of each run (gradient steps) whose held-out greedy accuracy reaches it; speedup = ratio."""
-    from ..study import ckpt, first_reach
+    from ..study.common import ckpt, first_reach
     from .grid import Item as _Item
 
     std_item = _Item(item.point, item.seed, full=True)

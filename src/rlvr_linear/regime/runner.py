@@ -59,7 +59,7 @@ class Regime:
             from ..base_model import ensure_base
 
             if self.quick:
-                from ..study import QUICK_BASE_RECIPE
+                from ..study.config import QUICK_BASE_RECIPE
 
                 self._bases[name] = str(ensure_base("tiny", progress=self.progress, **QUICK_BASE_RECIPE))
             else:
