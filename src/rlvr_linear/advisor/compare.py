@@ -1,7 +1,7 @@
 """Adaptive re-grounding (``--reground M,auto``) against standard RL and fixed (M, N), over seeds.
 
 The protocol of the study's re-grounding stage (paper Figure 6 / Table 2), reusing its pieces
-(:func:`rlvr_linear.study.first_reach`, ``snap``, ``_ci``, ``_eval_greedy``,
+(:func:`rlvr_linear.study.common.first_reach`, ``snap``, ``_ci``, ``_eval_greedy``,
 :func:`rlvr_linear.evaluation.paired_bootstrap`):
 
 * **thresholds** are fixed from the standard runs only: their mean validation greedy accuracy at
@@ -47,7 +47,7 @@ def summarize_comparison(
     ``budget_scores[(config, seed, step)]``: per-problem greedy scores of that checkpoint (optional).
     """
     from ..evaluation import paired_bootstrap
-    from ..study import _ci, first_reach, snap
+    from ..study.common import _ci, first_reach, snap
 
     seeds = sorted(manifests["standard"])
     std_curves = [_curve(manifests["standard"][s]) for s in seeds]
@@ -134,7 +134,7 @@ def compare_adaptive(
     """Train standard RL, every fixed ``"M,N"`` and ``"m,auto"`` for each seed (``base_cfg``: a
     :class:`~rlvr_linear.train.TrainConfig`; runs in ``OUT/runs/<config>_seed<s>``, resumed if present), score the
     budgets and write ``OUT/comparison.json``."""
-    from ..study import _eval_greedy, ckpt, snap
+    from ..study.common import _eval_greedy, ckpt, snap
     from ..tasks import get_task
     from ..train import train
 

@@ -18,7 +18,6 @@ only); the quick map uses 100 of them.
 from __future__ import annotations
 
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -190,7 +189,7 @@ def part_logprobs(regime, item: Item, run: Path) -> dict:
 
 def forecast_steps(point) -> dict[str, int]:
     """Fit-until steps at 1/4 and 1/2 of the horizon, on the save grid."""
-    from ..study import snap
+    from ..study.common import snap
 
     H, u = point.horizon, point.save_every
     return {"q1": snap(H / 4, u, lo=u, hi=H - u), "q2": snap(H / 2, u, lo=u, hi=H - u)}
@@ -220,7 +219,7 @@ def part_forecast(item: Item, run: Path) -> dict:
 def part_reground(regime, item: Item, scorer: Scorer, cache: RunCache, man: dict) -> dict:
     """Steps to thresholds: the standard run's held-out greedy accuracy at 1/4 and 1/2 of the horizon (seed 0);
     the first checkpoint of each run (gradient steps) whose held-out greedy accuracy reaches it; speedup = ratio."""
-    from ..study import ckpt, first_reach
+    from ..study.common import ckpt, first_reach
     from .grid import Item as _Item
 
     std_item = _Item(item.point, item.seed, full=True)
@@ -249,50 +248,3 @@ def part_reground(regime, item: Item, scorer: Scorer, cache: RunCache, man: dict
         "thresholds": rows,
         "n_problems": len(scorer.problems),
     }
-
-
-# --------------------------------------------------------------------------------------------------
-# Driver
-
-
-def analyze_item(regime, item: Item) -> bool:
-    """Compute every missing part of ``item``'s analysis; returns whether anything was computed."""
-    from .cases import run_cases
-
-    run = regime.run_dir(item)
-    man = read_json(run / "manifest.json")
-    if not man.get("finished"):
-        return False
-    cache = RunCache(regime.out / "analysis" / item.run_name)
-    changed = False
-    meta = {"point": item.point.name, "seed": item.seed, "run": str(run), "full": item.full,
-            "reground": item.reground, "trained_wall_time": man.get("wall_time")}  # fmt: skip
-    old = cache.parts.get("meta")
-    if old is not None and old.get("trained_wall_time") not in (None, meta["trained_wall_time"]):  # retrained
-        shutil.rmtree(cache.root, ignore_errors=True)
-        cache = RunCache(cache.root)
-    if cache.parts.get("meta") != meta:
-        cache.parts["meta"] = meta
-        cache.save()
-    if not cache.has("train"):
-        cache.put("train", part_train(man))
-        changed = True
-    scorer = None
-    if item.reground:
-        if not cache.has("reground"):
-            scorer = Scorer(item.point.task, regime.quick)
-            cache.put("reground", part_reground(regime, item, scorer, cache, man))
-            changed = True
-        return changed
-    if not cache.has("weights"):
-        cache.put("weights", part_weights(run))
-        changed = True
-    if not cache.has("logprobs"):
-        cache.put("logprobs", part_logprobs(regime, item, run))
-        changed = True
-    if not cache.has("forecast"):
-        cache.put("forecast", part_forecast(item, run))
-        changed = True
-    scorer = scorer or Scorer(item.point.task, regime.quick)
-    changed |= run_cases(regime, item, run, cache, scorer)
-    return changed

@@ -34,7 +34,7 @@ PREDICTORS = ("two_point", "lsq", "rank1")
 
 
 def windows(item: Item, full: bool) -> list[tuple[int, int]]:
-    from ..study import snap
+    from ..study.common import snap
 
     H, u = item.point.horizon, item.point.save_every
     t1s = [snap(H / 3, u, lo=u, hi=H), snap(H / 2, u, lo=u, hi=H), H] if full else [snap(H / 2, u, lo=u, hi=H), H]
@@ -66,7 +66,7 @@ def plan(item: Item) -> list[dict]:
 
 def _build(case: dict, run: Path, out: Path) -> Path:
     from ..checkpoints import discover
-    from ..study import ckpt
+    from ..study.common import ckpt
     from ..weight_extrapolation import extrapolate_fit, extrapolate_two_point
 
     shutil.rmtree(out, ignore_errors=True)
@@ -90,7 +90,7 @@ def _gain(a, b) -> dict:
 def run_cases(regime, item: Item, run: Path, cache: RunCache, scorer: Scorer) -> bool:
     """Score every missing case of ``item``; each finished case is saved at once. Returns whether any ran."""
     from ..logit_extrapolation import ExtrapolatedGenerator
-    from ..study import ckpt, snap
+    from ..study.common import ckpt, snap
 
     done = cache.parts.setdefault("cases", {})
     planned = plan(item)

@@ -59,7 +59,7 @@ class Regime:
             from ..base_model import ensure_base
 
             if self.quick:
-                from ..study import QUICK_BASE_RECIPE
+                from ..study.config import QUICK_BASE_RECIPE
 
                 self._bases[name] = str(ensure_base("tiny", progress=self.progress, **QUICK_BASE_RECIPE))
             else:
@@ -123,8 +123,6 @@ class Regime:
             for i, item in enumerate(items):
                 self.train(item)
                 if not train_only:
-                    from .analysis import analyze_item
-
                     t0 = time.time()
                     try:
                         changed = analyze_item(self, item)
@@ -138,6 +136,55 @@ class Regime:
                         render(self, results_dir=results_dir)
                 _log(f"item {i + 1}/{len(items)} done: {item.run_name}")
         return render(self, results_dir=results_dir)
+
+
+def analyze_item(regime, item: Item) -> bool:
+    """Compute every missing part of ``item``'s analysis (:mod:`.analysis`) and its extrapolation cases
+    (:mod:`.cases`); returns whether anything was computed.
+
+    It lives here, in the map's driver, rather than in ``analysis``: ``cases`` builds on ``analysis``' cache and
+    scorer, so a driver inside ``analysis`` that runs the cases made the two modules import each other.
+    """
+    from .analysis import RunCache, Scorer, part_forecast, part_logprobs, part_reground, part_train, part_weights
+    from .cases import run_cases
+
+    run = regime.run_dir(item)
+    man = read_json(run / "manifest.json")
+    if not man.get("finished"):
+        return False
+    cache = RunCache(regime.out / "analysis" / item.run_name)
+    changed = False
+    meta = {"point": item.point.name, "seed": item.seed, "run": str(run), "full": item.full,
+            "reground": item.reground, "trained_wall_time": man.get("wall_time")}  # fmt: skip
+    old = cache.parts.get("meta")
+    if old is not None and old.get("trained_wall_time") not in (None, meta["trained_wall_time"]):  # retrained
+        shutil.rmtree(cache.root, ignore_errors=True)
+        cache = RunCache(cache.root)
+    if cache.parts.get("meta") != meta:
+        cache.parts["meta"] = meta
+        cache.save()
+    if not cache.has("train"):
+        cache.put("train", part_train(man))
+        changed = True
+    scorer = None
+    if item.reground:
+        if not cache.has("reground"):
+            scorer = Scorer(item.point.task, regime.quick)
+            cache.put("reground", part_reground(regime, item, scorer, cache, man))
+            changed = True
+        return changed
+    if not cache.has("weights"):
+        cache.put("weights", part_weights(run))
+        changed = True
+    if not cache.has("logprobs"):
+        cache.put("logprobs", part_logprobs(regime, item, run))
+        changed = True
+    if not cache.has("forecast"):
+        cache.put("forecast", part_forecast(item, run))
+        changed = True
+    scorer = scorer or Scorer(item.point.task, regime.quick)
+    changed |= run_cases(regime, item, run, cache, scorer)
+    return changed
 
 
 def run_regime(

@@ -1,0 +1,143 @@
+"""The study's driver: the stage list and order, ``--stages`` parsing, finished-stage reuse, the protocol check
+and :func:`run_study` (stages in order, then ``results.json`` and the report)."""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from ..errors import RlvrLinearError
+from ..io import jsonable, read_json, write_json
+from ..report import SECTIONS
+from .baseline import stage_baseline
+from .common import _Ctx
+from .config import StudyConfig
+from .linearity import stage_linearity
+from .logit_extrapolation import stage_logit_extrapolation
+from .mechanism import stage_mechanism
+from .plan import print_plan
+from .regrounding import stage_regrounding
+from .robustness import stage_robustness
+from .weight_extrapolation import stage_weight_extrapolation
+
+#: one stage per report section, then the report itself
+STAGES = [*SECTIONS, "report"]
+#: stages that run only when named (``--stages regime``: the regime map, hours of compute; rlvr_linear.regime)
+OPT_IN_STAGES = ["regime"]
+#: stages whose inputs are the baseline RL runs
+NEEDS_BASELINE = {"linearity", "robustness", "weight_extrapolation", "logit_extrapolation", "regrounding"}
+
+
+STAGE_FUNCS = {
+    "baseline": stage_baseline,
+    "linearity": stage_linearity,
+    "robustness": stage_robustness,
+    "mechanism": stage_mechanism,
+    "weight_extrapolation": stage_weight_extrapolation,
+    "logit_extrapolation": stage_logit_extrapolation,
+    "regrounding": stage_regrounding,
+}
+
+
+def parse_stages(spec: str | None) -> list[str]:
+    """``"a,b"`` -> stage names in pipeline order; ``None``/``"all"`` -> every stage."""
+    if spec is None or spec == "all":
+        return list(STAGES)
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    known = [*SECTIONS, *OPT_IN_STAGES, "report"]
+    bad = [s for s in names if s not in known]
+    if bad:
+        raise RlvrLinearError(f"unknown stages {bad}; choose from {', '.join(known)}")
+    return [s for s in known if s in names]
+
+
+def stage_done(out: str | Path, stage: str) -> bool:
+    return (Path(out) / stage / "result.json").exists()
+
+
+def machine_info() -> dict:
+    import os
+
+    import torch
+
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpus": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def _check_config(out: Path, cfg: StudyConfig) -> None:
+    p = out / "study_config.json"
+    cur = jsonable(asdict(cfg))
+    if p.exists():
+        old = read_json(p)
+        if old != cur:
+            diff = sorted(k for k in set(old) | set(cur) if old.get(k) != cur.get(k))
+            raise RlvrLinearError(
+                f"{out} holds a study with a different protocol (fields {diff}); use a new output folder"
+            )
+    else:
+        write_json(p, cur)
+
+
+def run_study(cfg: StudyConfig, out: str | Path, stages: list[str] | None = None, progress: bool = True) -> dict:
+    """Run ``stages`` (default: all) into ``out``; finished stages are skipped. Returns the results object.
+
+    Stages that need the baseline runs trigger the ``baseline`` stage first if it has not finished.
+    """
+    import torch
+
+    out = Path(out)
+    stages = list(stages or STAGES)
+    if "regime" in stages:  # its own protocol (rlvr_linear.regime.grid): OUT itself, or OUT/regime with others
+        from ..regime import run_regime
+
+        rest = [s for s in stages if s != "regime"]
+        reg = run_regime(out if not rest else out / "regime", quick=cfg.mode == "quick", progress=progress)
+        if not rest:
+            return {"regime": reg}
+        stages = rest
+    out.mkdir(parents=True, exist_ok=True)
+    _check_config(out, cfg)
+    if any(s in NEEDS_BASELINE for s in stages) and "baseline" not in stages and not stage_done(out, "baseline"):
+        stages = ["baseline", *stages]
+    stages = [s for s in STAGES if s in stages]
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+    done = {s for s in stages if s != "report" and stage_done(out, s)}
+    print_plan(cfg, stages, done)
+    ctx = _Ctx(cfg, out, progress)
+    timings = read_json(out / "timings.json") if (out / "timings.json").exists() else {}
+    for st in stages:
+        if st == "report":
+            continue
+        if st in done:
+            print(f"[{st}] finished earlier: reusing {out / st / 'result.json'}")
+            continue
+        print(f"[{st}] running")
+        t0 = time.time()
+        res = STAGE_FUNCS[st](ctx)
+        res["wall_s"] = round(time.time() - t0, 1)
+        write_json(ctx.stage_dir(st) / "result.json", jsonable(res))
+        timings[st] = res["wall_s"]
+        write_json(out / "timings.json", timings)
+        print(f"[{st}] done in {res['wall_s']:.0f} s: {res['reproduced']} - {res['verdict']}")
+    from ..report import collect_results, write_report
+
+    results = collect_results(out, cfg, machine=machine_info(), timings=timings)
+    if "report" in stages:
+        paths = write_report(results, out)
+        print(f"[report] {paths['html']} and {paths['json']}")
+    return results
