@@ -160,3 +160,11 @@ def test_one_json_cleaner(tmp_path):
     }
     with pytest.raises(TypeError, match="not JSON serialisable: object"):
         write_json(tmp_path / "bad.json", {"o": object()})
+
+
+def test_step_dir_name_round_trips_through_step_of_path(tmp_path):
+    from rlvr_linear.io.checkpoints import step_dir_name, step_of_path
+
+    assert step_dir_name(40) == "step_000040" and step_dir_name(1_234_567) == "step_1234567"
+    for s in (0, 7, 560, 1_000_000):
+        assert step_of_path(tmp_path / step_dir_name(s)) == s

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from .io.checkpoints import step_dir_name
 from .tokenizer import build_char_tokenizer, save_char_tokenizer
 
 
@@ -81,7 +82,7 @@ def make_trajectory(
     for i, s in enumerate(steps):
         sd = {k: fn(k, v.clone(), s, i) for k, v in w0.items()}
         model.load_state_dict(sd)
-        d = root / f"step_{s:06d}"
+        d = root / step_dir_name(s)
         save_model(model, tok, d, dtype=dtype)
         model.to(torch.float32)
         entries.append({"step": s, "path": d.name})

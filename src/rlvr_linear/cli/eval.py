@@ -49,7 +49,9 @@ def _targets(paths: list[str], allow_pickle: bool = False) -> list[tuple[str, Pa
             out.append((pp.name, find_model_dir(pp)))
         else:
             tr = discover(pp, allow_pickle=allow_pickle)
-            out.extend((f"{pp.name}/step_{s:06d}", c) for s, c in zip(tr.steps, tr.paths))
+            from ..io.checkpoints import step_dir_name
+
+            out.extend((f"{pp.name}/{step_dir_name(s)}", c) for s, c in zip(tr.steps, tr.paths))
     return out
 
 

@@ -439,6 +439,12 @@ class _LocalPaths(Sequence):
         return repr([c.path for c in self._t.checkpoints])
 
 
+def step_dir_name(step: int) -> str:
+    """The folder name of the checkpoint at ``step`` in our run layout (``step_000040``); :func:`step_of_path` reads
+    it back."""
+    return f"step_{int(step):06d}"
+
+
 def _step_of(name: str) -> int | None:
     for pat in _STEP_PATTERNS:
         m = pat.match(name)

@@ -24,6 +24,7 @@ import numpy as np
 
 from ..errors import RlvrLinearError
 from ..io import read_json, write_json
+from ..io.checkpoints import step_dir_name
 from .grid import Item
 
 #: bump a part's version to recompute it on the next run (the cache keeps the rest)
@@ -227,10 +228,10 @@ def part_reground(regime, item: Item, scorer: Scorer, cache: RunCache, man: dict
     std_cache = RunCache(regime.out / "analysis" / std_item.run_name)
     u, half = item.point.save_every, item.point.horizon // 2
     steps = [s for s in range(0, half + 1, u)]
-    std_acc = [float(scorer.score(std_cache, f"step_{s:06d}", ckpt(std_run, s), avg=False)["greedy"].mean())
+    std_acc = [float(scorer.score(std_cache, step_dir_name(s), ckpt(std_run, s), avg=False)["greedy"].mean())
                for s in steps]  # fmt: skip
     rg_steps = [c["step"] for c in man["checkpoints"] if c["step"] <= half]
-    rg_acc = [float(scorer.score(cache, f"step_{s:06d}", ckpt(rg_run, s), avg=False)["greedy"].mean())
+    rg_acc = [float(scorer.score(cache, step_dir_name(s), ckpt(rg_run, s), avg=False)["greedy"].mean())
               for s in rg_steps]  # fmt: skip
     fs = forecast_steps(item.point)
     rows = []

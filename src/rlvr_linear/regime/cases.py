@@ -25,6 +25,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from ..io.checkpoints import step_dir_name
 from .analysis import RunCache, Scorer, _num, forecast_steps
 from .grid import Item
 
@@ -117,16 +118,16 @@ def run_cases(regime, item: Item, run: Path, cache: RunCache, scorer: Scorer) ->
                 return ExtrapolatedGenerator.from_dirs(ckpt(run, t0), ckpt(run, t1), alpha=a)
         always_avg = item.full and case["predictor"] == "two_point" and case["alpha"] in REDUCED_ALPHAS
         x = scorer.score(cache, key, model, avg=always_avg)
-        s1 = scorer.score(cache, f"step_{t1:06d}", str(ckpt(run, t1)), avg=always_avg)
+        s1 = scorer.score(cache, step_dir_name(t1), str(ckpt(run, t1)), avg=always_avg)
         gain_g = _gain(s1["greedy"], x["greedy"])
         want_avg = always_avg or (gain_g["mean"] is not None and gain_g["mean"] >= 0)
         if want_avg:
             x = scorer.score(cache, key, model, avg=True)
-            s1 = scorer.score(cache, f"step_{t1:06d}", str(ckpt(run, t1)), avg=True)
+            s1 = scorer.score(cache, step_dir_name(t1), str(ckpt(run, t1)), avg=True)
         real_step = snap(target, u) if target <= H else None
         sr = None
         if real_step is not None:
-            sr = scorer.score(cache, f"step_{real_step:06d}", str(ckpt(run, real_step)), avg=want_avg)
+            sr = scorer.score(cache, step_dir_name(real_step), str(ckpt(run, real_step)), avg=want_avg)
         shutil.rmtree(tmp, ignore_errors=True)
         rec = {
             "point": item.point.name,

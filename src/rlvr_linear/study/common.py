@@ -31,7 +31,9 @@ def snap(step: float, save_every: int, lo: int | None = None, hi: int | None = N
 
 
 def ckpt(run: Path, step: int) -> Path:
-    return Path(run) / f"step_{step:06d}"
+    from ..io.checkpoints import step_dir_name
+
+    return Path(run) / step_dir_name(step)
 
 
 def first_reach(steps: list[int], acc: list[float | None], threshold: float) -> int | None:

@@ -31,7 +31,7 @@ from ..base_model import ensure_base
 from ..errors import RlvrLinearError
 from ..evaluation import evaluate
 from ..io import atomic_dir, read_json, write_json, write_text
-from ..io.checkpoints import find_model_dir
+from ..io.checkpoints import find_model_dir, step_dir_name
 from ..tasks import get_task
 from ..threads import SMALL_MODEL_PARAMS, for_model
 from ..tokenizer import MARKER, load_tokenizer
@@ -223,7 +223,7 @@ class TrajectoryCallback(TrainerCallback):
         return acc
 
     def save(self, model, step: int, reward: float | None) -> None:
-        name = f"step_{step:06d}"
+        name = step_dir_name(step)
         save_checkpoint(model, self.tok, self.run / name)
         eval_every = self.cfg.eval_every or self.cfg.save_every
         acc = self.evaluate(model) if step % eval_every == 0 or step == self.cfg.steps else None
@@ -403,7 +403,7 @@ def _train_in(cfg: TrainConfig, run: Path, manifest: dict | None, offset: int, p
 
     task = get_task(cfg.task)
     base_dir = resolve_model(cfg.model, progress=progress)
-    start_dir = run / f"step_{offset:06d}" if offset else base_dir
+    start_dir = run / step_dir_name(offset) if offset else base_dir
     tok = load_tokenizer(start_dir)
     model = AutoModelForCausalLM.from_pretrained(str(start_dir), dtype=torch.bfloat16 if cfg.bf16 else torch.float32)
     if not cfg.threads:

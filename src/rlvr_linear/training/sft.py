@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from ..errors import RlvrLinearError
 from ..io import write_json, write_text
+from ..io.checkpoints import step_dir_name
 
 
 @dataclass
@@ -183,7 +184,7 @@ def train_sft(cfg: SFTConfig, run: str | Path, overwrite: bool = False, progress
     losses: list[float] = []
 
     def save(step: int) -> None:
-        name = f"step_{step:06d}"
+        name = step_dir_name(step)
         save_checkpoint(model, tok, run / name)
         model.eval()
         acc = evaluate((model, tok), task, problems=val, k=0, batch_size=256).greedy_accuracy
