@@ -11,11 +11,10 @@ Only calls ``rlvr_linear.study`` (one implementation per experiment; protocol in
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
 from rlvr_linear.errors import RlvrLinearError
-from rlvr_linear.io import read_json
+from rlvr_linear.io import copy_file, read_json
 from rlvr_linear.study import StudyConfig, run_study
 
 ROOT = Path(__file__).resolve().parent
@@ -32,14 +31,8 @@ def copy_results(out: Path, dest: Path = DEST) -> list[Path]:
     names += [f for sec in res.values() if isinstance(sec, dict) for f in sec.get("figures", [])]
     copied = []
     for rel in dict.fromkeys(names):
-        src, dst = out / rel, dest / rel
-        if not src.exists():
-            continue
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_name(f".{dst.name}.tmp")
-        shutil.copyfile(src, tmp)
-        tmp.replace(dst)
-        copied.append(dst)
+        if (out / rel).exists():
+            copied.append(copy_file(out / rel, dest / rel))
     return copied
 
 

@@ -168,3 +168,26 @@ def test_step_dir_name_round_trips_through_step_of_path(tmp_path):
     assert step_dir_name(40) == "step_000040" and step_dir_name(1_234_567) == "step_1234567"
     for s in (0, 7, 560, 1_000_000):
         assert step_of_path(tmp_path / step_dir_name(s)) == s
+
+
+def test_copy_file_is_atomic_follows_the_umask_and_names_the_file_on_error(tmp_path):
+    import os
+    import stat
+
+    from rlvr_linear.errors import RlvrLinearError
+    from rlvr_linear.io import copy_file
+
+    src = tmp_path / "fig.png"
+    src.write_bytes(bytes(range(256)) * 100)
+    old = os.umask(0o027)
+    try:
+        dst = copy_file(src, tmp_path / "out" / "sub" / "fig.png")
+    finally:
+        os.umask(old)
+    assert dst.read_bytes() == src.read_bytes()
+    assert stat.S_IMODE(dst.stat().st_mode) == 0o640
+    assert sorted(p.name for p in dst.parent.iterdir()) == ["fig.png"]  # no temporary file left
+    (tmp_path / "adir").mkdir()  # a folder where the file should go: one line naming it, no temporary file left
+    with pytest.raises(RlvrLinearError, match=r"adir: cannot write"):
+        copy_file(src, tmp_path / "adir")
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".adir.tmp")] == []

@@ -121,8 +121,9 @@ def _umask_mode() -> int:
     return 0o666 & ~_umask()
 
 
-def _write_atomically(path: str | os.PathLike, write: Callable[[IO[str]], None]) -> Path:
-    """Write a text file through ``write(f)`` into a temporary file next to ``path``, then rename it into place.
+def _write_atomically(path: str | os.PathLike, write: Callable[[IO], None], mode: str = "w") -> Path:
+    """Write a file through ``write(f)`` (``f`` opened with ``mode``: text or ``"wb"``) into a temporary file next to
+    ``path``, then rename it into place.
 
     The file gets the user's umask (``mkstemp`` creates 0600); an I/O error (a full disk) becomes one clear line
     naming ``path``, and no temporary file is left behind.
@@ -131,7 +132,7 @@ def _write_atomically(path: str | os.PathLike, write: Callable[[IO[str]], None])
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = _temp_file(path)
     try:
-        with os.fdopen(fd, "w") as f:
+        with os.fdopen(fd, mode) as f:
             write(f)
         os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
@@ -157,6 +158,16 @@ def write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> Path:
 def write_text(path: str | os.PathLike, text: str) -> Path:
     """Write a text file atomically."""
     return _write_atomically(path, lambda f: f.write(text))
+
+
+def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Copy ``src`` to ``dst`` atomically (the content only: ``dst`` follows the umask, as every output)."""
+
+    def write(f: IO[bytes]) -> None:
+        with open(src, "rb") as s:
+            shutil.copyfileobj(s, f)
+
+    return _write_atomically(dst, write, mode="wb")
 
 
 def read_json(path: str | os.PathLike) -> Any:

@@ -9,12 +9,11 @@ CIs are kept, and over seeds its mean CI. Rendering only reads the cache: ``run_
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 
-from ..io import read_json, write_json, write_text
+from ..io import copy_file, read_json, write_json, write_text
 from .analysis import _num
 from .grid import LRS, QUICK_LRS, QUICK_RESPONSES, RESPONSES
 
@@ -253,9 +252,7 @@ def render(regime, results_dir: str | Path | None = None) -> dict:
         write_json(rd / "regime_map.json", result)
         write_text(rd / "regime_cases.jsonl", "".join(json.dumps(c) + "\n" for c in cases))
         for f in result["figures"]:
-            tmp = rd / f".{f}.tmp"
-            shutil.copyfile(out / f, tmp)
-            tmp.replace(rd / f)
+            copy_file(out / f, rd / f)
     return result
 
 
