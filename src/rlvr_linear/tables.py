@@ -14,6 +14,7 @@ import re
 from typing import Any
 
 from .errors import RlvrLinearError
+from .study.linearity import PAPER_MARGIN, PAPER_REGIME
 
 #: the study's sections in README order (the report's order)
 STUDY_ROWS = ("baseline", "linearity", "robustness", "mechanism", "weight_extrapolation", "logit_extrapolation",
@@ -195,9 +196,10 @@ def _lo(d: dict | None) -> float | None:
     return None if not d else d.get("lo", d.get("ci_low"))
 
 
-def _linear(p: dict, part: str, bar: float) -> tuple[bool, str]:
+def _linear(p: dict, part: str) -> tuple[bool, str]:
+    """The study's bar for the paper's regime (``study.linearity.PAPER_REGIME``), on a map point's seed means."""
     m, null = _mean(p[part]["median"]), _mean(p[part]["null_median"])
-    ok = m is not None and null is not None and m >= bar and m >= null + 0.3
+    ok = m is not None and null is not None and m >= PAPER_REGIME[part] and m >= null + PAPER_MARGIN
     return ok, f"{_f(m)} (null {_f(null)})"
 
 
@@ -210,8 +212,14 @@ def _gain(b: dict | None, key: str) -> tuple[bool, str]:
 
 #: effect -> (what counts as "appears", test on a point of the map)
 EFFECTS = {
-    "weight linearity": ("median R² ≥ 0.8 and ≥ null + 0.3", lambda p: _linear(p, "weights", 0.8)),
-    "token log-prob linearity": ("median R² ≥ 0.75 and ≥ null + 0.3", lambda p: _linear(p, "logprobs", 0.75)),
+    "weight linearity": (
+        f"median R² ≥ {PAPER_REGIME['weights']:g} and ≥ null + {PAPER_MARGIN:g}",
+        lambda p: _linear(p, "weights"),
+    ),
+    "token log-prob linearity": (
+        f"median R² ≥ {PAPER_REGIME['logprobs']:g} and ≥ null + {PAPER_MARGIN:g}",
+        lambda p: _linear(p, "logprobs"),
+    ),
     "a line forecasts the weights": (
         "error ratio vs 'no change' < 1 at the horizon, fit to H/2",
         lambda p: (

@@ -19,11 +19,10 @@ import os
 import shutil
 import time
 import traceback
-from dataclasses import asdict, fields
 from pathlib import Path
 
 from ..errors import RlvrLinearError
-from ..io import jsonable, read_json, write_text
+from ..io import read_json, write_text
 from .grid import Item, queue
 
 
@@ -88,15 +87,14 @@ class Regime:
     # training --------------------------------------------------------------------------------------
     def train(self, item: Item) -> dict:
         """Train ``item`` (or reuse its finished run, or resume an unfinished one). Returns the manifest."""
-        from ..train import TrainConfig, train
+        from ..study.common import same_config
+        from ..train import train
 
         run, cfg = self.run_dir(item), self.train_config(item)
         man_path = run / "manifest.json"
         if man_path.exists():
             man = read_json(man_path)
-            known = {f.name for f in fields(TrainConfig)}
-            saved = TrainConfig(**{k: v for k, v in man.get("config", {}).items() if k in known})
-            if jsonable(asdict(saved)) != jsonable(asdict(cfg)):
+            if not same_config(man.get("config"), cfg):
                 raise RlvrLinearError(f"{run} holds a run with another config; move it away or use a new folder")
             if man.get("finished"):
                 return man
