@@ -37,15 +37,15 @@ def test_main_grid_horizons_and_checkpoints():
     assert max(lr_h) / min(lr_h) < 2.5
 
 
-def test_queue_order_seed0_then_contrasts_then_seeds_then_reground():
+def test_queue_order_seed0_then_contrasts_then_reground_then_seeds():
     q = queue(cot_available=True)
     kinds = [("reground" if i.reground else i.point.kind, i.seed) for i in q]
     assert kinds[:12] == [("main", 0)] * 12 and all(i.full for i in q[:12])
     contrast = [k for k in kinds[12:] if k[0] in ("sgd", "cot")]
     assert contrast and kinds[12 : 12 + len(contrast)] == contrast
     rest = kinds[12 + len(contrast) :]
-    assert rest[:24] == [("main", 1)] * 12 + [("main", 2)] * 12
-    assert rest[24:] == [("reground", 0)] * 12
+    assert rest[:12] == [("reground", 0)] * 12
+    assert rest[12:] == [("main", 1)] * 12 + [("main", 2)] * 12
     assert len({i.run_name for i in q}) == len(q)
     for p in [i.point for i in q if i.point.kind == "sgd"]:  # SGD at 100x an AdamW rate, that rate's horizon
         lr = round(p.lr / 100, 12)

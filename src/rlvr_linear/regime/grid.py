@@ -23,7 +23,7 @@ i.e. ~7x; their cases are the reduced set of seeds 1 and 2 because each evaluati
 Re-grounding: one (M, N) per main-grid point, seed 0 only, run last (see ``analysis``).
 
 Queue order (partial results are useful): seed 0 of every main-grid point (cheapest batch first), then the contrast
-points, then seeds 1 and 2, then the re-grounding runs.
+points, then the re-grounding runs (so every effect has a best-over-the-map number early), then seeds 1 and 2.
 """
 
 from __future__ import annotations
@@ -154,6 +154,6 @@ def queue(quick: bool = False, cot_available: bool = True) -> list[Item]:
     items = [Item(p, 0, full=True) for p in grid]
     # long responses cost ~7x per step and far more per evaluation: the reduced case set there
     items += [Item(p, 0, full=p.kind != "cot") for p in contrast_points() if cot_available or p.kind != "cot"]
-    items += [Item(p, s, full=False) for s in SEEDS[1:] for p in grid]
     items += [Item(p, 0, full=True, reground=True) for p in grid]
+    items += [Item(p, s, full=False) for s in SEEDS[1:] for p in grid]
     return items
