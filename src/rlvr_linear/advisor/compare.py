@@ -14,7 +14,9 @@ The protocol of the study's re-grounding stage (paper Figure 6 / Table 2), reusi
 
 The **best fixed (M, N)** is the fixed configuration with the largest mean speed-up over the thresholds (ties:
 larger mean budget gain); the verdict compares ``auto`` with it and with standard RL.
-:func:`compare_adaptive` trains what is missing (runs are resumable) and calls :func:`summarize_comparison`.
+:func:`compare_adaptive` trains what is missing (runs are resumable) and calls :func:`summarize_comparison`; a run
+already in its folder is reused only when its saved config is the comparison's (``study.common.same_config``;
+a standard run's re-grounding-only fields do not count), else it refuses with one error line.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import RlvrLinearError
 from ..io import read_json, write_json
 
 AUTO = "auto"
@@ -118,6 +121,40 @@ def summarize_comparison(
     }
 
 
+#: fields that only act when a run re-grounds: a standard run's saved values are taken as they are
+REGROUND_ONLY = ("reground_norms", "reground_optimizer", "reground_max_n")
+
+
+def _unused_as_saved(cfg, saved: dict | None):
+    """``cfg`` with the re-grounding-only fields taken from ``saved`` when ``cfg`` does not re-ground (a standard
+    run trained by the study, with another ``reground_optimizer``, is the same standard run)."""
+    if cfg.reground is not None or not isinstance(saved, dict):
+        return cfg
+    return dataclasses.replace(cfg, **{k: saved[k] for k in REGROUND_ONLY if k in saved})
+
+
+def check_reusable(run: Path, saved: dict, cfg, what: str) -> None:
+    """Refuse (one :class:`~rlvr_linear.errors.RlvrLinearError` line) a run whose saved config is not ``cfg``
+    (``study.common.same_config``: fields added since take their defaults)."""
+    from ..study.common import same_config
+
+    old = saved.get("config")
+    if same_config(old, cfg):
+        return
+    want = dataclasses.asdict(cfg)
+    if isinstance(old, dict):
+        try:  # fields added since the run was saved take their defaults, as same_config does
+            full = dataclasses.asdict(type(cfg)(**{k: v for k, v in old.items() if k in want}))
+        except (TypeError, ValueError, RlvrLinearError):
+            full = old
+        diff = [f"{k} (saved {full.get(k)!r}, wanted {v!r})" for k, v in want.items() if full.get(k) != v]
+        diff += [f"{k} (a field this version does not know)" for k in sorted(set(old) - set(want))]
+        why = "differs in " + ", ".join(diff)
+    else:
+        why = "its manifest has no config"
+    raise RlvrLinearError(f"{run}: not the comparison's {what} run ({why}); move it away or use another output folder")
+
+
 def compare_adaptive(
     out: str | Path,
     base_cfg,
@@ -145,8 +182,12 @@ def compare_adaptive(
         for seed in seeds:
             run = out / "runs" / f"{name.strip('()').replace(',', '_')}_seed{seed}"
             man = run / "manifest.json"
-            if not (man.exists() and read_json(man).get("finished")):
-                cfg = dataclasses.replace(base_cfg, seed=seed, reground=spec, reground_max_n=max_n)
+            cfg = dataclasses.replace(base_cfg, seed=seed, reground=spec, reground_max_n=max_n)
+            saved = read_json(man) if man.exists() else None
+            if saved is not None:
+                cfg = _unused_as_saved(cfg, saved.get("config"))
+                check_reusable(run, saved, cfg, f"{name}, seed {seed}")
+            if not (saved and saved.get("finished")):
                 train(cfg, run, progress=progress)
             manifests.setdefault(name, {})[seed] = {**read_json(man), "run": str(run)}
     task = get_task(base_cfg.task)
