@@ -13,7 +13,11 @@ predictor (:mod:`.backtest`) in up to three spaces:
 
 The decision uses weights and log-probs (a predictor's h* is the smaller of the two); the curve is reported next
 to them. Recommendation: the predictor with the largest h*, the target step ``newest + h*`` and its α, or
-"do not extrapolate: not in the linear regime" when every h* is 0.
+"do not extrapolate: not in the linear regime" when every h* is 0. h* says where the line still beats "no change";
+next to it (``recommendation["safe"]``) the **calibrated safe horizon** h*_c: the same walk over the weight-space
+bins with the bound threshold :data:`~.calibrate.SAFE_BOUND` instead of 1, fitted on measured cases for "the jumped
+model scores at least as well as the newest checkpoint" (:mod:`.calibrate`, where its provenance and held-out
+precision / recall are stated).
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from ..linearity import (
     weight_keys,
 )
 from .backtest import CONFIDENCE_TEXT, PREDICTORS, Backtest, Block, backtest, canonical
+from .calibrate import SAFE_BOUND, SAFE_BOUND_PROVENANCE
 
 MIN_CHECKPOINTS = 4
 DECISION_SPACES = ("weights", "logprobs")
@@ -141,6 +146,12 @@ class Advice:
         vals = [self.spaces[s][predictor].h_star for s in spaces if s in self.spaces and predictor in self.spaces[s]]
         return min(vals) if vals else 0.0
 
+    def safe_h(self, predictor: str, bound: float | None = None) -> float:
+        """The calibrated safe horizon h*_c (steps; weights): :meth:`~.backtest.Backtest.h_star_below` with
+        ``bound`` (default :data:`~.calibrate.SAFE_BOUND`)."""
+        bt = self.spaces.get("weights", {}).get(canonical(predictor))
+        return 0.0 if bt is None else bt.h_star_below(SAFE_BOUND if bound is None else bound)
+
     def to_json(self) -> dict:
         from ..io import jsonable
 
@@ -181,6 +192,14 @@ class Advice:
             )
         else:
             lines.append(f"recommendation: {NOT_LINEAR} ({rec['why']})")
+        safe = rec.get("safe")
+        if safe:
+            head = f"calibrated safe horizon (weight bound < {safe['bound']:.3g}, fitted for 'at least as accurate')"
+            if safe["extrapolate"]:
+                lines.append(f"{head}: {safe['predictor']} to step {safe['target_step']} (+{safe['h_steps']:.0f} "
+                             f"steps, alpha {safe['alpha']:.3g} from step {safe['fit_from']})")  # fmt: skip
+            else:
+                lines.append(f"{head}: none (" + ", ".join(f"{p} 0" for p in safe["h_steps_by_predictor"]) + ")")
         return "\n".join(lines)
 
     def save(self, out_dir: str | Path) -> Path:
@@ -212,6 +231,8 @@ def plot_advice(adv: Advice, path: str | Path) -> Path:
             if bt.rho_star > 0:
                 ax.axvline(bt.rho_star, color=colors.get(p), alpha=0.5, lw=2)
         ax.axhline(1.0, color="k", lw=0.8)
+        if space == "weights" and math.isfinite(SAFE_BOUND):
+            ax.axhline(SAFE_BOUND, color="tab:red", lw=0.8, ls="-.", label=f"calibrated bound {SAFE_BOUND:.3g}")
         ax.set_xscale("log")
         ax.set_xlabel("relative horizon rho = jump / fit span")
         ax.set_ylabel("error ratio vs 'no change' (dotted: 95% bound)")
@@ -220,6 +241,29 @@ def plot_advice(adv: Advice, path: str | Path) -> Path:
     fig.suptitle(f"Backtest up to step {adv.steps[-1]}: {adv.recommendation['verdict']}", fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def _fit_from(steps: list[int], predictor: str, base: int, k: int) -> int:
+    return steps[base] if predictor != "lsq_last_k" else steps[len(steps) - k]
+
+
+def safe_recommendation(adv: Advice, base: int = 0, k: int = 4, bound: float | None = None) -> dict:
+    """The calibrated safe horizon: per predictor h*_c in weight space, and the largest of them as a jump."""
+    bound = SAFE_BOUND if bound is None else bound
+    steps = adv.steps
+    h = {p: adv.safe_h(p, bound) for p in adv.spaces.get("weights", {})}
+    out: dict = {"bound": bound, "provenance": SAFE_BOUND_PROVENANCE, "h_steps_by_predictor": h,
+                 "space": "weights", "extrapolate": False}  # fmt: skip
+    if not h or not math.isfinite(bound):
+        return out
+    best = max(h, key=lambda p: (h[p], -list(h).index(p)))
+    target = int(math.floor(steps[-1] + h[best]))
+    if h[best] <= 0 or target <= steps[-1]:
+        return out
+    fit_from = _fit_from(steps, best, base, k)
+    out.update(extrapolate=True, predictor=best, target_step=target, h_steps=h[best],
+               alpha=(target - fit_from) / (steps[-1] - fit_from), fit_from=fit_from)  # fmt: skip
+    return out
 
 
 def recommend(adv: Advice, base: int = 0, k: int = 4) -> dict:
@@ -238,8 +282,8 @@ def recommend(adv: Advice, base: int = 0, k: int = 4) -> dict:
             r = adv.spaces["weights"][p].rows
             firsts.append(f"{p}: ratio {r[0]['ratio']:.2f} (bound {r[0]['upper']:.2f})" if r else f"{p}: no backtest")
         return {"extrapolate": False, "verdict": NOT_LINEAR, "why": "shortest horizon: " + "; ".join(firsts),
-                "h_star_steps": 0.0, "numbers": numbers}  # fmt: skip
-    fit_from = steps[base] if best != "lsq_last_k" else steps[len(steps) - k]
+                "h_star_steps": 0.0, "numbers": numbers, "safe": safe_recommendation(adv, base, k)}  # fmt: skip
+    fit_from = _fit_from(steps, best, base, k)
     alpha = (target - fit_from) / (steps[-1] - fit_from)
     spaces = [s for s in DECISION_SPACES if s in adv.spaces]
     return {
@@ -253,6 +297,7 @@ def recommend(adv: Advice, base: int = 0, k: int = 4) -> dict:
         "why": f"h* {h[best]:.0f} steps (smallest over {', '.join(spaces)}); "
         + ", ".join(f"{p} {v:.0f}" for p, v in h.items()),
         "numbers": numbers,
+        "safe": safe_recommendation(adv, base, k),
     }
 
 

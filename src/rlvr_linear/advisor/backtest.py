@@ -126,6 +126,11 @@ class Backtest:
                 return r
         return None
 
+    def h_star_below(self, bound: float) -> float:
+        """h* (steps) with the bound threshold ``bound`` instead of 1: the calibrated safe horizon of
+        :mod:`.calibrate` uses a threshold below 1."""
+        return rho_star_of(self.rows, bound) * self.span
+
     def ratio_at(self, rho: float) -> float | None:
         """The bin ratio at relative horizon ``rho``; beyond the last bin, that bin's (None if no bins)."""
         r = self.row_at(rho)
@@ -143,6 +148,17 @@ class Backtest:
             "pairs": self.pairs,
             "note": self.note,
         }
+
+
+def rho_star_of(rows: list[dict], bound: float = 1.0) -> float:
+    """The largest observed ρ of the last bin before the first whose upper bound is >= ``bound`` (0 if the first
+    fails); ``rows`` as :attr:`Backtest.rows` (at least ``rho_max`` and ``upper``), shortest bin first."""
+    rho_star = 0.0
+    for r in rows:
+        if not (r["upper"] < bound):
+            break
+        rho_star = r["rho_max"]
+    return rho_star
 
 
 def _uppers(E: np.ndarray, V: np.ndarray, seed: int, n_boot: int, confidence: float) -> np.ndarray:
@@ -239,11 +255,7 @@ def backtest(
                 "upper": float(up),
             }
         )
-    rho_star = 0.0
-    for r in rows:
-        if not (r["upper"] < 1.0):
-            break
-        rho_star = r["rho_max"]
+    rho_star = rho_star_of(rows, 1.0)
     last = window(predictor, T - 1, base, k)
     span = float(x[-1] - x[last[0]]) if last else 0.0
     note = "" if rows else f"too few checkpoints to backtest {predictor} (steps {x.astype(int).tolist()})"

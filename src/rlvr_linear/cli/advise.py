@@ -10,6 +10,8 @@ examples:
   rlvr-linear advise runs/tiny --task arithmetic -o out/advice  # + teacher-forced log-probs
   rlvr-linear advise runs/tiny --until 100                      # as if only steps <= 100 existed
   rlvr-linear advise --validate out/regime/cases.jsonl -o out/advisor-validation
+  rlvr-linear advise --validate experiments/results/regime_cases.jsonl \
+      experiments/results/advisor/study_cases.jsonl --rule calibrated -o out/advisor-calibrated
 """
 
 
@@ -28,7 +30,15 @@ def register(sub) -> None:
     p.add_argument("--base-step", type=int, default=None, help="two-point / rank-1 base (default the first)")
     p.add_argument("--predictors", default="two_point,lsq_last_k,rank1", help="comma-separated (two_point, lsq, rank1)")
     p.add_argument("-k", type=int, default=4, help="checkpoints of the least-squares fit (default 4)")
-    p.add_argument("--validate", default=None, metavar="CASES.jsonl", help="score the advisor on labelled cases")
+    p.add_argument(
+        "--validate", nargs="+", default=None, metavar="CASES.jsonl", help="score the advisor on labelled cases"
+    )
+    p.add_argument(
+        "--rule",
+        default="h_star",
+        choices=["h_star", "calibrated"],
+        help="--validate: safe when the jump <= h* (bound < 1) | <= h*_c, c fitted leaving one run out (held out)",
+    )
     p.add_argument(
         "--label", default="mean", choices=["mean", "ci"], help="--validate: safe = gain mean >= 0 | CI hi >= 0"
     )
@@ -43,20 +53,37 @@ def run(args) -> int:
     if args.validate:
         from ..advisor.validate import validate
 
-        res = validate(args.validate, args.out, metric=args.metric, label=args.label)
+        res = validate(args.validate, args.out, metric=args.metric, label=args.label, rule=args.rule)
         s = res["scores"]
 
         def two(x):
             return "n/a" if x is None else f"{x:.2f}"
 
-        prec, rec = two(s["precision"]), two(s["recall"])
-        print(f"{s['cases']} cases, {s['labelled_safe']} labelled safe ({args.label}), {s['called_safe']} called safe: "
-              f"precision {prec}, recall {rec} (base rate {s['base_rate']:.2f}); "
-              f"{s['correct_calls']}/{s['cases']} calls right")  # fmt: skip
+        def pr(x):
+            return f"precision {two(x['precision'])}, recall {two(x['recall'])}"
+
+        held = " (held out: leave one run out)" if args.rule == "calibrated" else ""
+        right = f"{s['correct_calls']}/{s['cases']} calls right"
+        print(f"{s['cases']} cases, {s['labelled_safe']} labelled safe ({args.label}), {s['called_safe']} called safe"
+              f"{held}: {pr(s)} (base rate {s['base_rate']:.2f}); {right}")  # fmt: skip
+        other = "ci" if args.label == "mean" else "mean"
+        print(f"  same calls on label {other}: {pr(res['scores_other_label'])}")
         if any(res["skipped"].values()):
             print(f"  skipped: {res['skipped']['logit']} logit-space cases, {res['skipped']['no_gain']} without a gain")
         for p, ps in res["per_predictor"].items():
-            print(f"  {p}: {ps['cases']} cases, precision {two(ps['precision'])}, recall {two(ps['recall'])}")
+            print(f"  {p}: {ps['cases']} cases, {pr(ps)}")
+        if len(res["per_source"]) > 1:
+            for src, ps in res["per_source"].items():
+                print(f"  {src}: {ps['cases']} cases, {pr(ps)}")
+        if args.rule == "calibrated":
+            cal = res["calibration"]
+            bounds = ", ".join(f"{f['bound']:.3g}" for f in cal["folds"])
+            print(f"  thresholds fitted per held-out run: {bounds}; on all cases: {cal['fit_all']['bound']:.3g} "
+                  f"(in sample: {pr(cal['fit_all_in_sample']['scores'])})")  # fmt: skip
+            bp = cal["by_predictor"]["scores"]
+            print(f"  one threshold per predictor (held out): {pr(bp)}")
+            h = res["h_star_rule"]["scores"]
+            print(f"  h* rule (bound < 1) on the same cases: {pr(h)}")
         if args.out:
             print(f"written to {args.out}")
         return 0
