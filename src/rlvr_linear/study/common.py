@@ -96,7 +96,7 @@ class _Ctx:
         from ..train import PRESETS, TrainConfig
 
         c = self.cfg
-        d = dict(PRESETS["tiny"] if c.model == "tiny" else PRESETS["smollm2"])
+        d = dict(PRESETS[c.preset or ("tiny" if c.model == "tiny" else "smollm2")])
         d.update(
             model=str(self.base),
             task=c.task,

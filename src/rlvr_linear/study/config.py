@@ -1,5 +1,5 @@
 """The study's protocol: :class:`StudyConfig` (one per mode, every field overridable) and the fixed settings it
-refers to (the quick base model, the robustness settings and their SGD lr factor).
+refers to (the quick base model, the real-model protocols, the robustness settings and their SGD lr factor).
 
 Every protocol choice lives here, before any result is seen; the stages (one module each) only read it.
 """
@@ -26,6 +26,72 @@ QUICK_BASE_RECIPE = dict(
     eval_problems=100,
     target_accuracy=0.2,
 )
+
+#: the real model's protocols (``--model smollm2-135m`` or an HF directory), on the task with headroom and long
+#: replies of preset ``smollm2-cot`` (arithmetic-cot-chat, <= 48 new tokens, 8 prompts x 8 samples, lr 1e-5). The
+#: default must fit ~3 hours on 2 free cores. It runs in one thread, the thread count of every unit cost the plan
+#: uses (study.plan.UNIT_COSTS; 87 CPU s per RL step), so its estimate (3.0 h) is what it should take on one free
+#: core; see docs/smollm2.md, "The study on SmolLM2 (item 4)":
+#: - one seed, 90 RL steps, a checkpoint every 6 (15 after step 0, the paper's count): the RL run is 2.3 h of the 3
+#:   (the issue's 150-step trajectory alone would take 3.6 h);
+#: - 50 validation problems per save (a 16-point accuracy curve, coarse); log-prob probes 8 prompts x 4 replies
+#:   (0.27 s per probe and checkpoint, three passes: RL, SFT, forecast);
+#: - linearity in full (its SFT contrast is ~1/6 of an RL run); weight extrapolation from one window (t0 = 0,
+#:   t1 = 30) to 2 targets, alpha 1.2 and 2.0, on 100 problems; logit extrapolation avg@4 on 50 test problems;
+#: - not run (budget): robustness (each setting is another 2.3-hour RL run), mechanism (its curve needs >= 3 noisy
+#:   SFT runs, 1.1 h together) and re-grounding (another RL run per (M, N)); their results say "not run (budget)".
+#: ``--quick`` is a smoke test of the same path: 3 RL steps, every checkpoint saved, a few problems (~7 min).
+REAL_MODEL_PROTOCOLS: dict[str, dict[str, Any]] = {
+    "default": dict(
+        preset="smollm2-cot",
+        seeds=[0],
+        rl_steps=90,
+        save_every=6,
+        eval_problems=50,
+        probe_prompts=8,
+        probe_samples=4,
+        robustness=[],
+        mechanism_snrs=[],
+        mechanism_zero_signal=False,
+        wx_base_fractions=[0.0],
+        wx_t1_fractions=[1 / 3],
+        wx_max_alpha=2.0,
+        wx_max_targets=2,
+        wx_eval_problems=100,
+        logit_k=4,
+        logit_problems=50,
+        reground_specs=[],
+        threads=1,
+    ),
+    "quick": dict(
+        preset="smollm2-cot",
+        seeds=[0],
+        rl_steps=3,
+        save_every=1,
+        eval_problems=8,
+        probe_prompts=2,
+        probe_samples=2,
+        robustness=[],
+        mechanism_snrs=[],
+        mechanism_zero_signal=False,
+        wx_base_fractions=[0.0],
+        wx_t1_fractions=[1 / 3],
+        wx_max_alpha=2.0,
+        wx_max_targets=1,
+        wx_eval_problems=8,
+        logit_k=1,
+        logit_problems=4,
+        reground_specs=[],
+        threads=1,
+    ),
+}
+
+#: stages a protocol may leave out for its budget: stage -> (the setting list that is empty, why, how to run it)
+BUDGET_SKIPS = {
+    "robustness": ("robustness", "no robustness settings", "--robustness grpo,sgd: one RL run each"),
+    "mechanism": ("mechanism_snrs", "no SNRs", "--mechanism-snrs 0,-10,-20: one SFT run each"),
+    "regrounding": ("reground_specs", "no (M,N) specs", "--reground-specs 5,5: one RL run per spec and seed"),
+}
 
 #: SGD needs a far larger step than AdamW (no per-parameter normalisation): fixed once at 100x the AdamW lr
 SGD_LR_FACTOR = 100.0
@@ -69,6 +135,7 @@ class StudyConfig:
     threshold_fractions: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])  #: of the baseline run
     budget_fractions: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0])  #: fixed budgets
     base_recipe: dict | None = None  #: TinyBaseConfig overrides for ``model="tiny"`` (quick: QUICK_BASE_RECIPE)
+    preset: str | None = None  #: TrainConfig preset of every RL run (None: tiny, or smollm2 for other models)
     threads: int | None = None  #: torch CPU threads (default: torch's)
 
     def __post_init__(self):
@@ -89,15 +156,42 @@ class StudyConfig:
             from ..regrounding import parse_spec
 
             parse_spec(spec)
+        if self.preset is not None:
+            from ..train import PRESETS
+
+            if self.preset not in PRESETS:
+                raise RlvrLinearError(f"unknown preset {self.preset!r}; choose from {', '.join(sorted(PRESETS))}")
+
+    def budget_skips(self) -> dict[str, str]:
+        """Stages this protocol leaves out, stage -> why: an empty setting list (:data:`BUDGET_SKIPS`; mechanism
+        also without its zero-signal run). They are not run; their result says "not run (budget)"."""
+        out = {}
+        for stage, (attr, what, how) in BUDGET_SKIPS.items():
+            if not getattr(self, attr) and not (stage == "mechanism" and self.mechanism_zero_signal):
+                out[stage] = f"{what} ({how})"
+        return out
 
     @classmethod
     def for_mode(cls, mode: str = "quick", model: str = "tiny", **overrides) -> StudyConfig:
-        """The protocol of a mode (``quick`` <= 5 min, ``default`` <= 30 min, ``full`` longer; tiny model)."""
+        """The protocol of a mode: tiny model ``quick`` <= 5 min, ``default`` <= 30 min, ``full`` longer; any other
+        model (SmolLM2-135M, an HF directory) :data:`REAL_MODEL_PROTOCOLS`: ``default`` ~3 h, ``quick`` a smoke test,
+        no ``full``."""
         if mode not in MODES:
             raise RlvrLinearError(f"unknown study mode {mode!r}; choose quick, default or full")
+        if model != "tiny" and mode not in REAL_MODEL_PROTOCOLS:
+            raise RlvrLinearError(
+                f"study --{mode} has no protocol for {model} (days on a CPU); the default mode is the budgeted "
+                "~3-hour study: override its fields (e.g. --rl-steps 150 --save-every 10) to run more"
+            )
         d: dict[str, Any] = {"mode": mode, "model": model}
-        if mode == "quick":
-            d.update(base_recipe=dict(QUICK_BASE_RECIPE) if model == "tiny" else None)
+        if model != "tiny":
+            from ..train import PRESETS
+
+            d.update(REAL_MODEL_PROTOCOLS[mode])
+            pre = PRESETS[d["preset"]]
+            d.update({k: pre[k] for k in ("task", "learning_rate", "prompts_per_step", "samples_per_prompt")})
+        elif mode == "quick":
+            d.update(base_recipe=dict(QUICK_BASE_RECIPE))
         elif mode == "default":
             # the map's point lr 3e-5 x 128 responses (docs/regime.md): the most paper-like regime whose 3 seeds fit
             # the 30-minute budget (lr 1e-5 is more linear but needs 1,400 steps per run); 15 checkpoints
@@ -134,15 +228,6 @@ class StudyConfig:
                 logit_problems=500,
                 reground_specs=["100,100", "300,300", "300,600"],
                 reground_eval_problems=500,
-            )
-        if model not in ("tiny",):
-            from ..train import PRESETS
-
-            sm = PRESETS["smollm2"]
-            d.update(
-                learning_rate=sm["learning_rate"],
-                prompts_per_step=sm["prompts_per_step"],
-                samples_per_prompt=sm["samples_per_prompt"],
             )
         known = {f.name for f in fields(cls)}
         bad = sorted(set(overrides) - known)

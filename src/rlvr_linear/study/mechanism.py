@@ -9,6 +9,9 @@ from tqdm.auto import tqdm
 from .common import _ci, _Ctx, _weight_analysis, active_weighted
 from .paper import PAPER
 
+#: the stage's title (also of its "not run (budget)" result, study.run.not_run_result)
+TITLE = "Mechanism: token-level random-sign noise in SFT"
+
 
 def _verdict_mechanism(curve: list[dict], sft: float | None) -> tuple[str, str]:
     """On the weighted median R² (mean over seeds) of the SNR grid ordered from high to low SNR, zero signal last:
@@ -81,7 +84,7 @@ def stage_mechanism(ctx: _Ctx) -> dict:
     )
     rep, verdict = _verdict_mechanism(noisy, sft_pt["weighted_median"]["mean"])
     return {
-        "title": "Mechanism: token-level random-sign noise in SFT",
+        "title": TITLE,
         "seeds": c.mechanism_seeds,
         "numbers": {"vanilla_sft": sft_pt, "curve": noisy},
         "paper": PAPER["mechanism"],

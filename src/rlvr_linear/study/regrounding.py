@@ -12,6 +12,9 @@ from ..io import read_json
 from .common import _ci, _Ctx, _eval_greedy, _num, ckpt, first_reach, snap
 from .paper import PAPER
 
+#: the stage's title (also of its "not run (budget)" result, study.run.not_run_result)
+TITLE = "Periodic re-grounding"
+
 
 def _verdict_regrounding(speed: list[dict], budgets: list[dict]) -> tuple[str, str]:
     """yes: some (M, N) has a mean speedup > 1 at every threshold it reached (reaching >= 2 thresholds) and a mean
@@ -141,7 +144,7 @@ def stage_regrounding(ctx: _Ctx) -> dict:
     )  # fmt: skip
     rep, verdict = _verdict_regrounding(speed, budgets)
     return {
-        "title": "Periodic re-grounding",
+        "title": TITLE,
         "seeds": c.seeds,
         "numbers": {
             "threshold_rule": "baseline mean validation greedy accuracy at "

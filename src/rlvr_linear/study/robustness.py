@@ -10,6 +10,9 @@ from .common import _Ctx, _probes, _r2_numbers, _weight_analysis
 from .config import CONTRAST_SETTINGS, ROBUSTNESS_SETTINGS, SGD_LR_FACTOR
 from .paper import PAPER
 
+#: the stage's title (also of its "not run (budget)" result, study.run.not_run_result)
+TITLE = "Robustness across algorithms, optimizers, learning rates and group sizes"
+
 
 def _verdict_robustness(rows: list[dict]) -> tuple[str, str]:
     """yes: every setting's weight median R² >= 0.7 and above its null median; partly: every setting above its null
@@ -67,7 +70,7 @@ def stage_robustness(ctx: _Ctx) -> dict:
     )  # fmt: skip
     rep, verdict = _verdict_robustness(rows)
     return {
-        "title": "Robustness across algorithms, optimizers, learning rates and group sizes",
+        "title": TITLE,
         "seeds": [seed],
         "numbers": {"settings": rows, "sgd_lr_factor": SGD_LR_FACTOR},
         "paper": PAPER["robustness"],

@@ -5,20 +5,23 @@ from __future__ import annotations
 
 import platform
 import time
-from dataclasses import asdict
+from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 
 from ..errors import RlvrLinearError
 from ..io import jsonable, read_json, write_json
 from ..report import SECTIONS
 from .baseline import stage_baseline
-from .common import _Ctx
+from .common import _Ctx, same_config
 from .config import StudyConfig
 from .linearity import stage_linearity
 from .logit_extrapolation import stage_logit_extrapolation
+from .mechanism import TITLE as MECHANISM_TITLE
 from .mechanism import stage_mechanism
 from .plan import print_plan
+from .regrounding import TITLE as REGROUNDING_TITLE
 from .regrounding import stage_regrounding
+from .robustness import TITLE as ROBUSTNESS_TITLE
 from .robustness import stage_robustness
 from .weight_extrapolation import stage_weight_extrapolation
 
@@ -29,6 +32,9 @@ OPT_IN_STAGES = ["regime"]
 #: stages whose inputs are the baseline RL runs
 NEEDS_BASELINE = {"linearity", "robustness", "weight_extrapolation", "logit_extrapolation", "regrounding"}
 
+
+#: titles of the stages a protocol may leave out (StudyConfig.budget_skips), for their "not run (budget)" result
+STAGE_TITLES = {"robustness": ROBUSTNESS_TITLE, "mechanism": MECHANISM_TITLE, "regrounding": REGROUNDING_TITLE}
 
 STAGE_FUNCS = {
     "baseline": stage_baseline,
@@ -73,17 +79,38 @@ def machine_info() -> dict:
 
 
 def _check_config(out: Path, cfg: StudyConfig) -> None:
+    """Pin the protocol in ``OUT/study_config.json``; refuse a different one. A field added to StudyConfig since the
+    folder was started counts at its default (so a new option keeps old studies resumable, as ``same_config``)."""
     p = out / "study_config.json"
     cur = jsonable(asdict(cfg))
     if p.exists():
         old = read_json(p)
-        if old != cur:
-            diff = sorted(k for k in set(old) | set(cur) if old.get(k) != cur.get(k))
+        if not same_config(old, cfg):
+            defaults = {f.name: f.default if f.default is not MISSING else f.default_factory() for f in fields(cfg)}
+            filled = {**jsonable(defaults), **old}
+            diff = sorted(k for k in set(filled) | set(cur) if filled.get(k) != cur.get(k))
             raise RlvrLinearError(
                 f"{out} holds a study with a different protocol (fields {diff}); use a new output folder"
             )
     else:
         write_json(p, cur)
+
+
+def not_run_result(cfg: StudyConfig, stage: str, reason: str) -> dict:
+    """The result of a stage the protocol leaves out for its time budget (``StudyConfig.budget_skips``)."""
+    from .paper import PAPER
+    from .plan import duration, skipped_cost
+
+    cost = skipped_cost(cfg, stage)
+    return {
+        "title": STAGE_TITLES[stage],
+        "seeds": [],
+        "numbers": {"not_run": "budget", "reason": reason, "one_run_estimate_s": cost},
+        "paper": PAPER[stage],
+        "reproduced": "n/a",
+        "verdict": f"not run (budget): this protocol has {reason}; one such run costs {duration(cost)} here.",
+        "figures": [],
+    }
 
 
 def run_study(cfg: StudyConfig, out: str | Path, stages: list[str] | None = None, progress: bool = True) -> dict:
@@ -105,7 +132,9 @@ def run_study(cfg: StudyConfig, out: str | Path, stages: list[str] | None = None
         stages = rest
     out.mkdir(parents=True, exist_ok=True)
     _check_config(out, cfg)
-    if any(s in NEEDS_BASELINE for s in stages) and "baseline" not in stages and not stage_done(out, "baseline"):
+    skips = cfg.budget_skips()
+    needs = [s for s in stages if s in NEEDS_BASELINE and s not in skips]
+    if needs and "baseline" not in stages and not stage_done(out, "baseline"):
         stages = ["baseline", *stages]
     stages = [s for s in STAGES if s in stages]
     if cfg.threads:
@@ -126,14 +155,20 @@ def run_study(cfg: StudyConfig, out: str | Path, stages: list[str] | None = None
         if st in done:
             print(f"[{st}] finished earlier: reusing {out / st / 'result.json'}")
             continue
-        print(f"[{st}] running")
         t0 = time.time()
-        res = STAGE_FUNCS[st](ctx)
+        if st in skips:
+            res = not_run_result(cfg, st, skips[st])
+        else:
+            print(f"[{st}] running")
+            res = STAGE_FUNCS[st](ctx)
         res["wall_s"] = round(time.time() - t0, 1)
         write_json(ctx.stage_dir(st) / "result.json", jsonable(res))
         timings[st] = res["wall_s"]
         write_json(out / "timings.json", timings)
-        print(f"[{st}] done in {res['wall_s']:.0f} s: {res['reproduced']} - {res['verdict']}")
+        if st in skips:
+            print(f"[{st}] {res['verdict']}")
+        else:
+            print(f"[{st}] done in {res['wall_s']:.0f} s: {res['reproduced']} - {res['verdict']}")
     from ..report import collect_results, write_report
 
     results = collect_results(out, cfg, machine=machine_info(), timings=timings)
