@@ -149,3 +149,21 @@ def test_results_record_the_git_commit_and_dirtiness(tmp_path):
     assert results_errors(res) == []
     res["meta"]["git"]["dirty"] = "yes"
     assert results_errors(res) == ["results.meta.git.dirty: expected boolean or null, got str"]
+
+
+def test_a_stage_left_out_for_budget_shows_its_verdict_and_no_table_error(tmp_path):
+    from rlvr_linear.report import banner
+
+    res = _good()
+    res["meta"].update(model="smollm2-135m", banner=banner("smollm2-135m"))
+    res["robustness"] = {
+        "title": "Robustness", "seeds": [], "paper": {"note": "n/a"}, "reproduced": "n/a", "figures": [],
+        "numbers": {"not_run": "budget", "reason": "no robustness settings", "one_run_estimate_s": 8000.0},
+        "verdict": "not run (budget): this protocol has no robustness settings; one such run costs 2.2 h here.",
+    }  # fmt: skip
+    page = write_report(res, tmp_path)["html"].read_text()
+    assert "not run (budget): this protocol has no robustness settings" in page
+    assert "table unavailable" not in page
+    assert "Pretrained model, small budget." in page and "Tiny-model miniature" not in page
+    assert "pretrained model smollm2-135m" in page
+    assert banner("tiny").startswith("This is a tiny-model miniature")

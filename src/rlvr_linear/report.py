@@ -44,6 +44,18 @@ BANNER = (
     "to hundreds of RL steps on a CPU. The paper used a 1.5B model, thousands of GPU hours and AIME/MATH/LCB. "
     "Read the numbers as a check of the qualitative claims, not of the paper's magnitudes."
 )
+#: the banner of a study on a pretrained model (``--model smollm2-135m`` or an HF directory)
+BANNER_PRETRAINED = (
+    "A small-budget study of arXiv 2601.04537 on the pretrained model {model}: one seed, tens of RL steps on a CPU, "
+    "stages left out for time say so. The paper used a 1.5B model, thousands of GPU hours and AIME/MATH/LCB. "
+    "Read the numbers as a check of the qualitative claims, not of the paper's magnitudes."
+)
+
+
+def banner(model: str) -> str:
+    """The report's banner for a study of ``model``."""
+    return BANNER if model in ("tiny", "tiny-cot") else BANNER_PRETRAINED.format(model=model)
+
 
 _SECTION_SCHEMA = {
     "type": "object",
@@ -199,7 +211,7 @@ def collect_results(out: str | Path, cfg, machine: dict | None = None, timings: 
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         "stages": stages,
         "config": json.loads(json.dumps(asdict(cfg))),
-        "banner": BANNER,
+        "banner": banner(cfg.model),
         "git": git_state(),
     }
     return {"meta": meta, **res}
@@ -477,7 +489,8 @@ def render_html(results: dict, out: str | Path) -> str:
             summary.append({"name": s, "result": None})
             continue
         try:
-            body = _BODIES[s](r)
+            # a stage the protocol left out for its budget (study.run.not_run_result) has no table: its verdict says it
+            body = "" if r["numbers"].get("not_run") else _BODIES[s](r)
         except (KeyError, TypeError, ValueError) as e:  # a malformed section still shows its raw numbers
             body = f"<p class='small'>(table unavailable: {html.escape(repr(e))})</p>"
         summary.append(
