@@ -191,3 +191,13 @@ def test_copy_file_is_atomic_follows_the_umask_and_names_the_file_on_error(tmp_p
     with pytest.raises(RlvrLinearError, match=r"adir: cannot write"):
         copy_file(src, tmp_path / "adir")
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".adir.tmp")] == []
+
+
+def test_writing_under_a_file_names_the_path_instead_of_raising_oserror(tmp_path):
+    from rlvr_linear.errors import RlvrLinearError
+    from rlvr_linear.io import write_json
+
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(RlvrLinearError, match=r"afile/sub/r\.json: cannot write"):
+        write_json(tmp_path / "afile" / "sub" / "r.json", {"a": 1})
+    assert (tmp_path / "afile").read_text() == "x"

@@ -129,8 +129,11 @@ def _write_atomically(path: str | os.PathLike, write: Callable[[IO], None], mode
     naming ``path``, and no temporary file is left behind.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _temp_file(path)
+    try:  # the folder, or the temp file in it, cannot be made (a file in the way, read-only, full disk)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = _temp_file(path)
+    except OSError as e:
+        raise RlvrLinearError(f"{path}: cannot write ({e.strerror or e})") from None
     try:
         with os.fdopen(fd, mode) as f:
             write(f)
