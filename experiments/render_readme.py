@@ -16,6 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from rlvr_linear.errors import RlvrLinearError
 from rlvr_linear.io import read_json, write_text
 from rlvr_linear.tables import (
     best_table,
@@ -55,7 +56,11 @@ def main() -> int:
     ap.add_argument("--check", action="store_true", help="only check; exit 1 if README.md is out of date")
     args = ap.parse_args()
     text = README.read_text()
-    new = update_blocks(text, blocks())
+    try:
+        new = update_blocks(text, blocks())
+    except RlvrLinearError as e:  # a missing or doubled block, a missing results file: one line, exit 2
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.check:
         if new != text:
             print("README.md is out of date: run python experiments/render_readme.py", file=sys.stderr)

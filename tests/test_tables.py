@@ -149,3 +149,19 @@ def test_readme_blocks_are_rendered_from_the_committed_results():
     assert proc.returncode == 0, proc.stderr
     m = json.loads((ROOT / "experiments" / "results" / "regime_map.json").read_text())
     assert regime_table(m) in (ROOT / "README.md").read_text()
+
+
+def test_render_readme_reports_a_missing_block_in_one_line(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("render_readme", ROOT / "experiments" / "render_readme.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    readme = tmp_path / "README.md"
+    readme.write_text("# no generated blocks here\n")
+    monkeypatch.setattr(mod, "README", readme)
+    monkeypatch.setattr(sys, "argv", ["render_readme.py"])
+    assert mod.main() == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: README: expected one block '<!-- BEGIN ") and err.count("\n") == 1
+    assert readme.read_text() == "# no generated blocks here\n"
