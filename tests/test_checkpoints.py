@@ -201,3 +201,25 @@ def test_writing_under_a_file_names_the_path_instead_of_raising_oserror(tmp_path
     with pytest.raises(RlvrLinearError, match=r"afile/sub/r\.json: cannot write"):
         write_json(tmp_path / "afile" / "sub" / "r.json", {"a": 1})
     assert (tmp_path / "afile").read_text() == "x"
+
+
+def test_write_npz_is_atomic_follows_the_umask_and_refuses_pickled_objects(tmp_path):
+    import os
+    import stat
+
+    import numpy as np
+
+    from rlvr_linear.errors import RlvrLinearError
+    from rlvr_linear.io import write_npz
+
+    old = os.umask(0o022)
+    try:
+        p = write_npz(tmp_path / "s" / "scores.npz", greedy=np.array([1.0, 0.0]), ids=np.array(["a", "b"]))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(p.stat().st_mode) == 0o644  # mkstemp alone would leave 0600
+    with np.load(p, allow_pickle=False) as z:
+        assert z["greedy"].tolist() == [1.0, 0.0] and z["ids"].tolist() == ["a", "b"]
+    with pytest.raises(RlvrLinearError, match=r"bad\.npz: array 'x' holds Python objects"):
+        write_npz(tmp_path / "bad.npz", x=np.array([{"a": 1}], dtype=object))
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["s"]

@@ -23,7 +23,7 @@ from scipy import stats
 from tqdm.auto import tqdm
 
 from .errors import RlvrLinearError
-from .io import write_json
+from .io import write_json, write_npz
 from .loading import load_model
 from .tasks import Problem, Task, get_task
 
@@ -214,9 +214,7 @@ class EvalResult:
             arrays["correct"] = self.correct
         if self.greedy_correct is not None:
             arrays["greedy_correct"] = self.greedy_correct
-        tmp = out_dir / f".{name}.tmp.npz"
-        np.savez_compressed(tmp, **arrays)
-        tmp.replace(out_dir / f"{name}.npz")
+        write_npz(out_dir / f"{name}.npz", **arrays)
 
 
 def default_max_new_tokens(task: Task, tokenizer) -> int:

@@ -8,7 +8,16 @@ torch) are imported by name: ``rlvr_linear.io.checkpoints``, ``rlvr_linear.io.hu
 
 from __future__ import annotations
 
-from .atomic import atomic_dir, copy_file, read_json, remove_stale_temps, write_json, write_text
+from .atomic import atomic_dir, copy_file, read_json, remove_stale_temps, write_json, write_npz, write_text
 from .jsonable import jsonable
 
-__all__ = ["atomic_dir", "copy_file", "jsonable", "read_json", "remove_stale_temps", "write_json", "write_text"]
+__all__ = [
+    "atomic_dir",
+    "copy_file",
+    "jsonable",
+    "read_json",
+    "remove_stale_temps",
+    "write_json",
+    "write_npz",
+    "write_text",
+]

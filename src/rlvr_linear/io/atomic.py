@@ -173,6 +173,19 @@ def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     return _write_atomically(dst, write, mode="wb")
 
 
+def write_npz(path: str | os.PathLike, **arrays) -> Path:
+    """Write numpy arrays to a compressed ``.npz`` atomically (no pickle: object arrays are refused)."""
+    import numpy as np
+
+    def write(f: IO[bytes]) -> None:
+        np.savez_compressed(f, **{k: np.asarray(v) for k, v in arrays.items()})
+
+    for k, v in arrays.items():
+        if np.asarray(v).dtype == object:
+            raise RlvrLinearError(f"{path}: array {k!r} holds Python objects; only numeric / string arrays are saved")
+    return _write_atomically(path, write, mode="wb")
+
+
 def read_json(path: str | os.PathLike) -> Any:
     with open(path) as f:
         return json.load(f)

@@ -11,7 +11,6 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import RlvrLinearError
-from ..io import jsonable, write_json
 from ..io.checkpoints import Trajectory
 from .probes import (
     Probe,
@@ -25,7 +24,18 @@ from .probes import (
 )
 from .reader import _check_finite
 from .sampling import sample_indices
-from .stats import PAPER_SEED, Dist, _above_null, _fit_tn, _null_tn, _save_npz, _summary_line, _summary_text, stable_key
+from .stats import (
+    PAPER_SEED,
+    Dist,
+    JsonResult,
+    _above_null,
+    _fit_tn,
+    _null_tn,
+    _save_npz,
+    _summary_line,
+    _summary_text,
+    stable_key,
+)
 
 # --------------------------------------------------------------------------------------------------
 # Activations
@@ -75,7 +85,7 @@ def collect_activations(
 
 
 @dataclass
-class ActivationLinearity:
+class ActivationLinearity(JsonResult):
     """Result of :func:`analyze_activations`."""
 
     steps: list[int]
@@ -100,16 +110,10 @@ class ActivationLinearity:
             "layers": self.layers,
         }
 
-    def to_json(self) -> dict:
-        return jsonable(self.summary())
-
     def save(self, out_dir: str | Path) -> None:
         from .. import plots
 
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        s = self.to_json()
-        write_json(out / "activations.json", s)
+        out, s = self._save_json(out_dir, "activations")
         _save_npz(
             out / "activations.npz", steps=np.asarray(self.steps), values=self.values, token=self.token,
             channel=self.channel,

@@ -11,19 +11,18 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import RlvrLinearError
-from ..io import jsonable, write_json
 from ..io.checkpoints import Trajectory
 from .probes import Probe, _as_probes, score_trajectory
 from .reader import _check_finite, _read_rows, _row_chunks, _RowSource
 from .sampling import float_keys
-from .stats import _fit_tn, _write_csv
+from .stats import JsonResult, _fit_tn, _write_csv
 
 # --------------------------------------------------------------------------------------------------
 # Forecast
 
 
 @dataclass
-class ForecastResult:
+class ForecastResult(JsonResult):
     """Result of :func:`forecast`.
 
     For every later step ``s``, with ``Ŵ(s)`` the per-element OLS line fitted on the checkpoints with step
@@ -75,16 +74,10 @@ class ForecastResult:
             "logprobs": self.logprobs,
         }
 
-    def to_json(self) -> dict:
-        return jsonable(self.summary())
-
     def save(self, out_dir: str | Path) -> None:
         from .. import plots
 
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        s = self.to_json()
-        write_json(out / "forecast.json", s)
+        out, s = self._save_json(out_dir, "forecast")
         rows = []
         for t in s["tensors"]:
             for j, step in enumerate(self.later_steps):

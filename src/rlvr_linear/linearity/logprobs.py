@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..io import jsonable, write_json
 from ..io.checkpoints import Trajectory
 from .probes import Probe, _as_probes, score_trajectory, write_probes
 from .reader import _check_finite
@@ -19,6 +18,7 @@ from .stats import (
     MIN_LOGPROB_CHANGE,
     PAPER_SEED,
     Dist,
+    JsonResult,
     LinearFit,
     _above_null,
     _dnr_tn,
@@ -32,7 +32,7 @@ from .stats import (
 
 
 @dataclass
-class LogprobLinearity:
+class LogprobLinearity(JsonResult):
     """Result of :func:`analyze_logprobs`."""
 
     steps: list[int]
@@ -75,16 +75,10 @@ class LogprobLinearity:
             "mean_abs_change": float(np.abs(change).mean()) if change.size else math.nan,
         }
 
-    def to_json(self) -> dict:
-        return jsonable(self.summary())
-
     def save(self, out_dir: str | Path) -> None:
         from .. import plots
 
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        s = self.to_json()
-        write_json(out / "logprobs.json", s)
+        out, s = self._save_json(out_dir, "logprobs")
         write_probes(out / "probes.jsonl", self.probes)
         _save_npz(
             out / "logprobs.npz",

@@ -5,8 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
-import tempfile
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -370,11 +368,32 @@ def _above_null(obs: dict, null: dict) -> dict:
 
 
 def _save_npz(path: Path, **arrays) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "wb") as f:
-        np.savez_compressed(f, **arrays)
-    os.replace(tmp, path)
+    from ..io import write_npz
+
+    write_npz(path, **arrays)
+
+
+class JsonResult:
+    """What every linearity result shares: ``to_json()`` (its ``summary()`` made JSON-safe) and the start of
+    ``save()`` (:meth:`_save_json`: the folder made, ``NAME.json`` written atomically)."""
+
+    def summary(self) -> dict:  # pragma: no cover - every result defines it
+        raise NotImplementedError
+
+    def to_json(self) -> dict:
+        from ..io import jsonable
+
+        return jsonable(self.summary())
+
+    def _save_json(self, out_dir: str | Path, name: str) -> tuple[Path, dict]:
+        """Make ``out_dir``, write ``out_dir/NAME.json`` and return the folder and the JSON object."""
+        from ..io import write_json
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        s = self.to_json()
+        write_json(out / f"{name}.json", s)
+        return out, s
 
 
 def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:

@@ -13,7 +13,6 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import RlvrLinearError
-from ..io import jsonable, write_json
 from ..io.checkpoints import Trajectory
 from . import kernel as _kernel
 from .kernel import TENSOR_CSV_COLUMNS, TensorStats
@@ -43,6 +42,7 @@ from .stats import (
     PAPER_MIN_SAMPLES,
     PAPER_SEED,
     Dist,
+    JsonResult,
     _above_null,
     _save_npz,
     _summary_line,
@@ -53,7 +53,7 @@ from .stats import (
 
 
 @dataclass
-class WeightLinearity:
+class WeightLinearity(JsonResult):
     """Result of :func:`analyze_weights`. ``save(out_dir)`` writes JSON, CSV, npz and PNGs."""
 
     steps: list[int]
@@ -110,9 +110,6 @@ class WeightLinearity:
             "by_module": self.by_module(),
         }
 
-    def to_json(self) -> dict:
-        return jsonable(self.summary())
-
     def heatmap(self) -> tuple[np.ndarray, list[str], list[str]]:
         """Mean R² per (layer, module) cell (kept-weighted), plus rows for embedding / final norm / lm_head."""
         cells: dict[tuple[str, str], list[float]] = {}
@@ -141,10 +138,7 @@ class WeightLinearity:
     def save(self, out_dir: str | Path) -> None:
         from .. import plots
 
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        s = self.to_json()
-        write_json(out / "weights.json", s)
+        out, s = self._save_json(out_dir, "weights")
         _write_csv(out / "weights_per_tensor.csv", [t.row() for t in self.tensors], TENSOR_CSV_COLUMNS)
         if self.r2.values is not None:
             _save_npz(
