@@ -46,19 +46,23 @@ def _num(x, nd: int = 4):
 
 
 class RunCache:
-    """``OUT/analysis/<run>/``: parts.json + per-model score files, all written atomically."""
+    """``OUT/analysis/<run>/``: parts.json + per-model score files, all written atomically.
 
-    def __init__(self, root: Path):
+    ``versions``: part -> version (default :data:`VERSIONS`, the map's); a part whose stored version differs is
+    recomputed. Other analyses (``regime.trajectory``) pass their own table."""
+
+    def __init__(self, root: Path, versions: dict[str, int] | None = None):
         self.root = root
         self.path = root / "parts.json"
+        self.versions = VERSIONS if versions is None else versions
         self.parts: dict = read_json(self.path) if self.path.exists() else {}
 
     def has(self, part: str) -> bool:
         v = self.parts.get(part)
-        return isinstance(v, dict) and v.get("version") == VERSIONS.get(part, 1)
+        return isinstance(v, dict) and v.get("version") == self.versions.get(part, 1)
 
     def put(self, part: str, value: dict) -> None:
-        self.parts[part] = {"version": VERSIONS.get(part, 1), **value}
+        self.parts[part] = {"version": self.versions.get(part, 1), **value}
         self.save()
 
     def save(self) -> None:
@@ -83,19 +87,38 @@ class RunCache:
 
 
 class Scorer:
-    """Scores models on the held-out problems (greedy; avg@k at T = 0.6, top-p 0.95), cached per key."""
+    """Scores models on the held-out problems (greedy; avg@k at T = 0.6, top-p 0.95), cached per key.
 
-    def __init__(self, task_name: str, quick: bool):
+    The map's held-out set by default; ``splits`` and ``n`` (the first ``n`` problems of those splits, in order)
+    choose another one, and ``batch_size`` the generation batch (a real model may want a smaller one)."""
+
+    def __init__(
+        self,
+        task_name: str,
+        quick: bool,
+        *,
+        splits: tuple[str, ...] = ("validation", "test"),
+        n: int | None = None,
+        batch_size: int = 256,
+    ):
         from ..tasks import get_task
 
         self.task = get_task(task_name)
+        self.batch_size = batch_size
         probs = []
-        for split in ("validation", "test"):
+        for split in splits:
             try:
                 probs += self.task.problems(split, None)
             except (TypeError, RlvrLinearError):  # sampled tasks (arithmetic-cot): 1,000 per split
-                probs += self.task.problems(split, SAMPLED_PER_SPLIT)
-        self.problems = probs[:QUICK_HELD_OUT] if quick else probs[:HELD_OUT_MAX]
+                probs += self.task.problems(split, max(SAMPLED_PER_SPLIT, n or 0))
+        if n is not None:
+            if n < 1 or len(probs) < n:
+                raise RlvrLinearError(
+                    f"asked for {n} held-out problems of {task_name!r} ({' + '.join(splits)}); it has {len(probs)}"
+                )
+            self.problems = probs[:n]
+        else:
+            self.problems = probs[:QUICK_HELD_OUT] if quick else probs[:HELD_OUT_MAX]
 
     def score(self, cache: RunCache, key: str, model, avg: bool) -> dict[str, np.ndarray]:
         """Per-problem ``greedy`` (and ``avg`` when asked) of ``model`` (a directory or a generator)."""
@@ -109,7 +132,7 @@ class Scorer:
             model = model()
         r = evaluate(
             model, self.task, problems=self.problems, k=K if need_avg else 0, greedy=need_greedy,
-            temperature=TEMPERATURE, top_p=TOP_P, seed=0, batch_size=256,
+            temperature=TEMPERATURE, top_p=TOP_P, seed=0, batch_size=self.batch_size,
         )  # fmt: skip
         if need_greedy:
             have["greedy"] = r.greedy_correct.astype(np.float32)
@@ -153,11 +176,14 @@ def _r2(summary: dict) -> dict:
     return out
 
 
-def part_weights(run: Path) -> dict:
+def part_weights(run: Path, sample: str = "all", save_to: Path | None = None, **kwargs) -> dict:
+    """Weight R² of ``run`` (``analyze_weights(sample=..., **kwargs)``); ``save_to``: also write its files there."""
     from ..checkpoints import discover
     from ..linearity import analyze_weights
 
-    res = analyze_weights(discover(run), sample="all")
+    res = analyze_weights(discover(run), sample=sample, **kwargs)
+    if save_to is not None:
+        res.save(save_to)
     s = res.to_json()
     out = _r2(s)
     dnr = s.get("drift_to_noise") or {}
@@ -179,13 +205,20 @@ def probes_for(regime, model: str, task: str):
 
 
 def part_logprobs(regime, item: Item, run: Path) -> dict:
+    out = logprob_r2(run, probes_for(regime, item.point.model, item.point.task))
+    out["probes"] = PROBE_PROMPTS * PROBE_SAMPLES
+    return out
+
+
+def logprob_r2(run: Path, probes, save_to: Path | None = None, **kwargs) -> dict:
+    """Token log-prob R² of ``run`` on ``probes`` with its null (``analyze_logprobs``); ``save_to``: its files."""
     from ..checkpoints import discover
     from ..linearity import analyze_logprobs
 
-    res = analyze_logprobs(discover(run), probes_for(regime, item.point.model, item.point.task))
-    out = _r2(res.to_json())
-    out["probes"] = PROBE_PROMPTS * PROBE_SAMPLES
-    return out
+    res = analyze_logprobs(discover(run), probes, **kwargs)
+    if save_to is not None:
+        res.save(save_to)
+    return _r2(res.to_json())
 
 
 def forecast_steps(point) -> dict[str, int]:
@@ -199,12 +232,18 @@ def forecast_steps(point) -> dict[str, int]:
 def part_forecast(item: Item, run: Path) -> dict:
     """Weights forecast from the checkpoints up to 1/4 (q1) and 1/2 (q2) of the horizon; ratio = ||pred − W(s)|| /
     ||W(fit_last) − W(s)|| (< 1: the line beats "no change"), at the horizon and pooled over all later steps."""
+    return forecast_ratios(run, forecast_steps(item.point))
+
+
+def forecast_ratios(run: Path, fit_until: dict[str, int], curve: bool = False) -> dict:
+    """:func:`part_forecast` for any fit-until steps (name -> step); ``curve``: also the ratio at every later step
+    (``steps``, ``ratio``)."""
     from ..checkpoints import discover
     from ..linearity import forecast
 
     traj = discover(run)
     out = {}
-    for q, until in forecast_steps(item.point).items():
+    for q, until in fit_until.items():
         fc = forecast(traj, until)
         tot = {k: np.sum([t[k] for t in fc.tensors], axis=0) for k in ("err2", "naive2", "true2")}
         err, naive = np.sqrt(tot["err2"]), np.sqrt(tot["naive2"])
@@ -214,6 +253,9 @@ def part_forecast(item: Item, run: Path) -> dict:
             "ratio_pooled": _num(math.sqrt(tot["err2"].sum() / tot["naive2"].sum()), 5),
             "rel_err_at_horizon": _num(err[-1] / math.sqrt(tot["true2"][-1]), 6),
         }
+        if curve:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out[q]["curve"] = {"steps": list(fc.later_steps), "ratio": [_num(v, 5) for v in err / naive]}
     return out
 
 

@@ -17,7 +17,8 @@ two-point cases at α in {1.5, 2} and the logit cases of a full item, and any ca
 bootstrap 95% CIs over the held-out problems (``evaluation.paired_bootstrap``) against the ``t1`` checkpoint and
 against the real checkpoint nearest the target when the target lies within the run (``real_step``;
 ``real_exact`` says whether the target is itself a saved step). Extrapolated models are written under
-``OUT/tmp`` and deleted after scoring.
+``OUT/tmp`` and deleted after scoring. :func:`run_cases` is the map's driver; :func:`score_cases` scores any plan
+of cases on any run (``regime.trajectory`` uses it on one real-model run).
 """
 
 from __future__ import annotations
@@ -59,6 +60,11 @@ def plan(item: Item) -> list[dict]:
         for t0, t1 in windows(Item(item.point, item.seed, full=False), False):
             for a in REDUCED_ALPHAS:
                 cases.append(dict(space="logit", predictor="two_point", t0=t0, t1=t1, alpha=a))
+    return with_ids(cases)
+
+
+def with_ids(cases: list[dict]) -> list[dict]:
+    """Give each case (``space``, ``predictor``, ``t0``, ``t1``, ``alpha``) its ``target`` and ``id``, in place."""
     for c in cases:
         c["target"] = c["t0"] + c["alpha"] * (c["t1"] - c["t0"])
         c["id"] = f"{c['space']}_{c['predictor']}_{c['t0']}_{c['t1']}_a{c['alpha']:g}"
@@ -90,37 +96,69 @@ def _gain(a, b) -> dict:
 
 def run_cases(regime, item: Item, run: Path, cache: RunCache, scorer: Scorer) -> bool:
     """Score every missing case of ``item``; each finished case is saved at once. Returns whether any ran."""
+    p = item.point
+    info = {"point": p.name, "run": str(run), "seed": item.seed, "kind": p.kind, "lr": p.lr, "responses": p.responses}
+    return score_cases(
+        plan(item), run, cache, scorer, tmp=regime.out / "tmp" / item.run_name, info=info, horizon=p.horizon,
+        save_every=p.save_every, fit_until=forecast_steps(p),
+        always_avg=lambda c: item.full and c["predictor"] == "two_point" and c["alpha"] in REDUCED_ALPHAS,
+    )  # fmt: skip
+
+
+def score_cases(
+    planned: list[dict],
+    run: Path,
+    cache: RunCache,
+    scorer: Scorer,
+    *,
+    tmp: Path,
+    info: dict,
+    horizon: int,
+    save_every: int,
+    fit_until: dict[str, int],
+    always_avg=lambda case: False,
+    avg_on_gain: bool = True,
+    k: int | None = 4,
+) -> bool:
+    """Score every case of ``planned`` (:func:`with_ids` records) missing from ``cache.parts["cases"]`` on
+    ``run``'s checkpoints (a grid of ``save_every`` up to ``horizon``); cases not in ``planned`` are dropped. Each
+    record starts with ``info`` (point, run, seed, kind, lr, responses) and is saved at once; extrapolated models are
+    built under ``tmp/<case id>`` and deleted after scoring. avg@k is scored where ``always_avg(case)``, and, with
+    ``avg_on_gain``, where the greedy gain over ``t1`` is >= 0; ``fit_until`` names the forecast part's entries
+    whose ratio each record carries. Returns whether any case ran."""
     from ..logit_extrapolation import ExtrapolatedGenerator
     from ..study.common import ckpt, snap
 
     done = cache.parts.setdefault("cases", {})
-    planned = plan(item)
     stale = [c for c in done if c not in {p["id"] for p in planned}]  # cases of an earlier, larger plan
     for cid in stale:
         del done[cid]
     if stale:
         cache.save()
     fr = cache.parts.get("forecast", {})
-    ratio = {q: (fr.get(q) or {}).get("ratio_at_horizon") for q in forecast_steps(item.point)}
-    H, u = item.point.horizon, item.point.save_every
+    ratio = {q: (fr.get(q) or {}).get("ratio_at_horizon") for q in fit_until}
+    H, u = horizon, save_every
     changed = False
     for case in planned:
         if case["id"] in done:
             continue
         t0, t1, target = case["t0"], case["t1"], case["target"]
         key = f"case_{case['id']}"
-        tmp = regime.out / "tmp" / item.run_name / case["id"]
+        case_tmp = Path(tmp) / case["id"]
         if case["space"] == "weight":
-            def model(case=case, tmp=tmp):
+
+            def model(case=case, tmp=case_tmp):
                 return str(_build(case, run, tmp))
         else:
+
             def model(t0=t0, t1=t1, a=case["alpha"]):
                 return ExtrapolatedGenerator.from_dirs(ckpt(run, t0), ckpt(run, t1), alpha=a)
-        always_avg = item.full and case["predictor"] == "two_point" and case["alpha"] in REDUCED_ALPHAS
-        x = scorer.score(cache, key, model, avg=always_avg)
-        s1 = scorer.score(cache, step_dir_name(t1), str(ckpt(run, t1)), avg=always_avg)
+
+        avg_now = bool(always_avg(case))
+        x = scorer.score(cache, key, model, avg=avg_now)
+        s1 = scorer.score(cache, step_dir_name(t1), str(ckpt(run, t1)), avg=avg_now)
         gain_g = _gain(s1["greedy"], x["greedy"])
-        want_avg = always_avg or (gain_g["mean"] is not None and gain_g["mean"] >= 0)
+        want_avg = avg_now or (avg_on_gain and gain_g["mean"] is not None and gain_g["mean"] >= 0)
         if want_avg:
             x = scorer.score(cache, key, model, avg=True)
             s1 = scorer.score(cache, step_dir_name(t1), str(ckpt(run, t1)), avg=True)
@@ -128,14 +166,9 @@ def run_cases(regime, item: Item, run: Path, cache: RunCache, scorer: Scorer) ->
         sr = None
         if real_step is not None:
             sr = scorer.score(cache, step_dir_name(real_step), str(ckpt(run, real_step)), avg=want_avg)
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(case_tmp, ignore_errors=True)
         rec = {
-            "point": item.point.name,
-            "run": str(run),
-            "seed": item.seed,
-            "kind": item.point.kind,
-            "lr": item.point.lr,
-            "responses": item.point.responses,
+            **info,
             "horizon": H,
             "t0": t0,
             "t1": t1,
@@ -144,7 +177,7 @@ def run_cases(regime, item: Item, run: Path, cache: RunCache, scorer: Scorer) ->
             "predictor": case["predictor"],
             "space": case["space"],
             "n_problems": len(scorer.problems),
-            "k": 4,
+            "k": k,
             "acc_t1": _num(s1["greedy"].mean()),
             "acc_x": _num(x["greedy"].mean()),
             "acc_real_target": None if sr is None else _num(sr["greedy"].mean()),
