@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import RlvrLinearError
-from ..io import read_json, write_json
+from ..io import read_json, write_json, write_npz
 from ..io.checkpoints import step_dir_name
 from .grid import Item
 
@@ -79,11 +79,7 @@ class RunCache:
             return {k: z[k] for k in z.files}
 
     def save_scores(self, key: str, arrays: dict[str, np.ndarray]) -> None:
-        p = self.score_path(key)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f".{p.stem}.tmp.npz")
-        np.savez_compressed(tmp, **arrays)
-        tmp.replace(p)
+        write_npz(self.score_path(key), **arrays)
 
 
 class Scorer:
