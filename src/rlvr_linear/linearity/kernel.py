@@ -293,46 +293,123 @@ _KERNEL = None
 
 #: columns per tile of :func:`_fused_columns` (its per-column accumulators stay in L1)
 _FUSED_TILE = 512
+#: tracking key that no bf16 value maps to (:func:`_fused_columns`: "no value yet")
+_NO_KEY = -32768
+
+
+def _key(x):
+    """Tracking key of one stored element: bf16 bits (uint16) -> int16 ``b`` if ``b < 2^15`` else ``2^15 - b``
+    (orders like the values, equal exactly when the values are: -0 and +0 both give 0); a float as it is."""
+    if isinstance(x, np.uint16):
+        b = int(x)
+        return np.int16(b if b < 32768 else 32768 - b)
+    return x
+
+
+def _value(x):
+    """The float64 value of one stored element (bf16 bits: ``bits << 16`` is the float32)."""
+    if isinstance(x, np.uint16):
+        return np.float64(np.uint32(int(x) << 16).view(np.float32))
+    return np.float64(x)
+
+
+def _key_value(kk):
+    """The float64 value of a key of :func:`_key` (an int16 key of a zero gives +0)."""
+    if isinstance(kk, np.int16):
+        b = int(kk)
+        return _value(np.uint16(b if b >= 0 else 32768 - b))
+    return np.float64(kk)
+
+
+def _no_key(proto):
+    """A key no element maps to (as ``proto``'s dtype): NaN for floats, -2^15 for int16 keys."""
+    return np.int16(_NO_KEY) if proto.dtype == np.int16 else proto.dtype.type(np.nan)
+
+
+def _register_overloads(numba) -> None:
+    """Compiled versions of :func:`_key`, :func:`_value`, :func:`_key_value`, :func:`_no_key`, chosen by type
+    when :func:`_fused_columns` is compiled (one specialisation per block dtype, no branch in its loops)."""
+    from numba import types
+    from numba.extending import overload
+
+    @overload(_key)
+    def _ov_key(x):
+        if x == types.uint16:
+
+            def impl(x):
+                b = np.int32(x)
+                return np.int16(b if b < 32768 else 32768 - b)
+
+            return impl
+        return lambda x: x
+
+    @overload(_value)
+    def _ov_value(x):
+        if x == types.uint16:
+            return lambda x: np.float64(np.uint32(np.uint32(x) << 16).view(np.float32))
+        return lambda x: np.float64(x)
+
+    @overload(_key_value)
+    def _ov_key_value(kk):
+        if kk == types.int16:
+
+            def impl(kk):
+                b = np.int32(kk)
+                return np.float64(np.uint32(np.uint32(b if b >= 0 else 32768 - b) << 16).view(np.float32))
+
+            return impl
+        return lambda kk: np.float64(kk)
+
+    @overload(_no_key)
+    def _ov_no_key(proto):
+        if proto.dtype == types.int16:
+            return lambda proto: np.int16(_NO_KEY)
+        return lambda proto: np.nan
 
 
 def _fused_columns(y, bf16, tproto, xc, inv_sxx, thr, k, r2_counts, r2_scale, dnr_counts, dnr_scale, thresh, keep):
-    """One pass over the columns of a (T, n) block ``y`` (float32 / float64 values, or bf16 bits as uint16 when
-    ``bf16``); per column, the inner loop over T:
+    """One pass over the columns of a (T, n) block ``y`` (float32 / float64 values, or bf16 bits as uint16; ``bf16``
+    says which, and must agree with the dtype, which chooses the compiled path); per column, over T:
 
-    * range filter ``max - min > thr`` (``never``: max == min), then at least ``k`` distinct values (a small
-      insertion check, stopped as soon as ``k`` are found);
+    * range filter ``max - min > thr`` (``never``: max == min), then at least ``k`` distinct values (the first
+      3 distinct values kept while ``k <= 4``; for larger ``k``, new running maxima / minima prove distinct
+      values and the columns they do not prove are counted exactly, stopped at ``k``);
     * on ``z_t = y_t - y_1`` in float64: ``z̄ = Σ z / T``, ``S_xz = Σ xc_t z_t``, ``S_zz = Σ z² - T z̄²``,
       ``R² = clip(S_xz² / S_zz / S_xx, 0, 1)`` (0 when ``S_zz <= 0``), drift-to-noise ``|z_T| / sqrt(Σ d²)``
       with ``d_t = z_{t+1} - z_t`` (the formulas of :func:`_analyze_block`);
     * kept columns add to the histograms ``r2_counts`` / ``dnr_counts`` (bin ``int(v * scale)``, clipped, as
       :meth:`Dist.add`) and to the returned sums and counts above ``thresh``; ``keep[j]`` is set.
 
-    The range and distinct-value tracking runs in the dtype of ``tproto`` (float32 for bf16 / fp16 / fp32
-    checkpoints, whose values float32 holds exactly: twice the vector width of float64), the sums in float64.
+    Range and distinct values are tracked on *keys* of the dtype of ``tproto`` (:func:`tracking_proto`): the
+    values themselves for float32 / float64 blocks; for bf16 the int16 ``b`` if ``b < 2^15`` else ``2^15 - b``
+    of the bits ``b``, which orders like the values and is equal exactly when the values are (``-0`` and ``+0``
+    both give 0; NaN bits are caught by the sums), so no conversion pass and twice the vector width of
+    float32. The float64 sums read the bits directly (``bits << 16`` is the float32). Each row is one loop
+    for the sums and one for the keys (each vectorised at its own width; the key loop tracks only what ``k``
+    needs). Every count and sum is the same as the float32 tracking's, bit for bit.
 
     Returns ``(bad, small, few, never, kept, sum_r2, gt_r2, sum_dnr, gt_dnr)``; ``bad`` = 1 when a value is NaN
     or Inf (the caller then raises with the checkpoint's step; the other outputs are then incomplete).
     """
     T, n = y.shape
     W = _FUSED_TILE
+    kd = tproto.dtype
+    none = _no_key(tproto)  # "no value yet": equal to no key
+    cap = min(k if k <= 4 else k - 1, 32767)  # counts saturate where they prove enough (int16: no overflow)
     # per-column accumulators of a tile: local arrays, so that the compiler vectorises the loops over columns
-    u = np.zeros(W, np.uint32)
-    f = u.view(np.float32)
     v = np.empty(W)
-    vv = np.empty(W, tproto.dtype)  # the values again, in the tracking dtype
-    hi = np.empty(W, tproto.dtype)
-    lo = np.empty(W, tproto.dtype)
-    rec = np.empty(W, tproto.dtype)
+    hi = np.empty(W, kd)
+    lo = np.empty(W, kd)
+    s1 = np.empty(W, kd)  # the first 3 distinct keys (none: not yet), k <= 4
+    s2 = np.empty(W, kd)
+    s3 = np.empty(W, kd)
+    cnt = np.empty(W, kd)  # k <= 4: distinct keys seen (up to k); else: new running maxima / minima (up to k - 1)
     y0 = np.empty(W)
     sz = np.empty(W)
     sxz = np.empty(W)
     szz = np.empty(W)
     ss2 = np.empty(W)
     zt = np.empty(W)
-    s1 = np.empty(W, tproto.dtype)  # the first 3 distinct values (NaN: none yet): counts up to k <= 4 exactly
-    s2 = np.empty(W, tproto.dtype)
-    s3 = np.empty(W, tproto.dtype)
-    n_seen = np.empty(W, tproto.dtype)
     state = np.empty(W, np.int64)  # 0: filtered by the range, 1: to count distinct values, 2: kept
     b_r2 = np.empty(W, np.int64)
     b_dnr = np.empty(W, np.int64)
@@ -341,57 +418,57 @@ def _fused_columns(y, bf16, tproto, xc, inv_sxx, thr, k, r2_counts, r2_scale, dn
     sum_r2 = sum_dnr = 0.0
     for a in range(0, n, W):
         m = min(W, n - a)
-        for t in range(T):
+        r = y[0, a : a + m]
+        for j in range(m):
+            vt = _key(r[j])
+            y0[j] = _value(r[j])
+            hi[j] = vt
+            lo[j] = vt
+            s1[j] = vt
+            s2[j] = none
+            s3[j] = none
+            cnt[j] = 1 if k <= 4 else 0
+            sz[j] = 0.0
+            sxz[j] = 0.0
+            szz[j] = 0.0
+            ss2[j] = 0.0
+            zt[j] = 0.0
+        for t in range(1, T):
             r = y[t, a : a + m]
-            if bf16:  # bf16 -> float32: the 16 bits are the top half of the float32's
-                for j in range(m):
-                    u[j] = np.uint32(r[j]) << 16
-                for j in range(m):
-                    vv[j] = f[j]
-            else:
-                for j in range(m):
-                    vv[j] = r[j]
-            if t == 0:
-                for j in range(m):
-                    hi[j] = vv[j]
-                    lo[j] = vv[j]
-                    rec[j] = 0
-                    y0[j] = vv[j]
-                    sz[j] = 0.0
-                    sxz[j] = 0.0
-                    szz[j] = 0.0
-                    ss2[j] = 0.0
-                    zt[j] = 0.0
-                    s1[j] = vv[j]
-                    s2[j] = np.nan
-                    s3[j] = np.nan
-                    n_seen[j] = 1
-                continue
             xt = xc[t]
             for j in range(m):  # float64 sums
-                z = np.float64(vv[j]) - y0[j]
+                z = _value(r[j]) - y0[j]
                 sz[j] += z
                 sxz[j] += xt * z
                 szz[j] += z * z
                 d = z - zt[j]
                 ss2[j] += d * d
                 zt[j] = z
-            for j in range(m):  # range and distinct values, in the tracking dtype (its own loop: vectorised)
-                vt = vv[j]
-                h = hi[j]
-                lw = lo[j]
-                up = vt > h
-                down = vt < lw
-                rec[j] += up | down  # strict new running max / min: differs from all earlier values
-                hi[j] = vt if up else h
-                lo[j] = vt if down else lw
-                a2 = s2[j]
-                a3 = s3[j]
-                new = (vt != s1[j]) & (vt != a2) & (vt != a3)
-                c = n_seen[j]
-                s2[j] = vt if new & (c == 1) else a2
-                s3[j] = vt if new & (c == 2) else a3
-                n_seen[j] = c + new
+            if k <= 4:
+                for j in range(m):  # range and the first distinct keys
+                    vt = _key(r[j])
+                    h = hi[j]
+                    lw = lo[j]
+                    hi[j] = vt if vt > h else h
+                    lo[j] = vt if vt < lw else lw
+                    a2 = s2[j]
+                    a3 = s3[j]
+                    c = cnt[j]
+                    new = (vt != s1[j]) & (vt != a2) & (vt != a3) & (c < cap)
+                    s2[j] = vt if new & (c == 1) else a2
+                    s3[j] = vt if new & (c == 2) else a3
+                    cnt[j] = c + new
+            else:
+                for j in range(m):  # range and new running maxima / minima (each differs from all earlier keys)
+                    vt = _key(r[j])
+                    h = hi[j]
+                    lw = lo[j]
+                    up = vt > h
+                    down = vt < lw
+                    c = cnt[j]
+                    cnt[j] = c + ((up | down) & (c < cap))
+                    hi[j] = vt if up else h
+                    lo[j] = vt if down else lw
         nbad = 0
         for j in range(m):  # filters (but the exact distinct count), R², drift-to-noise, bins: vectorised
             zm = sz[j] / T
@@ -406,27 +483,23 @@ def _fused_columns(y, bf16, tproto, xc, inv_sxx, thr, k, r2_counts, r2_scale, dn
             zt[j] = dnr
             b_r2[j] = min(np.int64(r2 * r2_scale), r2_counts.size - 1)
             b_dnr[j] = min(np.int64(dnr * dnr_scale), dnr_counts.size - 1)
-            rng = np.float64(hi[j]) - np.float64(lo[j])
+            rng = _key_value(hi[j]) - _key_value(lo[j])  # (a zero key gives +0: the same range)
             big = rng > thr
             small += 0 if big else 1
             never += 1 if rng == 0 else 0
             if k <= 4:  # exact: 2 kept, 0 filtered (by the range or too few distinct values)
-                state[j] = 2 if big and n_seen[j] >= k else 0
-                few += 1 if big and n_seen[j] < k else 0
-            else:  # 1: not proven by the records, count exactly below
-                state[j] = (2 if rec[j] >= k - 1 else 1) if big else 0
+                state[j] = 2 if big and cnt[j] >= k else 0
+                few += 1 if big and cnt[j] < k else 0
+            else:  # 1: not proven by the records (the first key and cnt new maxima / minima), count exactly below
+                state[j] = (2 if cnt[j] >= k - 1 else 1) if big else 0
             nbad += 0 if np.isfinite(sz[j] + y0[j]) else 1  # a NaN / Inf anywhere makes Σz (or y_1) non-finite
         if nbad:
             return 1, small, few, never, kept, sum_r2, gt_r2, sum_dnr, gt_dnr
         for j in range(m):
-            if state[j] == 1:  # not proven by the records: count distinct values (stop at k)
+            if state[j] == 1:  # not proven by the records: count distinct keys (stop at k)
                 nd = 0
                 for t in range(T):
-                    if bf16:
-                        u[0] = np.uint32(y[t, a + j]) << 16
-                        vt = np.float64(f[0])
-                    else:
-                        vt = np.float64(y[t, a + j])
+                    vt = np.float64(_key(y[t, a + j]))
                     new = True
                     for q in range(nd):
                         if seen[q] == vt:
@@ -455,16 +528,21 @@ def _fused_columns(y, bf16, tproto, xc, inv_sxx, thr, k, r2_counts, r2_scale, dn
 
 
 def tracking_proto(dtype) -> np.ndarray:
-    """The tracking dtype of :func:`_fused_columns` (as an empty array): float64 only for float64 blocks."""
+    """The key dtype of :func:`_fused_columns` (as an empty array): int16 for bf16 bits (uint16), float64 for
+    float64 blocks, else float32."""
+    if dtype == np.uint16:
+        return np.empty(0, np.int16)
     return np.empty(0, np.float64 if dtype == np.float64 else np.float32)
 
 
 def fused_kernel():
-    """:func:`_fused_columns` compiled by numba (``cache=True``: compiled once, ~1.5 s, then loaded from the cache)."""
+    """:func:`_fused_columns` compiled by numba (``cache=True``: compiled once per block dtype, then loaded from
+    the cache)."""
     global _KERNEL
     if _KERNEL is None:
         import numba
 
+        _register_overloads(numba)
         _KERNEL = numba.njit(cache=True, nogil=True, error_model="numpy")(_fused_columns)
     return _KERNEL
 
