@@ -9,13 +9,12 @@ from safetensors.torch import load_file
 
 from rlvr_linear.base_model import cache_root
 from rlvr_linear.tasks import TASKS, ArithmeticCoTChatTask, Problem, get_task
-from rlvr_linear.testing import make_pico_model, save_model
+from rlvr_linear.testing import PICO_CHAT_TEMPLATE, digit_chat_task, make_pico_model, save_model
 from rlvr_linear.train import TrainConfig, _rows, train
 
 SMOL_DIR = cache_root() / "smollm2-135m-instruct"
 INSTRUCTION = (
-    "Add the numbers one at a time, writing each partial sum, then give the final answer on a last line as "
-    "'answer: N'."
+    "Add the numbers one at a time, writing each partial sum, then give the final answer on a last line as 'answer: N'."
 )
 
 
@@ -99,17 +98,8 @@ def test_chat_task_renders_with_the_smollm2_chat_template():
     assert 55 <= len(ids) <= 75  # the prompt the benchmark's token counts assume
 
 
-class _DigitChatTask(ArithmeticCoTChatTask):
-    """The chat task with a reward a random pico model can earn (any digit), so GRPO has a signal to follow."""
-
-    def score(self, completion, problem):
-        return float(any(ch.isdigit() for ch in completion))
-
-
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}<assistant>{% endif %}"
-)
+_DigitChatTask = digit_chat_task()
+CHAT_TEMPLATE = PICO_CHAT_TEMPLATE
 
 
 @pytest.fixture

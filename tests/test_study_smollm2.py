@@ -15,7 +15,7 @@ from rlvr_linear.study import StudyConfig, run_study
 from rlvr_linear.study.common import _Ctx
 from rlvr_linear.study.run import _check_config
 from rlvr_linear.tasks import TASKS, ArithmeticCoTChatTask
-from rlvr_linear.testing import make_pico_model, save_model
+from rlvr_linear.testing import PICO_CHAT_TEMPLATE, digit_chat_task, make_pico_model, save_model
 from rlvr_linear.train import PRESETS
 
 SKIPPED = {"robustness", "mechanism", "regrounding"}
@@ -124,17 +124,8 @@ def test_a_study_folder_from_before_a_new_field_stays_resumable(tmp_path):
         _check_config(tmp_path, cfg)
 
 
-class _DigitChatTask(ArithmeticCoTChatTask):
-    """The chat task with a reward a random pico model can earn (any digit), so GRPO moves the weights."""
-
-    def score(self, completion, problem):
-        return float(any(ch.isdigit() for ch in completion))
-
-
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}<assistant>{% endif %}"
-)
+_DigitChatTask = digit_chat_task()
+CHAT_TEMPLATE = PICO_CHAT_TEMPLATE
 
 
 @pytest.mark.slow

@@ -88,3 +88,22 @@ def make_trajectory(
         entries.append({"step": s, "path": d.name})
     (root / "manifest.json").write_text(json.dumps({"checkpoints": entries}, indent=2))
     return root
+
+
+#: a minimal chat template for pico models (the SmolLM2 prompt path without SmolLM2)
+PICO_CHAT_TEMPLATE = (
+    "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<assistant>{% endif %}"
+)
+
+
+def digit_chat_task():
+    """``arithmetic-cot-chat`` with a reward a random pico model can earn (any digit in the reply), so that GRPO has
+    a signal to follow on the chat path (register it under a test name with ``monkeypatch.setitem(TASKS, ...)``)."""
+    from .tasks import ArithmeticCoTChatTask
+
+    class DigitChatTask(ArithmeticCoTChatTask):
+        def score(self, completion, problem):
+            return float(any(ch.isdigit() for ch in completion))
+
+    return DigitChatTask
