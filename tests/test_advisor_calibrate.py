@@ -171,7 +171,7 @@ def test_cli_validate_calibrated_several_files(runs, tmp_path, capsys):
 def test_advise_reports_the_calibrated_safe_horizon(runs):
     adv = advise(runs["noisy"])
     safe = adv.recommendation["safe"]
-    assert safe["bound"] == calibrate.SAFE_BOUND and "456 weight-space cases" in safe["provenance"]
+    assert safe["bound"] == calibrate.SAFE_BOUND and "552 weight-space cases" in safe["provenance"]
     for p in ("two_point", "lsq_last_k", "rank1"):
         bt = adv.spaces["weights"][p]
         assert safe["h_steps_by_predictor"][p] == bt.h_star_below(calibrate.SAFE_BOUND) <= bt.h_star
@@ -179,5 +179,5 @@ def test_advise_reports_the_calibrated_safe_horizon(runs):
     clean = advise(runs["clean_a"])
     s = clean.recommendation["safe"]
     assert s["extrapolate"] and s["h_steps"] >= 800 and s["target_step"] == 200 + math.floor(s["h_steps"])
-    assert "calibrated safe horizon (weight bound < 0.597" in clean.summary_text()
+    assert "calibrated safe horizon (weight bound < 0.601" in clean.summary_text()
     assert clean.to_json()["recommendation"]["safe"]["bound"] == calibrate.SAFE_BOUND
