@@ -67,6 +67,17 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int = 10000, seed: in
     }
 
 
+def gain_ci(a: np.ndarray, b: np.ndarray, nd: int = 4) -> dict:
+    """:func:`paired_bootstrap` of ``b`` over ``a`` as the case records write it: ``{"mean", "lo", "hi"}`` rounded
+    to ``nd`` decimals (None where not finite)."""
+    r = paired_bootstrap(a, b)
+
+    def num(x: float) -> float | None:
+        return round(x, nd) if math.isfinite(x) else None
+
+    return {"mean": num(r["diff"]), "lo": num(r["ci_low"]), "hi": num(r["ci_high"])}
+
+
 def mean_ci(values, level: float = 0.95) -> dict:
     """Mean, sample std and a Student-t confidence interval (``scipy.stats.t``, n - 1 degrees of freedom) over seeds."""
     v = np.asarray(list(values), float)

@@ -26,13 +26,6 @@ from ..io import read_json, write_text
 Scorer = Callable[[str, object, list], np.ndarray]
 
 
-def _gain(a: np.ndarray, b: np.ndarray) -> dict:
-    from ..evaluation import paired_bootstrap
-
-    r = paired_bootstrap(a, b)
-    return {"mean": round(r["diff"], 4), "lo": round(r["ci_low"], 4), "hi": round(r["ci_high"], 4)}
-
-
 def _read(study: Path) -> tuple[dict, dict]:
     cfg_p, res_p = study / "study_config.json", study / "weight_extrapolation" / "result.json"
     for p in (cfg_p, res_p):
@@ -46,6 +39,7 @@ def study_cases(study: str | Path, *, scorer: Scorer | None = None, progress: bo
 
     ``scorer(model_dir, task, problems) -> per-problem 0/1 scores`` (default: the stage's greedy evaluation).
     """
+    from ..evaluation import gain_ci
     from ..study.common import _eval_greedy, ckpt
     from ..tasks import get_task
     from ..weight_extrapolation import extrapolate_two_point
@@ -104,8 +98,8 @@ def study_cases(study: str | Path, *, scorer: Scorer | None = None, progress: bo
                         "acc_real_target": round(float(real.mean()), 4),
                         "real_step": target,
                         "real_exact": True,
-                        "gain_vs_t1": {"greedy": _gain(a1, x), "avg_k": None},
-                        "gain_vs_real": {"greedy": _gain(real, x), "avg_k": None},
+                        "gain_vs_t1": {"greedy": gain_ci(a1, x), "avg_k": None},
+                        "gain_vs_real": {"greedy": gain_ci(real, x), "avg_k": None},
                     }
                 )
                 bar.update()

@@ -11,6 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import RlvrLinearError
+from ..io import write_npz
 from ..io.checkpoints import Trajectory
 from .probes import (
     Probe,
@@ -31,7 +32,6 @@ from .stats import (
     _above_null,
     _fit_tn,
     _null_tn,
-    _save_npz,
     _summary_line,
     _summary_text,
     stable_key,
@@ -114,7 +114,7 @@ class ActivationLinearity(JsonResult):
         from .. import plots
 
         out, s = self._save_json(out_dir, "activations")
-        _save_npz(
+        write_npz(
             out / "activations.npz", steps=np.asarray(self.steps), values=self.values, token=self.token,
             channel=self.channel,
         )  # fmt: skip

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..io import write_npz
 from ..io.checkpoints import Trajectory
 from .probes import Probe, _as_probes, score_trajectory, write_probes
 from .reader import _check_finite
@@ -24,7 +25,6 @@ from .stats import (
     _dnr_tn,
     _fit_tn,
     _null_tn,
-    _save_npz,
     _summary_line,
     _summary_text,
     stable_key,
@@ -80,7 +80,7 @@ class LogprobLinearity(JsonResult):
 
         out, s = self._save_json(out_dir, "logprobs")
         write_probes(out / "probes.jsonl", self.probes)
-        _save_npz(
+        write_npz(
             out / "logprobs.npz",
             steps=np.asarray(self.steps),
             logp=self.logp,

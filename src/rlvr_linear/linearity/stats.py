@@ -367,12 +367,6 @@ def _above_null(obs: dict, null: dict) -> dict:
     return {k: obs[k] - null[k] for k in ("median", "mean", "share_gt_0.7")}
 
 
-def _save_npz(path: Path, **arrays) -> None:
-    from ..io import write_npz
-
-    write_npz(path, **arrays)
-
-
 class JsonResult:
     """What every linearity result shares: ``to_json()`` (its ``summary()`` made JSON-safe) and the start of
     ``save()`` (:meth:`_save_json`: the folder made, ``NAME.json`` written atomically)."""

@@ -13,6 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import RlvrLinearError
+from ..io import write_npz
 from ..io.checkpoints import Trajectory
 from . import kernel as _kernel
 from .kernel import TENSOR_CSV_COLUMNS, TensorStats
@@ -44,7 +45,6 @@ from .stats import (
     Dist,
     JsonResult,
     _above_null,
-    _save_npz,
     _summary_line,
     _summary_text,
     _write_csv,
@@ -141,7 +141,7 @@ class WeightLinearity(JsonResult):
         out, s = self._save_json(out_dir, "weights")
         _write_csv(out / "weights_per_tensor.csv", [t.row() for t in self.tensors], TENSOR_CSV_COLUMNS)
         if self.r2.values is not None:
-            _save_npz(
+            write_npz(
                 out / "weights_r2.npz",
                 steps=np.asarray(self.steps),
                 tensor_names=np.asarray([t.name for t in self.tensors]),

@@ -87,13 +87,6 @@ def _build(case: dict, run: Path, out: Path) -> Path:
     return extrapolate_fit(sub, out, target_step=case["target"], rank=rank, progress=False)
 
 
-def _gain(a, b) -> dict:
-    from ..evaluation import paired_bootstrap
-
-    r = paired_bootstrap(a, b)
-    return {"mean": _num(r["diff"]), "lo": _num(r["ci_low"]), "hi": _num(r["ci_high"])}
-
-
 def run_cases(regime, item: Item, run: Path, cache: RunCache, scorer: Scorer) -> bool:
     """Score every missing case of ``item``; each finished case is saved at once. Returns whether any ran."""
     p = item.point
@@ -126,6 +119,7 @@ def score_cases(
     built under ``tmp/<case id>`` and deleted after scoring. avg@k is scored where ``always_avg(case)``, and, with
     ``avg_on_gain``, where the greedy gain over ``t1`` is >= 0; ``fit_until`` names the forecast part's entries
     whose ratio each record carries. Returns whether any case ran."""
+    from ..evaluation import gain_ci
     from ..logit_extrapolation import ExtrapolatedGenerator
     from ..study.common import ckpt, snap
 
@@ -157,7 +151,7 @@ def score_cases(
         avg_now = bool(always_avg(case))
         x = scorer.score(cache, key, model, avg=avg_now)
         s1 = scorer.score(cache, step_dir_name(t1), str(ckpt(run, t1)), avg=avg_now)
-        gain_g = _gain(s1["greedy"], x["greedy"])
+        gain_g = gain_ci(s1["greedy"], x["greedy"])
         want_avg = avg_now or (avg_on_gain and gain_g["mean"] is not None and gain_g["mean"] >= 0)
         if want_avg:
             x = scorer.score(cache, key, model, avg=True)
@@ -190,13 +184,13 @@ def score_cases(
             },
             "gain_vs_t1": {
                 "greedy": gain_g,
-                "avg_k": _gain(s1["avg"], x["avg"]) if "avg" in x and "avg" in s1 else None,
+                "avg_k": gain_ci(s1["avg"], x["avg"]) if "avg" in x and "avg" in s1 else None,
             },
             "gain_vs_real": None
             if sr is None
             else {
-                "greedy": _gain(sr["greedy"], x["greedy"]),
-                "avg_k": _gain(sr["avg"], x["avg"]) if "avg" in x and "avg" in sr else None,
+                "greedy": gain_ci(sr["greedy"], x["greedy"]),
+                "avg_k": gain_ci(sr["avg"], x["avg"]) if "avg" in x and "avg" in sr else None,
             },
             "forecast_ratio": ratio,
         }
