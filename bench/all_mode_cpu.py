@@ -11,6 +11,9 @@ Usage::
     python bench/all_mode_cpu.py --workdir /tmp/allcpu --params 40e6 --repeat 3
     python bench/all_mode_cpu.py --workdir /tmp/allcpu --kernel
     python bench/all_mode_cpu.py --workdir /tmp/allcpu --src /tmp/old/src --src .   # before / after, alternating
+
+With several ``--src``, the results must be identical but for the sign-flip null's fields (null R² summary,
+drift-to-noise null median, null sample size), which are printed per version.
 """
 
 from __future__ import annotations
@@ -68,6 +71,21 @@ def _child(run: Path, out: Path, kernel: bool) -> None:
     out.write_text(json.dumps(res))
 
 
+def _observed(result: dict) -> dict:
+    """A result without its sign-flip null fields (which a change of the null's float summation order or of
+    its drawn sample may change): what must be identical across versions."""
+    out = {k: v for k, v in result.items() if k not in ("null", "above_null")}
+    out["drift_to_noise"] = {k: v for k, v in result["drift_to_noise"].items() if k != "null_median"}
+    out["counts"] = {k: v for k, v in result["counts"].items() if k != "null_sample"}
+    return out
+
+
+def _null(result: dict) -> dict:
+    """The null fields of a result (compared and printed apart)."""
+    return {**result["null"], "dnr_null_median": result["drift_to_noise"]["null_median"],
+            "null_sample": result["counts"]["null_sample"]}  # fmt: skip
+
+
 def run_child(run: Path, out: Path, kernel: bool = False, src: str | None = None) -> dict:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
@@ -116,23 +134,30 @@ def main() -> None:
                 pass
     tmp = Path(args.workdir) / "child.json"
     srcs = args.src or ["."]
-    runs, ref = [], None
+    runs, ref, nulls = [], None, {}
     for _ in range(args.repeat):
         for src in srcs:  # alternating: the machine's load hits each alike
             r = run_child(run, tmp, src=None if src == "." else src)
             r["src"] = src
             runs.append(r)
-            res = (r["result"], r["r2_total"], r["dnr_total"])
+            res = (_observed(r["result"]), r["r2_total"], r["dnr_total"])
             if ref is not None and res != ref:
                 raise SystemExit(f"error: results of {src} differ from those of {srcs[0]}")
             ref = res
+            nulls.setdefault(src, _null(r["result"]))
             n, a = r["result"]["counts"]["sampled"], r["analyze_cpu_s"]
             cpu, med = r["proc_user_s"] + r["proc_sys_s"], r["result"]["r2"]["median"]
             print(f"{src}: analyze_weights {a:.2f} cpu s = {a / (n / 1e6):.4f} per 1M params x {args.steps} "
                   f"({n / 1e6:.1f}M params, wall {r['wall_s']:.2f} s); whole process {cpu:.2f} cpu s "
                   f"(user {r['proc_user_s']:.2f}, sys {r['proc_sys_s']:.2f}); r2 median {med}")  # fmt: skip
     if len(srcs) > 1:
-        print("results identical across", ", ".join(srcs))
+        print("observed results identical across", ", ".join(srcs), "(all but the null fields)")
+        for src in srcs:
+            nl = nulls[src]
+            print(f"{src}: null n {nl['n']}, median {nl['median']}, mean {nl['mean']}, share > 0.7 "
+                  f"{nl['share_gt_0.7']}, drift-to-noise null median {nl['dnr_null_median']}")  # fmt: skip
+        if len({json.dumps(v, sort_keys=True) for v in nulls.values()}) == 1:
+            print("null fields identical too")
     for src in srcs:
         best = min(r["analyze_cpu_s"] for r in runs if r.get("src") == src)
         print(f"{src}: best {best:.2f} cpu s = {best / (n / 1e6):.4f} per 1M params x {args.steps}")

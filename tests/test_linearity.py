@@ -346,7 +346,6 @@ def test_worker_processes_give_exactly_the_single_process_result(runs, monkeypat
         L.analyze_weights(traj, sample="all", workers=0)
 
 
-
 def _same_up_to_rounding(a, b):
     """Fused kernel vs numpy path: identical filter counts, sums within 1e-12, a bin edge value may move."""
     assert [(t.sampled, t.kept, t.filtered_small_change, t.filtered_few_unique, t.never_moved, t.null_sample)
@@ -428,6 +427,50 @@ def test_fused_kernel_on_blocks_with_ties_and_bf16_bits():
     with pytest.raises(RlvrLinearError, match="checkpoint step 300: tensor 'w' contains NaN or Inf"):
         L._analyze_fused(y, x, 0, 1, 1e-4, 4, [0, 100, 200, 300, 400, 500, 600, 700, 800], "w", None,
                          {"r2": L.Dist(), "dnr": L.Dist(hi=math.sqrt(T - 1))}, {})  # fmt: skip
+
+
+@pytest.mark.skipif(not L.HAVE_NUMBA, reason="numba is not installed")
+@pytest.mark.parametrize("T", [14, 70])  # 70: increments t >= 64 take the second hash block
+def test_null_kernel_equals_the_numpy_null(T):
+    """The fused path's sign-flip null (numba) against :func:`_null_stats` (numpy) on the same columns: each
+    column's R² and drift-to-noise to 1e-12, identical bins, counts above 0.7 and sample size."""
+    rng = np.random.default_rng(3)
+    n = 4000
+    x = np.arange(T) * 100.0
+    xc, sxx = L._check_steps(x)
+    y = np.cumsum(rng.standard_normal((T, n)) * 1e-3 + rng.choice([0.0, 3e-4], n), axis=0)
+    y = (y + rng.standard_normal(n) * 0.02).astype(np.float32)
+    y[:, 5] = y[0, 5]  # constant: R² and drift-to-noise 0
+    bits = torch.from_numpy(y).bfloat16().view(torch.int16).numpy().view(np.uint16)
+    keep = rng.random(n) < 0.9
+    cols = np.sort(np.append(rng.choice(n, 300, replace=False), 5))
+    key, i0 = L.stable_key("model.layers.3.mlp.up_proj.weight"), 7 * n
+    assert int(K._mix64(np.uint64(key))) == int(L.stats._splitmix64(np.array([key], dtype=np.uint64))[0])
+    fk = K.null_kernel()
+    for block in (bits, y, y.astype(np.float64)):
+        vals = K._as_float(block).astype(np.float64)
+        for every in (False, True):
+            js = np.flatnonzero(keep) if every else cols[keep[cols]]
+            ref_r2, ref_dnr = K._null_stats(vals[:, js], i0 + js, key, xc, sxx)
+            assert ref_r2.min() == 0.0 and 0.05 < (ref_r2 > 0.7).mean() < 0.95 and ref_dnr.max() > 0.7
+            hr, hd, rr, rd = L.Dist(), L.Dist(hi=math.sqrt(T - 1)), L.Dist(), L.Dist(hi=math.sqrt(T - 1))
+            rr.add(ref_r2)
+            rd.add(ref_dnr)
+            m, s_r2, gt_r2, s_dnr, gt_dnr = fk(
+                block, cols, every, keep, i0, np.uint64(key), xc, sxx, hr.counts, hr.bins / hr.hi,
+                hd.counts, hd.bins / hd.hi, 0.7, np.empty(2 * T),
+            )  # fmt: skip
+            assert (m, gt_r2, gt_dnr) == (js.size, rr.n_gt, rd.n_gt)
+            assert s_r2 == pytest.approx(ref_r2.sum(), rel=1e-12) and s_dnr == pytest.approx(ref_dnr.sum(), rel=1e-12)
+            np.testing.assert_array_equal(hr.counts, rr.counts)
+            np.testing.assert_array_equal(hd.counts, rd.counts)
+        for j, r2, dnr in list(zip(js, ref_r2, ref_dnr))[:200]:  # column by column
+            h = np.zeros(10, dtype=np.int64)
+            out = fk(
+                block, np.array([j]), False, keep, i0, np.uint64(key), xc, sxx, h, 10.0, h, 1.0, 0.7, np.empty(2 * T)
+            )
+            assert out[0] == 1 and abs(out[1] - r2) <= 1e-12 and abs(out[3] - dnr) <= 1e-12 * max(1.0, dnr)
+
 
 def test_dist_pickles_with_sparse_counts():
     import pickle

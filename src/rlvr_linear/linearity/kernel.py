@@ -26,6 +26,7 @@ from .stats import (
     _r,
     _r2,
     _records,
+    _splitmix64,
     n_unique,
 )
 
@@ -288,7 +289,7 @@ def _analyze_tiled(
 HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 #: use the fused numba kernel for all-mode blocks when numba is importable (False: the numpy path everywhere)
 USE_NUMBA = HAVE_NUMBA
-_KERNEL = None
+_KERNEL = _NULL_KERNEL = None
 
 
 #: columns per tile of :func:`_fused_columns` (its per-column accumulators stay in L1)
@@ -324,6 +325,12 @@ def _key_value(kk):
 def _no_key(proto):
     """A key no element maps to (as ``proto``'s dtype): NaN for floats, -2^15 for int16 keys."""
     return np.int16(_NO_KEY) if proto.dtype == np.int16 else proto.dtype.type(np.nan)
+
+
+def _mix64(x):
+    """SplitMix64 of one uint64 (:func:`~rlvr_linear.linearity.stats._splitmix64` on a scalar)."""
+    with np.errstate(over="ignore"):
+        return _splitmix64(np.array([x], dtype=np.uint64))[0]
 
 
 def _register_overloads(numba) -> None:
@@ -365,6 +372,16 @@ def _register_overloads(numba) -> None:
         if proto.dtype == types.int16:
             return lambda proto: np.int16(_NO_KEY)
         return lambda proto: np.nan
+
+    @overload(_mix64)
+    def _ov_mix64(x):
+        def impl(x):  # uint64 throughout (wrapping products), as the numpy version
+            z = np.uint64(x) + np.uint64(0x9E3779B97F4A7C15)
+            z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+            z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+            return z ^ (z >> np.uint64(31))
+
+        return impl
 
 
 def _fused_columns(y, bf16, tproto, xc, inv_sxx, thr, k, r2_counts, r2_scale, dnr_counts, dnr_scale, thresh, keep):
@@ -527,6 +544,66 @@ def _fused_columns(y, bf16, tproto, xc, inv_sxx, thr, k, r2_counts, r2_scale, dn
     return 0, small, few, never, kept, sum_r2, gt_r2, sum_dnr, gt_dnr
 
 
+def _null_columns(y, cols, every, keep, i0, key, xc, sxx, nr_counts, nr_scale, nd_counts, nd_scale, thresh, work):
+    """The sign-flip null (:func:`_null_stats`, the same formulas in float64) of the kept columns ``cols`` of a
+    (T, n) block ``y`` (values or bf16 bits as in :func:`_fused_columns`; ``every``: all kept columns, ``cols``
+    unused), flat indices ``i0 + j``: increments ``d_t = y_{t+1} - y_t``, flipped where bit ``t % 64`` of
+    ``splitmix64((i0 + j) ^ splitmix64(key + t // 64))`` is set (:func:`~rlvr_linear.linearity.stats.null_signs`),
+    their cumulative sums ``c`` (``c_1 = 0``), ``R² = S_xc² / (S_xx S_cc)`` and ``|c_T| / sqrt(Σ d²)``.
+
+    Adds them to the histograms ``nr_counts`` / ``nd_counts`` (bins as :meth:`Dist.add`) and returns
+    ``(m, sum_r2, gt_r2, sum_dnr, gt_dnr)`` (``m`` columns, the sums in column order, counts above ``thresh``).
+    ``work``: a float64 array of at least ``2 T`` elements.
+    """
+    T, n = y.shape
+    nb = (T - 1 + 63) // 64
+    inv_t = 1.0 / T
+    d = work[: T - 1]
+    c = work[T - 1 : 2 * T - 1]
+    m = gt_r2 = gt_dnr = 0
+    sum_r2 = sum_dnr = 0.0
+    base = np.uint64(0)
+    for q in range(n if every else cols.size):
+        j = q if every else cols[q]
+        if not keep[j]:
+            continue
+        flat = np.uint64(i0 + j)
+        prev = _value(y[0, j])
+        ss = 0.0
+        for t in range(T - 1):
+            v = _value(y[t + 1, j])
+            dt = v - prev
+            prev = v
+            d[t] = dt
+            ss += dt * dt
+        acc = 0.0
+        c[0] = 0.0
+        for b in range(nb):
+            base = _mix64(key + np.uint64(b))
+            h = _mix64(flat ^ base)
+            for t in range(64 * b, min(T - 1, 64 * b + 64)):
+                acc += -d[t] if (h >> np.uint64(t - 64 * b)) & np.uint64(1) else d[t]
+                c[t + 1] = acc
+        s0 = s1 = s2 = 0.0
+        for t in range(T):
+            s0 += inv_t * c[t]
+            s1 += xc[t] * c[t]
+            s2 += c[t] * c[t]
+        syy = s2 - T * s0 * s0
+        r2 = s1 * s1 / (sxx * syy)
+        r2 = min(max(r2, 0.0), 1.0) if syy > 0 and np.isfinite(r2) else 0.0
+        ssn = np.sqrt(ss)
+        dnr = abs(c[T - 1]) / ssn if ssn > 0 else 0.0
+        m += 1
+        sum_r2 += r2
+        sum_dnr += dnr
+        gt_r2 += 1 if r2 > thresh else 0
+        gt_dnr += 1 if dnr > thresh else 0
+        nr_counts[max(min(np.int64(r2 * nr_scale), nr_counts.size - 1), 0)] += 1
+        nd_counts[max(min(np.int64(dnr * nd_scale), nd_counts.size - 1), 0)] += 1
+    return m, sum_r2, gt_r2, sum_dnr, gt_dnr
+
+
 def tracking_proto(dtype) -> np.ndarray:
     """The key dtype of :func:`_fused_columns` (as an empty array): int16 for bf16 bits (uint16), float64 for
     float64 blocks, else float32."""
@@ -538,21 +615,29 @@ def tracking_proto(dtype) -> np.ndarray:
 def fused_kernel():
     """:func:`_fused_columns` compiled by numba (``cache=True``: compiled once per block dtype, then loaded from
     the cache)."""
-    global _KERNEL
+    global _KERNEL, _NULL_KERNEL
     if _KERNEL is None:
         import numba
 
         _register_overloads(numba)
-        _KERNEL = numba.njit(cache=True, nogil=True, error_model="numpy")(_fused_columns)
+        jit = numba.njit(cache=True, nogil=True, error_model="numpy")
+        _NULL_KERNEL = jit(_null_columns)
+        _KERNEL = jit(_fused_columns)
     return _KERNEL
+
+
+def null_kernel():
+    """:func:`_null_columns` compiled by numba (as :func:`fused_kernel`)."""
+    fused_kernel()
+    return _NULL_KERNEL
 
 
 @dataclass
 class _FusedBlock:
-    """All-mode result of one block from :func:`_fused_columns`: counts, sums, and the null of its sample.
+    """All-mode result of one block from :func:`_fused_columns` and :func:`_null_columns`: counts and sums.
 
-    The observed R² and drift-to-noise went straight into the calling thread's histograms (``hist``: counts,
-    n and the share above the threshold), so only their sums (``sum_r2``, ``sum_dnr``) travel.
+    The observed and null R² and drift-to-noise went straight into the calling thread's histograms (``hist``:
+    counts, n and the share above the threshold), so only their sums travel.
     """
 
     n: int
@@ -563,9 +648,12 @@ class _FusedBlock:
     keep: np.ndarray  #: (n,) bool, the kept columns (a work array: valid until the thread's next block)
     sum_r2: float
     sum_dnr: float
-    null_r2: np.ndarray
-    null_dnr: np.ndarray
+    sum_null: float
+    sum_null_dnr: float
     null_n: int
+
+
+_NO_COLS = np.zeros(0, dtype=np.int64)
 
 
 def _as_float(y: np.ndarray) -> np.ndarray:
@@ -603,7 +691,8 @@ def _analyze_fused(
 ) -> _FusedBlock:
     """All mode without slopes: :func:`_analyze_block`'s filters, R² and drift-to-noise by the fused kernel
     (:func:`_fused_columns`, one pass over the block), their histograms accumulated into ``hist["r2"]`` /
-    ``hist["dnr"]``; the sign-flip null on the kept columns among ``null_cols`` (numpy, a small sample).
+    ``hist["dnr"]``; the sign-flip null on the kept columns among ``null_cols`` (:func:`_null_columns`, a small
+    sample) into ``hist["null"]`` / ``hist["null_dnr"]``.
 
     ``y``: (T, n) float32 / float64 values or bf16 bits (uint16); columns ``i0 + arange(n)`` of the tensor.
     """
@@ -623,9 +712,17 @@ def _analyze_fused(
     hr.n_gt += gt_r2
     hd.n += kept
     hd.n_gt += gt_dnr
-    js = np.flatnonzero(keep) if null_cols is None else null_cols[keep[null_cols]]
-    null_r2, null_dnr = _null_stats(_as_float(y[:, js]), i0 + js, key, xc, sxx)
+    nr, nd = hist["null"], hist["null_dnr"]
+    cols = _NO_COLS if null_cols is None else null_cols
+    m, sum_null, gt_null, sum_null_dnr, gt_null_dnr = null_kernel()(
+        y, cols, null_cols is None, keep, i0, np.uint64(key), xc, sxx, nr.counts, nr.bins / nr.hi,
+        nd.counts, nd.bins / nd.hi, THRESHOLD, _buf(work, "null", (2 * T,), np.float64),
+    )  # fmt: skip
+    nr.n += m
+    nr.n_gt += gt_null
+    nd.n += m
+    nd.n_gt += gt_null_dnr
     return _FusedBlock(
         n=n, never=never, small=small, few=few, kept=kept, keep=keep, sum_r2=sum_r2, sum_dnr=sum_dnr,
-        null_r2=null_r2, null_dnr=null_dnr, null_n=int(js.size),
+        sum_null=sum_null, sum_null_dnr=sum_null_dnr, null_n=m,
     )  # fmt: skip

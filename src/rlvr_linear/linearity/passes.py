@@ -98,7 +98,10 @@ def _weights_pass(
             hist = work.get("hist")
             if hist is None or hist[0] != job.name:  # a new tensor: hand the last one's to consume()
                 flush = hist
-                hist = work["hist"] = (job.name, {"r2": Dist(), "dnr": Dist(hi=h)})
+                hist = work["hist"] = (
+                    job.name,
+                    {"r2": Dist(), "null": Dist(), "dnr": Dist(hi=h), "null_dnr": Dist(hi=h)},
+                )
             blk = _analyze_fused(y, x, i0, it["key"], thr, plan.min_unique, steps, job.name, cols, hist[1], work)
             cands = []
             if lines and blk.kept:  # as below, the lines of the two picked columns fitted on their own
@@ -173,7 +176,9 @@ def _weights_pass(
         if fb:
             if n_kept:  # (the values are in the thread's histograms already)
                 rec["sums"]["r2"], rec["sums"]["dnr"] = float(blk.sum_r2), float(blk.sum_dnr)
-            pairs = (("null", blk.null_r2), ("null_dnr", blk.null_dnr))
+            if blk.null_n:
+                rec["sums"]["null"], rec["sums"]["null_dnr"] = float(blk.sum_null), float(blk.sum_null_dnr)
+            pairs = ()
         else:
             pairs = (("r2", blk.fit.r2), ("null", blk.null_r2), ("dnr", blk.dnr), ("null_dnr", blk.null_dnr))
         for k, v in pairs:
