@@ -436,21 +436,31 @@ def _fused_columns(y, bf16, tproto, xc, inv_sxx, thr, k, r2_counts, r2_scale, dn
     for a in range(0, n, W):
         m = min(W, n - a)
         r = y[0, a : a + m]
+        r1 = y[min(1, T - 1), a : a + m]  # the first two rows at once (T = 1: row 0 again, z = 0)
+        x1 = xc[min(1, T - 1)]
         for j in range(m):
-            vt = _key(r[j])
-            y0[j] = _value(r[j])
-            hi[j] = vt
-            lo[j] = vt
-            s1[j] = vt
-            s2[j] = none
-            s3[j] = none
-            cnt[j] = 1 if k <= 4 else 0
-            sz[j] = 0.0
-            sxz[j] = 0.0
-            szz[j] = 0.0
-            ss2[j] = 0.0
-            zt[j] = 0.0
-        for t in range(1, T):
+            v0 = _value(r[j])
+            z = _value(r1[j]) - v0
+            y0[j] = v0
+            sz[j] = z  # (= 0 + z but for the sign of a zero, which no output depends on)
+            sxz[j] = x1 * z
+            szz[j] = z * z
+            ss2[j] = z * z
+            zt[j] = z
+        for j in range(m):
+            k0 = _key(r[j])
+            k1 = _key(r1[j])
+            hi[j] = k1 if k1 > k0 else k0
+            lo[j] = k1 if k1 < k0 else k0
+            if k <= 4:
+                new = (k1 != k0) & (1 < cap)
+                s1[j] = k0
+                s2[j] = k1 if new else none
+                s3[j] = none
+                cnt[j] = 1 + new
+            else:
+                cnt[j] = k1 != k0
+        for t in range(2, T):
             r = y[t, a : a + m]
             xt = xc[t]
             for j in range(m):  # float64 sums
@@ -505,14 +515,24 @@ def _fused_columns(y, bf16, tproto, xc, inv_sxx, thr, k, r2_counts, r2_scale, dn
             small += 0 if big else 1
             never += 1 if rng == 0 else 0
             if k <= 4:  # exact: 2 kept, 0 filtered (by the range or too few distinct values)
-                state[j] = 2 if big and cnt[j] >= k else 0
+                st = 2 if big and cnt[j] >= k else 0
                 few += 1 if big and cnt[j] < k else 0
             else:  # 1: not proven by the records (the first key and cnt new maxima / minima), count exactly below
-                state[j] = (2 if cnt[j] >= k - 1 else 1) if big else 0
+                st = (2 if cnt[j] >= k - 1 else 1) if big else 0
+            state[j] = st
+            w = 1 if st != 0 else 0  # (a column of state 1 taken back below if it has too few distinct values)
+            keep[a + j] = w == 1
+            kept += w
+            r2 = r2 if w else 0.0
+            dnr = dnr if w else 0.0
+            v[j] = r2
+            zt[j] = dnr
+            gt_r2 += 1 if r2 > thresh else 0
+            gt_dnr += 1 if dnr > thresh else 0
             nbad += 0 if np.isfinite(sz[j] + y0[j]) else 1  # a NaN / Inf anywhere makes Σz (or y_1) non-finite
         if nbad:
             return 1, small, few, never, kept, sum_r2, gt_r2, sum_dnr, gt_dnr
-        for j in range(m):
+        for j in range(m if k > 4 else 0):
             if state[j] == 1:  # not proven by the records: count distinct keys (stop at k)
                 nd = 0
                 for t in range(T):
@@ -527,18 +547,19 @@ def _fused_columns(y, bf16, tproto, xc, inv_sxx, thr, k, r2_counts, r2_scale, dn
                         nd += 1
                         if nd >= k:
                             break
-                state[j] = 2 if nd >= k else 0
-                few += 0 if nd >= k else 1
-        for j in range(m):  # the kept columns into the sums and histograms, in column order
-            w = 1 if state[j] == 2 else 0
-            keep[a + j] = w == 1
-            kept += w
-            r2 = v[j] if w else 0.0
-            dnr = zt[j] if w else 0.0
-            sum_r2 += r2
-            sum_dnr += dnr
-            gt_r2 += 1 if r2 > thresh else 0
-            gt_dnr += 1 if dnr > thresh else 0
+                if nd < k:  # taken back
+                    state[j] = 0
+                    few += 1
+                    keep[a + j] = False
+                    kept -= 1
+                    gt_r2 -= 1 if v[j] > thresh else 0
+                    gt_dnr -= 1 if zt[j] > thresh else 0
+                    v[j] = 0.0
+                    zt[j] = 0.0
+        for j in range(m):  # the kept columns into the sums (0 for the others) and histograms, in column order
+            w = 1 if state[j] != 0 else 0
+            sum_r2 += v[j]
+            sum_dnr += zt[j]
             r2_counts[b_r2[j]] += w
             dnr_counts[b_dnr[j]] += w
     return 0, small, few, never, kept, sum_r2, gt_r2, sum_dnr, gt_dnr
