@@ -486,6 +486,25 @@ def test_dist_pickles_with_sparse_counts():
     assert np.array_equal(pickle.loads(pickle.dumps(full)).counts, full.counts)
 
 
+def test_draw_indices_is_a_deterministic_uniform_subset():
+    from rlvr_linear.linearity.sampling import draw_indices
+
+    for numel, k in ((10**7, 40_000), (4096 * 3, 4096), (50, 50), (50, 0)):  # Floyd, permutation, all, none
+        idx = draw_indices(numel, k, 7)
+        assert idx.dtype == np.int64 and idx.size == k and (np.diff(idx) > 0).all()
+        assert (k == 0 or 0 <= idx[0] and idx[-1] < numel) and np.array_equal(idx, draw_indices(numel, k, 7))
+    assert not np.array_equal(draw_indices(10**7, 40_000, 7), draw_indices(10**7, 40_000, 8))
+    assert draw_indices(100, 5, -1).size == 5  # a negative seed is taken modulo 2^64
+    for numel, df_lo, df_hi in ((200, 140, 260), (2000, 1750, 2250)):  # permutation, Floyd: chi² ~ numel - 1
+        hits = np.zeros(numel)
+        for seed in range(5000):
+            hits[draw_indices(numel, 10, seed)] += 1
+        e = 5000 * 10 / numel
+        assert hits.sum() == 50_000 and df_lo < ((hits - e) ** 2 / e).sum() < df_hi
+    with pytest.raises(ValueError, match="cannot draw 11 of 10 indices"):
+        draw_indices(10, 11, 0)
+
+
 def test_null_sample_is_deterministic_chunk_independent_and_close_to_the_full_null(runs):
     assert L.null_sample(10_000, 1.0, 4096, "w") is None and L.null_sample(3000, 0.01, 4096, "w") is None
     s = L.null_sample(100_000, 0.01, 50, "w")

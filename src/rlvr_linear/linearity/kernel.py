@@ -12,7 +12,7 @@ import torch
 
 from ..errors import RlvrLinearError
 from .reader import _check_finite
-from .sampling import sample_indices, tensor_seed
+from .sampling import draw_indices, tensor_seed
 from .stats import (
     PAPER_SEED,
     THRESHOLD,
@@ -103,13 +103,13 @@ class _Block:
 def null_sample(numel: int, fraction: float, min_count: int, name: str, seed: int = PAPER_SEED) -> np.ndarray | None:
     """Sorted flat indices of the parameters of a tensor that get the sign-flip null (None: all of them).
 
-    ``k = min(numel, max(min_count, ceil(fraction * numel)))`` indices drawn by :func:`sample_indices` with
+    ``k = min(numel, max(min_count, ceil(fraction * numel)))`` indices drawn by :func:`draw_indices` with
     seed ``tensor_seed("null:" + name, seed)``: deterministic, and the same whatever the chunking.
     """
     if fraction >= 1.0:
         return None
     k = min(numel, max(int(min_count), math.ceil(fraction * numel)))
-    return None if k >= numel else sample_indices(numel, k, tensor_seed("null:" + name, seed))
+    return None if k >= numel else draw_indices(numel, k, tensor_seed("null:" + name, seed))
 
 
 def _analyze_block(

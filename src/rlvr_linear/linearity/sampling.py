@@ -48,6 +48,18 @@ def sample_indices(numel: int, k: int, seed: int) -> np.ndarray:
     return np.sort(idx.astype(np.int64))
 
 
+def draw_indices(numel: int, k: int, seed: int) -> np.ndarray:
+    """``k`` distinct flat indices in ``[0, numel)``, sorted; deterministic in ``seed``: numpy's
+    ``default_rng(seed).choice(numel, k, replace=False, shuffle=False)`` (a uniformly random subset: Floyd's
+    algorithm in O(k) while ``k < numel / 50``, else a permutation), ~10x cheaper than :func:`sample_indices`
+    (e.g. 30 ms instead of 230 ms for 532K of 136M); for draws that need not be the paper's.
+    """
+    if k < 0 or k > numel:
+        raise ValueError(f"cannot draw {k} of {numel} indices")
+    rng = np.random.default_rng(int(seed) % (1 << 64))
+    return np.sort(rng.choice(numel, k, replace=False, shuffle=False).astype(np.int64))
+
+
 def default_min_abs_change(dtype: torch.dtype) -> float:
     """Filter-1 threshold for a storage dtype.
 
