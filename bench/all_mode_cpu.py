@@ -3,7 +3,7 @@
 Builds once (kept in ``--workdir``) a synthetic bf16 trajectory with ``bench/weight_r2.py``'s builder, warms
 the page cache, then runs the all-mode analysis in fresh subprocesses (one worker process, one thread) and
 reports, per run, the child's user + system CPU seconds (``RUSAGE_CHILDREN``), the wall time, and the CPU
-seconds per 1M parameters x T checkpoints. ``--kernel`` also times the fused kernel alone on the blocks held
+seconds per 1M parameters x T checkpoints and its peak RSS. ``--kernel`` also times the fused kernel alone on the blocks held
 in memory (no reads, no null), which bounds what the kernel costs within the whole.
 
 Usage::
@@ -68,6 +68,7 @@ def _child(run: Path, out: Path, kernel: bool) -> None:
         res["analyze_cpu_s"] = time.process_time() - c0
         res["result"] = r.to_json()
         res["r2_total"], res["dnr_total"] = r.r2.total, r.dnr.total
+    res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # (Linux: KiB)
     out.write_text(json.dumps(res))
 
 
@@ -149,7 +150,8 @@ def main() -> None:
             cpu, med = r["proc_user_s"] + r["proc_sys_s"], r["result"]["r2"]["median"]
             print(f"{src}: analyze_weights {a:.2f} cpu s = {a / (n / 1e6):.4f} per 1M params x {args.steps} "
                   f"({n / 1e6:.1f}M params, wall {r['wall_s']:.2f} s); whole process {cpu:.2f} cpu s "
-                  f"(user {r['proc_user_s']:.2f}, sys {r['proc_sys_s']:.2f}); r2 median {med}")  # fmt: skip
+                  f"(user {r['proc_user_s']:.2f}, sys {r['proc_sys_s']:.2f}); peak RSS {r['peak_rss_mb']:.0f} MB; "
+                  f"r2 median {med}")  # fmt: skip
     if len(srcs) > 1:
         print("observed results identical across", ", ".join(srcs), "(all but the null fields)")
         for src in srcs:
