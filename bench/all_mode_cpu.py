@@ -2,9 +2,9 @@
 
 Builds once (kept in ``--workdir``) a synthetic bf16 trajectory with ``bench/weight_r2.py``'s builder, warms
 the page cache, then runs the all-mode analysis in fresh subprocesses (one worker process, one thread) and
-reports, per run, the child's user + system CPU seconds (``RUSAGE_CHILDREN``), the wall time, and the CPU
-seconds per 1M parameters x T checkpoints and its peak RSS. ``--kernel`` also times the fused kernel alone on the blocks held
-in memory (no reads, no null), which bounds what the kernel costs within the whole.
+reports, per run, the child's user + system CPU seconds (``RUSAGE_CHILDREN``), the wall time, the CPU seconds
+per 1M parameters x T checkpoints and the child's peak RSS. ``--kernel`` also times the fused kernel alone on the
+blocks held in memory (no reads, no null), which bounds what the kernel costs within the whole.
 
 Usage::
 
