@@ -1,28 +1,52 @@
 """Issue 10: the regime map. Only calls ``rlvr_linear.regime`` (see docs/regime.md).
 
-    python experiments/regime.py --render-only   # re-render experiments/results/regime_map.json + regime_*.png
     python experiments/regime.py                 # run / continue the map in out/regime (hours), then render
+    python experiments/regime.py --render-only   # re-render experiments/results/regime_map.json + regime_*.png
+    python experiments/regime.py --recover       # rebuild lost runs' records from the committed map (once)
 
-The background run is started with ``rlvr-linear study --stages regime -o out/regime`` (docs/regime.md); this
-script renders its cache into experiments/results/.
+The map's finished runs are recorded under experiments/results/regime_runs/ (committed): a run of this script on a
+machine without ``out/regime`` starts from them and trains only what no record holds.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
-from rlvr_linear.regime import run_regime
+from rlvr_linear.io import read_json, write_json
+from rlvr_linear.regime import Regime, run_regime
+from rlvr_linear.regime.store import parts_from_map, records_dir
 
 ROOT = Path(__file__).resolve().parent
+RESULTS = ROOT / "results"
+
+
+def recover(out: str) -> list[Path]:
+    """Records of the single-seed points of the committed map that have no record yet."""
+    reg = Regime(out)
+    cases = [json.loads(line) for line in (RESULTS / "regime_cases.jsonl").read_text().splitlines() if line]
+    recs = parts_from_map(read_json(RESULTS / "regime_map.json"), cases, reg.items(), reg.run_dir)
+    written = []
+    for name, parts in recs.items():
+        dst = records_dir(RESULTS) / f"{name}.json"
+        if not dst.exists():
+            write_json(dst, parts)
+            written.append(dst)
+    return written
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(ROOT.parent / "out" / "regime"), help="the map's cache folder")
     ap.add_argument("--render-only", action="store_true", help="re-render from the cache, no training")
+    ap.add_argument("--recover", action="store_true", help="rebuild missing records from the committed map")
     args = ap.parse_args()
-    res = run_regime(args.out, render_only=args.render_only, results_dir=ROOT / "results")
+    if args.recover:
+        for p in recover(args.out):
+            print(p)
+        return
+    res = run_regime(args.out, render_only=args.render_only, results_dir=RESULTS)
     print(res["summary"])
 
 

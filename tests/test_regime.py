@@ -37,15 +37,16 @@ def test_main_grid_horizons_and_checkpoints():
     assert max(lr_h) / min(lr_h) < 2.5
 
 
-def test_queue_order_seed0_then_contrasts_then_reground_then_seeds():
+def test_queue_order_seed0_then_contrasts_then_seeds_row_by_row_then_reground():
     q = queue(cot_available=True)
     kinds = [("reground" if i.reground else i.point.kind, i.seed) for i in q]
     assert kinds[:12] == [("main", 0)] * 12 and all(i.full for i in q[:12])
     contrast = [k for k in kinds[12:] if k[0] in ("sgd", "cot")]
     assert contrast and kinds[12 : 12 + len(contrast)] == contrast
     rest = kinds[12 + len(contrast) :]
-    assert rest[:12] == [("reground", 0)] * 12
-    assert rest[12:] == [("main", 1)] * 12 + [("main", 2)] * 12
+    assert rest[:24] == ([("main", 1)] * 4 + [("main", 2)] * 4) * 3
+    assert [i.point.responses for i in q[12 + len(contrast) :][:24]] == [128] * 8 + [512] * 8 + [1024] * 8
+    assert rest[24:] == [("reground", 0)] * 12
     assert len({i.run_name for i in q}) == len(q)
     for p in [i.point for i in q if i.point.kind == "sgd"]:  # SGD at 100x an AdamW rate, that rate's horizon
         lr = round(p.lr / 100, 12)
@@ -244,3 +245,60 @@ def test_held_out_set_is_validation_plus_test_never_train():
     cot = Scorer("arithmetic-cot", quick=False)  # sampled task: 1,000 per split
     assert len({p.id for p in cot.problems}) == 2000
     assert len(Scorer("arithmetic", quick=True).problems) == 100
+
+
+# --------------------------------------------------------------------------------------------------
+# Records (regime.store): the map resumes from committed per-run analyses, without checkpoints
+
+
+def test_record_is_complete_only_when_marked_for_its_item_at_current_versions():
+    from rlvr_linear.regime.analysis import VERSIONS
+    from rlvr_linear.regime.store import is_complete
+
+    item = Item(grid.main_point(1e-4, 128), 1, full=False)
+    parts = {"meta": {"point": item.point.name, "seed": 1, "reground": False}, "complete": True,
+             **{k: {"version": VERSIONS[k]} for k in ("train", "weights", "logprobs", "forecast")}}  # fmt: skip
+    assert is_complete(parts, item)
+    assert not is_complete({**parts, "complete": False}, item)
+    assert not is_complete(parts, Item(item.point, 2, full=False))  # another seed's record
+    assert not is_complete(parts, Item(item.point, 1, full=True, reground=True))
+    assert not is_complete({**parts, "weights": {"version": VERSIONS["weights"] + 1}}, item)  # a bumped part
+    assert not is_complete({k: v for k, v in parts.items() if k != "logprobs"}, item)
+
+
+@pytest.mark.slow
+def test_quick_map_resumes_from_records_without_checkpoints(quick_map, tmp_path):
+    """Records exported with the results let a machine without ``out/`` render the same map, training nothing."""
+    from rlvr_linear.regime import run_regime
+
+    out, res, _ = quick_map
+    results = tmp_path / "results"
+    now = run_regime(out, quick=True, render_only=True, results_dir=results)  # (another test re-ran a point)
+    recs = sorted(p.name for p in (results / "regime_runs").glob("*.json"))
+    assert recs == sorted(f"{i.run_name}.json" for i in queue(quick=True))
+    fresh = tmp_path / "fresh"
+    again = run_regime(fresh, quick=True, results_dir=results)
+    assert not (fresh / "runs").exists()  # nothing trained
+    assert again["points"] == now["points"] and again["queue"] == now["queue"] == res["queue"]
+
+
+@pytest.mark.slow
+def test_records_rebuilt_from_a_rendered_map_render_back_to_it(quick_map, tmp_path):
+    from rlvr_linear.io import write_json
+    from rlvr_linear.regime import Regime
+    from rlvr_linear.regime.render import render
+    from rlvr_linear.regime.store import parts_from_map
+
+    out, _, _ = quick_map
+    m = read_json(out / "regime_map.json")
+    reg = Regime(tmp_path / "rebuilt", quick=True)
+    recs = parts_from_map(m, _cases(out), reg.items(), reg.run_dir)
+    assert sorted(recs) == sorted(i.run_name for i in queue(quick=True))
+    for name, parts in recs.items():
+        assert parts["meta"]["recovered"] == "regime_map.json" and parts["complete"]
+        write_json(reg.out / "analysis" / name / "parts.json", parts)
+    back = render(reg)
+    assert back["points"] == m["points"] and back["best"] == m["best"] and back["summary"] == m["summary"]
+    assert (reg.out / "cases.jsonl").read_text() == (out / "cases.jsonl").read_text()
+    two = {**m, "points": {k: {**p, "seeds": [0, 1]} for k, p in m["points"].items()}}  # multi-seed: not split
+    assert parts_from_map(two, _cases(out), reg.items(), reg.run_dir) == {}

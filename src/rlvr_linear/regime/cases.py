@@ -63,11 +63,16 @@ def plan(item: Item) -> list[dict]:
     return with_ids(cases)
 
 
+def case_id(c: dict) -> str:
+    """A case's key in the cache, from its ``space``, ``predictor``, ``t0``, ``t1`` and ``alpha``."""
+    return f"{c['space']}_{c['predictor']}_{c['t0']}_{c['t1']}_a{c['alpha']:g}"
+
+
 def with_ids(cases: list[dict]) -> list[dict]:
     """Give each case (``space``, ``predictor``, ``t0``, ``t1``, ``alpha``) its ``target`` and ``id``, in place."""
     for c in cases:
         c["target"] = c["t0"] + c["alpha"] * (c["t1"] - c["t0"])
-        c["id"] = f"{c['space']}_{c['predictor']}_{c['t0']}_{c['t1']}_a{c['alpha']:g}"
+        c["id"] = case_id(c)
     return cases
 
 

@@ -23,7 +23,10 @@ i.e. ~7x; their cases are the reduced set of seeds 1 and 2 because each evaluati
 Re-grounding: one (M, N) per main-grid point, seed 0 only, run last (see ``analysis``).
 
 Queue order (partial results are useful): seed 0 of every main-grid point (cheapest batch first), then the contrast
-points, then the re-grounding runs (so every effect has a best-over-the-map number early), then seeds 1 and 2.
+points, then seeds 1 and 2 row by row (128 responses first), then the re-grounding runs. The re-grounding runs came
+before the seeds until the first 24 items (seed 0, the contrasts and 5 re-grounding points) had run; their
+checkpoints were then lost with a machine, and a re-grounding run needs its standard run's checkpoints (retrained
+when missing), so the seeds, which the main grid's verdicts need, go first.
 """
 
 from __future__ import annotations
@@ -154,6 +157,7 @@ def queue(quick: bool = False, cot_available: bool = True) -> list[Item]:
     items = [Item(p, 0, full=True) for p in grid]
     # long responses cost ~7x per step and far more per evaluation: the reduced case set there
     items += [Item(p, 0, full=p.kind != "cot") for p in contrast_points() if cot_available or p.kind != "cot"]
+    # seeds 1 and 2 row by row (cheapest batch first), so each row has its 3 seeds before the next row starts
+    items += [Item(p, s, full=False) for r in RESPONSES for s in SEEDS[1:] for p in grid if p.responses == r]
     items += [Item(p, 0, full=True, reground=True) for p in grid]
-    items += [Item(p, s, full=False) for s in SEEDS[1:] for p in grid]
     return items

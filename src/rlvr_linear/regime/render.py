@@ -16,6 +16,7 @@ import numpy as np
 from ..io import copy_file, read_json, write_json, write_text
 from .analysis import _num
 from .grid import LRS, QUICK_LRS, QUICK_RESPONSES, RESPONSES
+from .store import export_records
 
 FIGURES = ("regime_weights_r2.png", "regime_logprobs_r2.png", "regime_extrapolation_gain.png",
            "regime_gain_vs_forecast.png")  # fmt: skip
@@ -215,7 +216,9 @@ def _scatter(path: Path, cases: list[dict]) -> Path:
 
 def render(regime, results_dir: str | Path | None = None) -> dict:
     """Write ``OUT/regime_map.json``, ``OUT/cases.jsonl`` and ``OUT/regime_*.png`` (and copies into
-    ``results_dir`` when given, the cases as ``regime_cases.jsonl``) from the cache; returns the map."""
+    ``results_dir`` when given, the cases as ``regime_cases.jsonl``, the finished runs' records under
+    ``regime_runs/``) from the cache; returns the map. "trained" counts the items trained here or taken from
+    records."""
     runs = _load(regime)
     by_point: dict[str, list[dict]] = {}
     for r in runs:
@@ -223,8 +226,7 @@ def render(regime, results_dir: str | Path | None = None) -> dict:
     points = {name: summarize_point(rs) for name, rs in by_point.items() if any(not r["meta"]["reground"] for r in rs)}
     cases = [c for r in runs for c in r.get("cases", {}).values()]
     items = regime.items()
-    mans = [regime.run_dir(i) / "manifest.json" for i in items]
-    done_train = sum(m.exists() and read_json(m).get("finished", False) for m in mans)
+    done_train = sum(regime.complete(i) or _finished(regime.run_dir(i)) for i in items)
     analysed = sum(1 for r in runs if ("cases" in r or "reground" in r))
     gains = [c["gain_vs_t1"]["greedy"] for c in cases]
     best = max(gains, key=lambda g: g["mean"], default=None)
@@ -253,7 +255,13 @@ def render(regime, results_dir: str | Path | None = None) -> dict:
         write_text(rd / "regime_cases.jsonl", "".join(json.dumps(c) + "\n" for c in cases))
         for f in result["figures"]:
             copy_file(out / f, rd / f)
+        export_records(out, rd, items)
     return result
+
+
+def _finished(run: Path) -> bool:
+    m = run / "manifest.json"
+    return m.exists() and bool(read_json(m).get("finished", False))
 
 
 def report_html(out: str | Path, img) -> str:

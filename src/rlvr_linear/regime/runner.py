@@ -4,13 +4,16 @@ Layout of ``OUT`` (e.g. ``out/regime``)::
 
     runs/<point>_s<seed>/            training trajectory (``train.train``; resumes from its last save)
     runs/<point>_s<seed>_reground/   the re-grounded run of a point (seed 0)
-    analysis/<run>.json              cached per-run analysis (each part under its own key, written atomically)
+    analysis/<run>/parts.json        cached per-run analysis (each part under its own key, written atomically;
+                                     ``complete`` once every part is in)
     cases.jsonl                      every extrapolation case, one JSON object per line (rendered from the cache)
     regime_map.json, regime_*.png    the map (rendered from the cache; ``render_only`` re-renders without training)
     pid, log.txt                     the background process (see docs/regime.md)
 
 A kill at any moment is safe: checkpoints, manifests and cache files are written atomically, extrapolated models
 live under ``OUT/tmp`` (wiped at start), and a rerun of the same command continues where the last one stopped.
+With a results folder, finished runs' analyses are copied there (``regime_runs/``, committed) and a run on another
+machine starts from them (:mod:`.store`): items with a complete record are neither trained nor analysed again.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pathlib import Path
 from ..errors import RlvrLinearError
 from ..io import read_json, write_text
 from .grid import Item, queue
+from .store import import_records, is_complete, records_dir
 
 
 def _log(msg: str) -> None:
@@ -84,18 +88,31 @@ class Regime:
     def run_dir(self, item: Item) -> Path:
         return self.out / "runs" / item.run_name
 
+    def manifest(self, item: Item) -> dict | None:
+        """``item``'s run manifest (None before its first save); a run of another setting is refused."""
+        from ..study.common import same_config
+
+        path = self.run_dir(item) / "manifest.json"
+        if not path.exists():
+            return None
+        man = read_json(path)
+        if not same_config(man.get("config"), self.train_config(item)):
+            raise RlvrLinearError(f"{path.parent} holds a run with another config; move it away or use a new folder")
+        return man
+
+    def complete(self, item: Item) -> bool:
+        """Whether ``item``'s analysis is finished (its checkpoints may be gone: see :mod:`.store`)."""
+        path = self.out / "analysis" / item.run_name / "parts.json"
+        return path.exists() and is_complete(read_json(path), item)
+
     # training --------------------------------------------------------------------------------------
     def train(self, item: Item) -> dict:
         """Train ``item`` (or reuse its finished run, or resume an unfinished one). Returns the manifest."""
-        from ..study.common import same_config
         from ..train import train
 
         run, cfg = self.run_dir(item), self.train_config(item)
-        man_path = run / "manifest.json"
-        if man_path.exists():
-            man = read_json(man_path)
-            if not same_config(man.get("config"), cfg):
-                raise RlvrLinearError(f"{run} holds a run with another config; move it away or use a new folder")
+        man = self.manifest(item)
+        if man is not None:
             if man.get("finished"):
                 return man
             _log(f"resuming {item.run_name} from step {man['checkpoints'][-1]['step'] if man['checkpoints'] else 0}")
@@ -118,7 +135,16 @@ class Regime:
             shutil.rmtree(self.out / "tmp", ignore_errors=True)
             items = self.items()
             _log(f"{len(items)} queue items in {self.out}")
+            if results_dir is not None:
+                seeded = import_records(self.out, results_dir, items)
+                if seeded:
+                    _log(f"{len(seeded)} finished runs taken from {records_dir(results_dir)} (not retrained)")
             for i, item in enumerate(items):
+                if self.complete(item):
+                    self.manifest(item)  # a folder holding another setting is refused even then
+                    continue
+                if item.reground:  # scored against its standard run's checkpoints (retrained if taken from a record)
+                    self.train(Item(item.point, item.seed, full=True))
                 self.train(item)
                 if not train_only:
                     t0 = time.time()
@@ -170,7 +196,7 @@ def analyze_item(regime, item: Item) -> bool:
             scorer = Scorer(item.point.task, regime.quick)
             cache.put("reground", part_reground(regime, item, scorer, cache, man))
             changed = True
-        return changed
+        return _mark_complete(cache) or changed
     if not cache.has("weights"):
         cache.put("weights", part_weights(run))
         changed = True
@@ -182,7 +208,15 @@ def analyze_item(regime, item: Item) -> bool:
         changed = True
     scorer = scorer or Scorer(item.point.task, regime.quick)
     changed |= run_cases(regime, item, run, cache, scorer)
-    return changed
+    return _mark_complete(cache) or changed
+
+
+def _mark_complete(cache) -> bool:
+    if cache.parts.get("complete"):
+        return False
+    cache.parts["complete"] = True
+    cache.save()
+    return True
 
 
 def run_regime(
