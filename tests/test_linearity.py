@@ -432,7 +432,8 @@ def test_fused_kernel_on_blocks_with_ties_and_bf16_bits():
 @pytest.mark.skipif(not L.HAVE_NUMBA, reason="numba is not installed")
 @pytest.mark.parametrize("T", [14, 70])  # 70: increments t >= 64 take the second hash block
 def test_null_kernel_equals_the_numpy_null(T):
-    """The fused path's sign-flip null (numba) against :func:`_null_stats` (numpy) on the same columns: each
+    """The fused path's sign-flip null (numba) against the public numpy null (``sign_flip_null``, ``r2_score``,
+    ``drift_to_noise``) on the same columns: each
     column's R² and drift-to-noise to 1e-12, identical bins, counts above 0.7 and sample size."""
     rng = np.random.default_rng(3)
     n = 4000
@@ -451,7 +452,8 @@ def test_null_kernel_equals_the_numpy_null(T):
         vals = K._as_float(block).astype(np.float64)
         for every in (False, True):
             js = np.flatnonzero(keep) if every else cols[keep[cols]]
-            ref_r2, ref_dnr = K._null_stats(vals[:, js], i0 + js, key, xc, sxx)
+            null = L.sign_flip_null(vals[:, js].T, index=i0 + js, key=key)  # the public reference, (n, T)
+            ref_r2, ref_dnr = L.r2_score(null, x), L.drift_to_noise(null)
             assert ref_r2.min() == 0.0 and 0.05 < (ref_r2 > 0.7).mean() < 0.95 and ref_dnr.max() > 0.7
             hr, hd, rr, rd = L.Dist(), L.Dist(hi=math.sqrt(T - 1)), L.Dist(), L.Dist(hi=math.sqrt(T - 1))
             rr.add(ref_r2)

@@ -334,19 +334,6 @@ def _as_float(y: np.ndarray) -> np.ndarray:
     return y
 
 
-def _null_stats(y: np.ndarray, flat: np.ndarray, key: int, xc: np.ndarray, sxx: float) -> tuple[np.ndarray, np.ndarray]:
-    """Sign-flip null R² and drift-to-noise of the (T, m) columns ``y`` (flat indices ``flat``)."""
-    d = np.diff(np.asarray(y, dtype=np.float64), axis=0)
-    ssn = np.sqrt(np.einsum("tn,tn->n", d, d))
-    _flip_inplace(d, flat, key)
-    c = np.empty((d.shape[0] + 1, d.shape[1]))
-    _cumsum_rows(d, c)
-    _, nxy, nyy = _moments(c, xc)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        null_dnr = np.where(ssn > 0, np.abs(c[-1]) / ssn, 0.0)
-    return _r2(nxy, nyy, sxx, np.zeros(d.shape[1], dtype=bool)), null_dnr
-
-
 def _analyze_fused(
     y: np.ndarray,
     x: np.ndarray,

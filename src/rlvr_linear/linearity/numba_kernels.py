@@ -283,9 +283,10 @@ def _fused_columns(y, bf16, tproto, xc, inv_sxx, thr, k, r2_counts, r2_scale, dn
 
 
 def _null_columns(y, cols, every, keep, i0, key, xc, sxx, nr_counts, nr_scale, nd_counts, nd_scale, thresh, work):
-    """The sign-flip null (:func:`_null_stats`, the same formulas in float64) of the kept columns ``cols`` of a
-    (T, n) block ``y`` (values or bf16 bits as in :func:`_fused_columns`; ``every``: all kept columns, ``cols``
-    unused), flat indices ``i0 + j``: increments ``d_t = y_{t+1} - y_t``, flipped where bit ``t % 64`` of
+    """The sign-flip null (``stats.sign_flip_null`` with ``r2_score`` and ``drift_to_noise``, the same formulas in
+    float64) of the kept columns ``cols`` of a (T, n) block ``y`` (values or bf16 bits as in
+    :func:`_fused_columns`; ``every``: all kept columns, ``cols`` unused), flat indices ``i0 + j``: increments
+    ``d_t = y_{t+1} - y_t``, flipped where bit ``t % 64`` of
     ``splitmix64((i0 + j) ^ splitmix64(key + t // 64))`` is set (:func:`~rlvr_linear.linearity.stats.null_signs`),
     their cumulative sums ``c`` (``c_1 = 0``), ``R² = S_xc² / (S_xx S_cc)`` and ``|c_T| / sqrt(Σ d²)``.
 
