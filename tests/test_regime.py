@@ -41,12 +41,14 @@ def test_queue_order_seed0_then_contrasts_then_seeds_row_by_row_then_reground():
     q = queue(cot_available=True)
     kinds = [("reground" if i.reground else i.point.kind, i.seed) for i in q]
     assert kinds[:12] == [("main", 0)] * 12 and all(i.full for i in q[:12])
-    contrast = [k for k in kinds[12:] if k[0] in ("sgd", "cot")]
+    contrast = [k for k in kinds[12:] if k[0] in ("sgd", "cot") and k[1] == 0]
     assert contrast and kinds[12 : 12 + len(contrast)] == contrast
     rest = kinds[12 + len(contrast) :]
-    assert rest[:24] == ([("main", 1)] * 4 + [("main", 2)] * 4) * 3
-    assert [i.point.responses for i in q[12 + len(contrast) :][:24]] == [128] * 8 + [512] * 8 + [1024] * 8
-    assert rest[24:] == [("reground", 0)] * 12
+    row = [("main", 1)] * 4 + [("main", 2)] * 4
+    assert rest[:26] == row + [("sgd", 1), ("sgd", 2)] + row * 2
+    assert [i.point.responses for i in q[12 + len(contrast) :][:26]] == [128] * 10 + [512] * 8 + [1024] * 8
+    assert {(i.point.lr, i.point.horizon) for i in q if i.point.kind == "sgd" and i.seed > 0} == {(3e-3, 560)}
+    assert rest[26:] == [("reground", 0)] * 12
     assert len({i.run_name for i in q}) == len(q)
     for p in [i.point for i in q if i.point.kind == "sgd"]:  # SGD at 100x an AdamW rate, that rate's horizon
         lr = round(p.lr / 100, 12)
