@@ -4,7 +4,7 @@
     python experiments/render_readme.py --check   # exit 1 when README.md is not what the files give
 
 Blocks (``<!-- BEGIN name -->`` ... ``<!-- END name -->``) and their files:
-``regime``, ``regime-effects``, ``regime-best``: experiments/results/regime_map.json
+``regime``, ``regime-effects``, ``regime-best``, ``regime-progress``: experiments/results/regime_map.json
 (``python experiments/regime.py --render-only``);
 ``study``, ``study-linearity``, ``study-robustness``, ``study-wx``, ``study-regrounding``:
 experiments/results/study/results.json (``python experiments/study.py``).
@@ -22,6 +22,7 @@ from rlvr_linear.tables import (
     best_table,
     effects_table,
     linearity_table,
+    progress_line,
     regime_table,
     regrounding_table,
     robustness_table,
@@ -37,7 +38,8 @@ RESULTS = ROOT / "results"
 
 def blocks() -> dict[str, str]:
     regime = read_json(RESULTS / "regime_map.json")
-    out = {"regime": regime_table(regime), "regime-effects": effects_table(regime), "regime-best": best_table(regime)}
+    out = {"regime": regime_table(regime), "regime-effects": effects_table(regime), "regime-best": best_table(regime),
+           "regime-progress": progress_line(regime)}  # fmt: skip
     study = RESULTS / "study" / "results.json"
     if study.exists():
         res = read_json(study)

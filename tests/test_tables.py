@@ -105,6 +105,19 @@ def test_regime_table_orders_points_and_renders_best_cases():
     assert rows[0].endswith("| n/a |")
 
 
+def test_progress_line_groups_points_by_seeds():
+    from rlvr_linear.tables import progress_line
+
+    m = {"queue": {"items": 57, "trained": 32, "analysed": 32},
+         "points": {"lr3e-5_r128": {"seeds": [0, 1, 2], "reground": {"spec": "40,40"}},
+                    "lr1e-5_r128": {"seeds": [0, 1, 2], "reground": None},
+                    "lr3e-3_r128_sgd": {"seeds": [0]}}}  # fmt: skip
+    line = progress_line(m)
+    assert "32 of 57 queue items trained and analysed" in line
+    assert "Points with 3 seeds: 1e-5×128, 3e-5×128; 1 seed: 3e-3×128 sgd." in line
+    assert "Re-grounding measured at 1 point: 3e-5×128." in line
+
+
 def test_effects_table_splits_points_by_each_criterion():
     def point(w, null, ratio, gain_lo):
         one = lambda m: {"mean": m, "lo": m, "hi": m, "n": 1}  # noqa: E731

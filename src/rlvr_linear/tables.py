@@ -142,6 +142,12 @@ def _point_label(name: str) -> tuple[float, int, str]:
     return (float(m["lr"]), int(m["r"]), m["rest"].lstrip("_"))
 
 
+def _short_label(name: str) -> str:
+    """``lr3e-5_r128_sgd`` -> ``3e-5×128 sgd``."""
+    lr, resp, rest = _point_label(name)
+    return f"{fmt_lr(lr)}×{resp}" + (f" {rest}" if rest else "")
+
+
 def fmt_lr(lr: float) -> str:
     """``3e-05`` -> ``3e-5``, ``0.0001`` -> ``1e-4``."""
     mant, exp = f"{lr:.0e}".split("e")
@@ -246,13 +252,26 @@ EFFECTS = {
 }
 
 
+def progress_line(regime_map: dict) -> str:
+    """What the map holds so far: queue items done, points by their number of seeds, re-grounding points."""
+    q, pts = regime_map["queue"], regime_map["points"]
+    by_seeds: dict[int, list[str]] = {}
+    for name in sorted(pts, key=_point_label):
+        by_seeds.setdefault(len(pts[name]["seeds"]), []).append(_short_label(name))
+    parts = [f"{n} seed{'s' * (n > 1)}: {', '.join(names)}" for n, names in sorted(by_seeds.items(), reverse=True)]
+    rg = [_short_label(n) for n in sorted(pts, key=_point_label) if pts[n].get("reground")]
+    return (
+        f"**What has run so far** (rendered from the map): {q['trained']} of {q['items']} queue items trained and "
+        f"analysed. Points with {'; '.join(parts)}. Re-grounding measured at {len(rg)} point{'s' * (len(rg) != 1)}"
+        f"{': ' + ', '.join(rg) if rg else ''}. The rest is queued (order in docs/regime.md); a point with one seed "
+        "is a lead, not a result.\n"
+    )
+
+
 def effects_table(regime_map: dict) -> str:
     """Effect -> the map's points where it appears -> where it does not, each point with its number."""
     names = sorted(regime_map["points"], key=_point_label)
-
-    def label(name: str) -> str:
-        lr, resp, rest = _point_label(name)
-        return f"{fmt_lr(lr)}×{resp}" + (f" {rest}" if rest else "")
+    label = _short_label
 
     rows = []
     for effect, (rule, test) in EFFECTS.items():
