@@ -80,7 +80,9 @@ def test_extrapolated_at_alpha_1_scores_what_hf_scores(setup):
         assert len(ours["samples"][task]) == len(DOCS)
     ll_ref, ll_ours = _loglikelihoods(ref), _loglikelihoods(ours)
     assert len(ll_ref) == sum(len(d["choices"]) for d in DOCS)
-    assert ll_ours == ll_ref  # the same log-likelihood for every choice, to the last bit
+    # the same log-likelihood for every choice: W_a + 1 * (W_b - W_a) equals W_b up to float rounding (bit-equal on
+    # some CPUs, one ulp apart on others), so the scores agree to rounding, far below the alpha = 0 gap checked below
+    assert ll_ours == pytest.approx(ll_ref, rel=1e-6, abs=1e-5)
     gen_ref = [s["resps"][0][0] for s in ref["samples"]["rl_generate"]]
     assert [s["resps"][0][0] for s in ours["samples"]["rl_generate"]] == gen_ref
     assert len(set(gen_ref)) == len(DOCS) and "" in gen_ref  # distinct texts; one cut at the stop string '>'

@@ -113,13 +113,16 @@ def pico_chat_llama(tmp_path, monkeypatch):
 def _cfg(model_dir, **kw):
     return TrainConfig(model=str(model_dir), task="cot-chat-digit", steps=2, save_every=1, prompts_per_step=2,
                        samples_per_prompt=4, max_new_tokens=12, eval_problems=4, learning_rate=3e-2, threads=1,
-                       **kw)  # fmt: skip
+                       optimizer="sgd", **kw)  # fmt: skip
 
 
 @pytest.mark.slow
 def test_two_step_run_on_a_pico_llama_through_the_smollm2_path(tmp_path, pico_chat_llama):
     """Chat template + conversational prompts + micro-batched TRL step (gradient accumulation over one generation):
-    the same code path as ``train --model smollm2-135m``; micro-batches of 2 must give the whole batch's weights."""
+    the same code path as ``train --model smollm2-135m``; micro-batches of 2 must give the whole batch's weights.
+    SGD, not AdamW: its update is linear in the gradient, so summation-order rounding stays at rounding size (Adam's
+    first step is ~lr * sign(g) and flips on near-zero gradient entries, which differ between CPUs), and a wrongly
+    scaled accumulation (Adam is blind to a constant factor) fails here."""
     from rlvr_linear.tokenizer import load_tokenizer
 
     tok = load_tokenizer(pico_chat_llama)

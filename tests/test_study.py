@@ -12,6 +12,7 @@ from rlvr_linear.report import SECTIONS, validate_results
 from rlvr_linear.study import (
     CONTRAST_SETTINGS,
     StudyConfig,
+    _Ctx,
     _mean_numbers,
     _r2_numbers,
     _verdict_linearity,
@@ -39,9 +40,11 @@ def test_config_modes_and_errors():
     q = StudyConfig.for_mode("quick")
     assert q.seeds == [0] and q.rl_steps == 60 and q.base_recipe["hidden_size"] == 64
     d = StudyConfig.for_mode("default")
-    # the default runs at the regime map's lr 3e-5 x 128 responses point: 560 steps, 15 checkpoints
+    # the default runs at the regime map's SGD 3e-3 x 128 responses point: 560 steps, 15 checkpoints
     assert d.seeds == [0, 1, 2] and d.rl_steps == 560 and d.base_recipe is None
-    assert (d.learning_rate, d.save_every, d.prompts_per_step * d.samples_per_prompt) == (3e-5, 40, 128)
+    assert (d.optimizer, d.learning_rate, d.save_every, d.prompts_per_step * d.samples_per_prompt) == (
+        "sgd", 3e-3, 40, 128)  # fmt: skip
+    assert (q.optimizer, q.learning_rate) == ("adamw", 3e-4)
     assert d.rl_steps // d.save_every + 1 == 15
     assert d.reground_specs == ["8,40"] and d.wx_base_fractions == [0.0, 1 / 7]
     assert "fast" in d.robustness and "fast" in CONTRAST_SETTINGS
@@ -54,6 +57,8 @@ def test_config_modes_and_errors():
         StudyConfig.for_mode("quick", rl_steps=10)
     with pytest.raises(RlvrLinearError, match="unknown robustness settings"):
         StudyConfig.for_mode("quick", robustness=["adam9"])
+    with pytest.raises(RlvrLinearError, match="unknown optimizer 'lion'; choose adamw or sgd"):
+        StudyConfig.for_mode("default", optimizer="lion")
     with pytest.raises(RlvrLinearError, match=r"unknown study settings \['colour'\]"):
         StudyConfig.for_mode("quick", colour=1)
     assert [r["stage"] for r in plan(q, parse_stages(None))] == parse_stages("all")
@@ -264,3 +269,29 @@ def test_same_config_tolerates_fields_added_since_a_run_was_saved():
     assert not same_config({**saved, "learning_rate": 3e-4}, cfg)
     assert not same_config({**saved, "colour": 1}, cfg)  # a field this version does not know
     assert not same_config(None, cfg)
+
+
+def test_robustness_settings_follow_the_baselines_optimizer(tmp_path):
+    """The optimizer settings are relative to the baseline: at SGD 3e-3 'sgd' is the baseline itself (its run is
+    reused), 'adamw' is AdamW at 3e-5 and 'fast' AdamW at 3e-4; at AdamW 3e-5 the roles swap. Every RL and SFT run
+    of the study trains with the study's optimizer."""
+    from rlvr_linear.study import ROBUSTNESS_SETTINGS
+
+    def runs(cfg):
+        ctx = _Ctx(cfg, tmp_path, progress=False)
+        ctx._base = tmp_path / "base"
+        base = ctx.train_config(0)
+        got = {}
+        for name in ("grpo", "sgd", "adamw", "fast", "lr_x3"):
+            t = ctx.train_config(0, **ROBUSTNESS_SETTINGS[name][1](cfg.learning_rate, cfg.optimizer))
+            got[name] = "baseline" if t == base else (t.optimizer, t.learning_rate)
+        return base, ctx.sft_config(0), got
+
+    base, sft, got = runs(StudyConfig.for_mode("default"))
+    assert (base.optimizer, base.learning_rate, sft.optimizer, sft.learning_rate) == ("sgd", 3e-3, "sgd", 3e-3)
+    assert got == {"grpo": "baseline", "sgd": "baseline", "adamw": ("adamw", pytest.approx(3e-5)),
+                   "fast": ("adamw", pytest.approx(3e-4)), "lr_x3": ("sgd", pytest.approx(9e-3))}  # fmt: skip
+    base, sft, got = runs(StudyConfig.for_mode("default", optimizer="adamw", learning_rate=3e-5))
+    assert (base.optimizer, sft.optimizer) == ("adamw", "adamw")
+    assert got == {"grpo": "baseline", "sgd": ("sgd", pytest.approx(3e-3)), "adamw": "baseline",
+                   "fast": ("adamw", pytest.approx(3e-4)), "lr_x3": ("adamw", pytest.approx(9e-5))}  # fmt: skip

@@ -80,7 +80,9 @@ def test_smollm2_runs_use_the_long_reply_preset(tmp_path):
     # the tiny study keeps its preset
     tiny = _Ctx(StudyConfig.for_mode("default"), tmp_path, progress=False)
     tiny._base = tmp_path / "base"
-    assert tiny.train_config(0).task == "arithmetic" and tiny.train_config(0).learning_rate == 3e-5
+    assert (tiny.train_config(0).task, tiny.train_config(0).learning_rate, tiny.train_config(0).optimizer) == (
+        "arithmetic", 3e-3, "sgd")  # fmt: skip
+    assert t.optimizer == "adamw"
 
 
 def test_skipped_stages_write_not_run_budget_results_without_any_model(tmp_path, capsys):

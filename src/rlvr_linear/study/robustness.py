@@ -37,12 +37,10 @@ def stage_robustness(ctx: _Ctx) -> dict:
     rows = []
     for name in tqdm(c.robustness, desc="robustness settings", disable=not ctx.progress):
         label, over = ROBUSTNESS_SETTINGS[name]
-        ov = over(c.learning_rate)
-        run = (
-            ctx.out / "runs" / f"rl_seed{seed}"
-            if not ov
-            else ctx.rl_run(f"robust_{name}", ctx.train_config(seed, **ov))[0]
-        )
+        ov = over(c.learning_rate, c.optimizer)
+        tcfg = ctx.train_config(seed, **ov)
+        run = ctx.out / "runs" / f"rl_seed{seed}" if tcfg == ctx.train_config(seed) else ctx.rl_run(
+            f"robust_{name}", tcfg)[0]  # fmt: skip
         w = _weight_analysis(run)
         lp = analyze_logprobs(discover(run), probes)
         man = read_json(run / "manifest.json")

@@ -116,13 +116,16 @@ class TrainConfig:
 
 
 PRESETS: dict[str, dict] = {
-    # the embedded default: tiny char-level Qwen2 on 2-digit addition, in the regime map's paper-like point
-    # (lr 3e-5, 128 responses per step, 560 steps, 15 checkpoints; docs/regime.md); ~0.25 s/step on one core
-    "tiny": dict(model="tiny", task="arithmetic", steps=560, save_every=40, learning_rate=3e-5),
+    # the embedded default: tiny char-level Qwen2 on 2-digit addition, at the regime map's paper-like point that
+    # fits the default study's budget (SGD at lr 3e-3, 128 responses per step, 560 steps, 15 checkpoints; weight and
+    # log-prob R² clear the paper's bar on 3 seeds; docs/regime.md); ~0.25 s/step on one core
+    "tiny": dict(model="tiny", task="arithmetic", steps=560, save_every=40, learning_rate=3e-3, optimizer="sgd"),
+    # AdamW at 3e-5 over the same horizon: the default until the map's seeds 1 and 2 (misses the bar on two seeds)
+    "tiny-adamw": dict(model="tiny", task="arithmetic", steps=560, save_every=40, learning_rate=3e-5),
     # v0.1's default, kept as a contrast: 10x the rate over 200 steps, where the paper's linearity does not appear
     "tiny-fast": dict(model="tiny", task="arithmetic", steps=200, save_every=20, learning_rate=3e-4),
     # the long-response variant: the tiny base warmed up on chain-of-thought arithmetic (21-54 response tokens, only
-    # the final answer rewarded); same rate and horizon as "tiny"
+    # the final answer rewarded); AdamW at 3e-5 over 560 steps, as the regime map's long-response points
     "tiny-cot": dict(model="tiny-cot", task="arithmetic-cot", steps=560, save_every=40, learning_rate=3e-5),
     # the real-model preset: SmolLM2-135M-Instruct (paper-like lr, small batch; ~50 s/step on 2 CPU cores)
     "smollm2": dict(
