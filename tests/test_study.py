@@ -186,6 +186,7 @@ def test_quick_study_end_to_end_and_rerun_skips(tmp_path, monkeypatch, capsys):
     assert main(["study", "--quick", "-o", str(out), "--threads", "1", "--no-progress"]) == 0
     first = capsys.readouterr().out
     assert "study plan: mode quick" in first and "estimated total" in first
+    assert "adamw lr 0.0003 x 128 responses" in first
     res = json.loads((out / "results.json").read_text())
     validate_results(res)
     assert res["meta"]["mode"] == "quick" and res["meta"]["seeds"] == [0]

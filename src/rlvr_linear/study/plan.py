@@ -199,7 +199,8 @@ def print_plan(cfg: StudyConfig, stages: list[str], done: set[str]) -> float:
 
     key, u = unit_costs(cfg)
     rows = plan(cfg, stages)
-    print(f"study plan: mode {cfg.mode}, model {cfg.model}, seeds {cfg.seeds}, {cfg.rl_steps} steps per run")
+    print(f"study plan: mode {cfg.mode}, model {cfg.model}, seeds {cfg.seeds}, {cfg.rl_steps} steps per run, "
+          f"{cfg.optimizer} lr {cfg.learning_rate:g} x {cfg.prompts_per_step * cfg.samples_per_prompt} responses")
     total = 0.0
     for r in rows:
         if r["stage"] in done:
