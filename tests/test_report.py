@@ -167,3 +167,34 @@ def test_a_stage_left_out_for_budget_shows_its_verdict_and_no_table_error(tmp_pa
     assert "Pretrained model, small budget." in page and "Tiny-model miniature" not in page
     assert "pretrained model smollm2-135m" in page
     assert banner("tiny").startswith("This is a tiny-model miniature")
+
+
+def test_robustness_rows_compare_with_the_papers_run_of_the_same_optimizer():
+    from rlvr_linear.report import _paper_robustness_key
+
+    def row(setting, **ov):
+        return {"setting": setting, "overrides": ov}
+
+    # SGD baseline (the default study): its baseline row is the paper's SGD run, the AdamW row the paper's GRPO
+    assert _paper_robustness_key(row("grpo"), "sgd") == "SGD"
+    assert _paper_robustness_key(row("adamw", optimizer="adamw", learning_rate=3e-5), "sgd") == "GRPO"
+    assert _paper_robustness_key(row("fast", optimizer="adamw", learning_rate=3e-4), "sgd") == ""
+    # AdamW baseline: the other way round; named settings by name
+    assert _paper_robustness_key(row("grpo"), "adamw") == "GRPO"
+    assert _paper_robustness_key(row("sgd", optimizer="sgd", learning_rate=3e-3), "adamw") == "SGD"
+    assert _paper_robustness_key(row("group_16", samples_per_prompt=16), "sgd") == "Rollouts 16"
+    assert _paper_robustness_key(row("dr_grpo", algorithm="dr_grpo"), "adamw") == ""
+
+
+
+def test_the_shipped_default_study_compares_its_sgd_baseline_with_the_papers_sgd_run(tmp_path):
+    """Its results predate ``baseline_optimizer``: the optimizer comes from the study's config in ``meta``."""
+    import json
+    from pathlib import Path
+
+    res = json.loads((Path(__file__).resolve().parents[1] / "experiments/results/study/results.json").read_text())
+    assert "baseline_optimizer" not in res["robustness"]["numbers"] and res["meta"]["config"]["optimizer"] == "sgd"
+    page = render_html(res, tmp_path)
+    assert "baseline optimizer sgd" in page
+    row = re.search(r"<tr><td>GRPO \(baseline\)</td>.*?</tr>", page, re.S).group(0)
+    assert "0.81 (0.7-0.89)" in row  # the paper's SGD run, not its AdamW GRPO (0.84)

@@ -356,13 +356,25 @@ def _body_linearity(s: dict) -> str:
     )
 
 
+def _paper_robustness_key(row: dict, baseline_optimizer: str) -> str:
+    """The paper's robustness run a setting compares with: GSPO, lr x3 and group 16 by name; the baseline and the
+    optimizer settings by the optimizer they trained with (the paper's GRPO is AdamW, its "SGD" run SGD)."""
+    named = {"gspo": "GSPO", "lr_x3": "LR x3 (3e-6)", "group_16": "Rollouts 16"}
+    if row["setting"] in named:
+        return named[row["setting"]]
+    if row["setting"] not in ("grpo", "sgd", "adamw"):
+        return ""
+    opt = row.get("overrides", {}).get("optimizer", baseline_optimizer)
+    return "SGD" if opt == "sgd" else "GRPO"
+
+
 def _body_robustness(s: dict) -> str:
     n, paper = s["numbers"], s["paper"]
-    pmap = {"grpo": "GRPO", "gspo": "GSPO", "sgd": "SGD", "lr_x3": "LR x3 (3e-6)", "group_16": "Rollouts 16"}
+    base_opt = n.get("baseline_optimizer", "adamw")
     rows = []
     for r in n["settings"]:
         w, lp = r["weights"], r["logprobs"]
-        pp = paper.get(pmap.get(r["setting"], ""), None)
+        pp = paper.get(_paper_robustness_key(r, base_opt), None)
         ptxt = (
             f"{pp['weight']} ({pp['weight_iqr'][0]}-{pp['weight_iqr'][1]}); log-prob {pp['logprob']}" if pp else "n/a"
         )
@@ -371,7 +383,9 @@ def _body_robustness(s: dict) -> str:
     head = ["setting", "weight median R²", "weight IQR", "weight null median", "log-prob median R²",
             "log-prob null median", "final val acc", "paper weight median (IQR)"]  # fmt: skip
     return (
-        f"<p>One run per setting, seed {s['seeds'][0]}; SGD lr = {n['sgd_lr_factor']:g} x the AdamW lr.</p>"
+        f"<p>One run per setting, seed {s['seeds'][0]}; baseline optimizer {html.escape(base_opt)}; SGD lr = "
+        f"{n['sgd_lr_factor']:g} x the AdamW lr. The paper's column is its run with the same optimizer (its "
+        "baseline GRPO is AdamW).</p>"
         + _table(head, rows)
     )
 
@@ -490,6 +504,9 @@ def render_html(results: dict, out: str | Path) -> str:
             continue
         try:
             # a stage the protocol left out for its budget (study.run.not_run_result) has no table: its verdict says it
+            if s == "robustness" and "baseline_optimizer" not in r["numbers"]:  # results written before the field
+                opt = results.get("meta", {}).get("config", {}).get("optimizer", "adamw")  # existed: the study's
+                r = {**r, "numbers": {**r["numbers"], "baseline_optimizer": opt}}
             body = "" if r["numbers"].get("not_run") else _BODIES[s](r)
         except (KeyError, TypeError, ValueError) as e:  # a malformed section still shows its raw numbers
             body = f"<p class='small'>(table unavailable: {html.escape(repr(e))})</p>"

@@ -70,7 +70,7 @@ def stage_robustness(ctx: _Ctx) -> dict:
     return {
         "title": TITLE,
         "seeds": [seed],
-        "numbers": {"settings": rows, "sgd_lr_factor": SGD_LR_FACTOR},
+        "numbers": {"settings": rows, "sgd_lr_factor": SGD_LR_FACTOR, "baseline_optimizer": c.optimizer},
         "paper": PAPER["robustness"],
         "reproduced": rep,
         "verdict": verdict,
