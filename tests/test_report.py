@@ -186,7 +186,6 @@ def test_robustness_rows_compare_with_the_papers_run_of_the_same_optimizer():
     assert _paper_robustness_key(row("dr_grpo", algorithm="dr_grpo"), "adamw") == ""
 
 
-
 def test_the_shipped_default_study_compares_its_sgd_baseline_with_the_papers_sgd_run(tmp_path):
     """Its results predate ``baseline_optimizer``: the optimizer comes from the study's config in ``meta``."""
     import json

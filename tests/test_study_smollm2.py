@@ -80,8 +80,8 @@ def test_smollm2_runs_use_the_long_reply_preset(tmp_path):
     # the tiny study keeps its preset
     tiny = _Ctx(StudyConfig.for_mode("default"), tmp_path, progress=False)
     tiny._base = tmp_path / "base"
-    assert (tiny.train_config(0).task, tiny.train_config(0).learning_rate, tiny.train_config(0).optimizer) == (
-        "arithmetic", 3e-3, "sgd")  # fmt: skip
+    tt = tiny.train_config(0)
+    assert (tt.task, tt.learning_rate, tt.optimizer) == ("arithmetic", 3e-3, "sgd")
     assert t.optimizer == "adamw"
 
 

@@ -370,7 +370,7 @@ def _paper_robustness_key(row: dict, baseline_optimizer: str) -> str:
 
 def _body_robustness(s: dict) -> str:
     n, paper = s["numbers"], s["paper"]
-    base_opt = n.get("baseline_optimizer", "adamw")
+    base_opt = n["baseline_optimizer"]  # render_html fills it in for results written before the field existed
     rows = []
     for r in n["settings"]:
         w, lp = r["weights"], r["logprobs"]

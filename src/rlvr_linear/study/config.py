@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ..errors import RlvrLinearError
+from ..training.optimizers import check_optimizer
 
 MODES = ("quick", "default", "full")
 
@@ -142,8 +143,7 @@ class StudyConfig:
             )
         if not self.seeds:
             raise RlvrLinearError("at least one seed is needed")
-        if self.optimizer not in ("adamw", "sgd"):
-            raise RlvrLinearError(f"unknown optimizer {self.optimizer!r}; choose adamw or sgd")
+        check_optimizer(self.optimizer)
         unknown = [r for r in self.robustness if r not in ROBUSTNESS_SETTINGS]
         if unknown:
             raise RlvrLinearError(

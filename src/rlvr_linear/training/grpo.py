@@ -36,6 +36,7 @@ from ..tasks import get_task
 from ..threads import SMALL_MODEL_PARAMS, for_model
 from ..tokenizer import MARKER, load_tokenizer
 from ..trl_cpu import compact_fused_lm_head
+from .optimizers import check_optimizer
 
 ALGORITHMS = {
     # name: (TRL loss_type, importance_sampling_level, scale_rewards)
@@ -87,8 +88,7 @@ class TrainConfig:
     def __post_init__(self):
         if self.algorithm not in ALGORITHMS:
             raise RlvrLinearError(f"unknown algorithm {self.algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
-        if self.optimizer not in ("adamw", "sgd"):
-            raise RlvrLinearError(f"unknown optimizer {self.optimizer!r}; choose adamw or sgd")
+        check_optimizer(self.optimizer)
         if self.steps < 1 or self.save_every < 1:
             raise RlvrLinearError("steps and save_every must be >= 1")
         if self.samples_per_prompt < 2:

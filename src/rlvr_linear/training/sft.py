@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 from ..errors import RlvrLinearError
 from ..io import write_json, write_text
 from ..io.checkpoints import step_dir_name
+from .optimizers import check_optimizer
 
 
 @dataclass
@@ -62,8 +63,7 @@ class SFTConfig:
     threads: int | None = None  #: torch CPU threads (default: leave as is)
 
     def __post_init__(self):
-        if self.optimizer not in ("adamw", "sgd"):
-            raise RlvrLinearError(f"unknown optimizer {self.optimizer!r}; choose adamw or sgd")
+        check_optimizer(self.optimizer)
         if self.steps < 1 or self.save_every < 1 or self.batch_size < 1:
             raise RlvrLinearError("steps, save_every and batch_size must be >= 1")
         if self.noise_snr_db is not None and not math.isfinite(float(self.noise_snr_db)):
