@@ -44,9 +44,15 @@ def test_queue_order_seed0_then_contrasts_then_seeds_row_by_row_then_reground():
     contrast = [k for k in kinds[12:] if k[0] in ("sgd", "cot") and k[1] == 0]
     assert contrast and kinds[12 : 12 + len(contrast)] == contrast
     rest = kinds[12 + len(contrast) :]
-    row = [("main", 1)] * 4 + [("main", 2)] * 4
+    row = [("main", 1), ("main", 2)] * 4
     assert rest[:26] == row + [("sgd", 1), ("sgd", 2)] + row * 2
-    assert [i.point.responses for i in q[12 + len(contrast) :][:26]] == [128] * 10 + [512] * 8 + [1024] * 8
+    seeds = [i for i in q[12 + len(contrast) :][:26] if i.point.kind == "main"]
+    assert [i.point.responses for i in seeds] == [128] * 8 + [512] * 8 + [1024] * 8
+    # within a row: shortest horizon first, both seeds of a point together
+    for k in range(0, 24, 8):
+        assert [(i.point.horizon, i.seed) for i in seeds[k : k + 8]] == [
+            (h, s) for h in (112, 280, 560, 1400) for s in (1, 2)
+        ]
     assert {(i.point.lr, i.point.horizon) for i in q if i.point.kind == "sgd" and i.seed > 0} == {(3e-3, 560)}
     assert rest[26:] == [("reground", 0)] * 12
     assert len({i.run_name for i in q}) == len(q)

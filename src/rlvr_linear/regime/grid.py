@@ -23,7 +23,9 @@ i.e. ~7x; their cases are the reduced set of seeds 1 and 2 because each evaluati
 Re-grounding: one (M, N) per main-grid point, seed 0 only, run last (see ``analysis``).
 
 Queue order (partial results are useful): seed 0 of every main-grid point (cheapest batch first), then the contrast
-points, then seeds 1 and 2 row by row (128 responses first; after that row, seeds 1 and 2 of SGD at 3e-3 x 128,
+points, then seeds 1 and 2 row by row (128 responses first; within a row, shortest horizon first with both its seeds,
+since a sitting's unfinished run is lost with the machine: this order holds from the 1,024-response row on, the 128
+and 512 rows ran seed 1 of every rate, then seed 2; after the 128 row, seeds 1 and 2 of SGD at 3e-3 x 128,
 added when the 128-response row showed that AdamW reaches the study's bar only at 1e-5, whose 1,400 steps do not fit
 the default study's budget), then the re-grounding runs. The re-grounding runs came
 before the seeds until the first 24 items (seed 0, the contrasts and 5 re-grounding points) had run; their
@@ -159,8 +161,15 @@ def queue(quick: bool = False, cot_available: bool = True) -> list[Item]:
     items = [Item(p, 0, full=True) for p in grid]
     # long responses cost ~7x per step and far more per evaluation: the reduced case set there
     items += [Item(p, 0, full=p.kind != "cot") for p in contrast_points() if cot_available or p.kind != "cot"]
-    # seeds 1 and 2 row by row (cheapest batch first), so each row has its 3 seeds before the next row starts
-    seeds = [Item(p, s, full=False) for r in RESPONSES for s in SEEDS[1:] for p in grid if p.responses == r]
+    # seeds 1 and 2 row by row (cheapest batch first), so each row has its 3 seeds before the next row starts; within
+    # a row the cheapest point (shortest horizon) first, with both its seeds, so that a sitting that ends mid-row
+    # leaves whole points with 3 seeds
+    seeds = [
+        Item(p, s, full=False)
+        for r in RESPONSES
+        for p in sorted((p for p in grid if p.responses == r), key=lambda p: p.horizon)
+        for s in SEEDS[1:]
+    ]
     # SGD at 3e-3 x 128 (the study's 560-step horizon) with 3 seeds: the one point found so far that might carry
     # the default study's linearity bar within its 30-minute budget (AdamW reaches the bar at 1e-5, 1,400 steps)
     sgd = [p for p in contrast_points() if p.optimizer == "sgd" and p.responses == 128 and p.horizon == 560]
