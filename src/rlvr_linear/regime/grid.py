@@ -37,13 +37,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..training.optimizers import SGD_LR_FACTOR
+
 LRS = (1e-5, 3e-5, 1e-4, 3e-4)
 RESPONSES = (128, 512, 1024)
 GROUP = 8
 SEEDS = (0, 1, 2)
 #: learning rate -> horizon (steps); a checkpoint every H/14 steps
 HORIZON = {1e-5: 1400, 3e-5: 560, 1e-4: 280, 3e-4: 112}
-SGD_LR_FACTOR = 100.0
 N_SAVES = 14
 
 #: the --quick map: 2 x 2 points of the quick base (64 wide, 2 layers), pico horizons, one seed

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ..errors import RlvrLinearError
-from ..training.optimizers import check_optimizer
+from ..training.optimizers import SGD_LR_FACTOR, check_optimizer
 
 MODES = ("quick", "default", "full")
 
@@ -87,10 +87,6 @@ BUDGET_SKIPS = {
     "mechanism": ("mechanism_snrs", "no SNRs", "--mechanism-snrs 0,-10,-20: one SFT run each"),
     "regrounding": ("reground_specs", "no (M,N) specs", "--reground-specs 5,5: one RL run per spec and seed"),
 }
-
-#: SGD needs a far larger step than AdamW (no per-parameter normalisation): fixed once at 100x the AdamW lr
-SGD_LR_FACTOR = 100.0
-
 
 @dataclass
 class StudyConfig:

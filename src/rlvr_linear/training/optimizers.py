@@ -10,6 +10,10 @@ from ..errors import RlvrLinearError
 #: ``adamw`` (torch AdamW) or ``sgd`` (plain SGD, no momentum)
 OPTIMIZERS = ("adamw", "sgd")
 
+#: SGD needs a far larger step than AdamW (no per-parameter normalisation): an SGD rate is this many times the AdamW
+#: rate it stands for (fixed once; the study's robustness settings and the regime map's SGD points use it)
+SGD_LR_FACTOR = 100.0
+
 
 def check_optimizer(name: str) -> None:
     """Raise :class:`RlvrLinearError` naming the choices when ``name`` is not one of :data:`OPTIMIZERS`."""
