@@ -229,14 +229,14 @@ def test_report_section_leads_when_the_map_is_present(quick_map, tmp_path):
     from rlvr_linear.regime.render import report_html
 
     out, res, _ = quick_map
-    assert report_html(tmp_path, str) == ""
+    assert report_html(tmp_path / "regime", str) == ""
     (tmp_path / "regime").mkdir()
     for f in ["regime_map.json", *res["figures"]]:
         shutil.copyfile(out / f, tmp_path / "regime" / f)
     seen = []
-    h = report_html(tmp_path, lambda rel: seen.append(rel) or f"<img {rel}>")
+    h = report_html(tmp_path / "regime", lambda p: seen.append(p) or f"<img {p}>")
     assert h.startswith("<h2 id='regime'>Regime map</h2>")
-    assert seen == [f"regime/{f}" for f in res["figures"]]
+    assert seen == [tmp_path / "regime" / f for f in res["figures"]]
     for name in res["points"]:
         assert f"<td>{name}</td>" in h
 

@@ -187,13 +187,54 @@ def test_robustness_rows_compare_with_the_papers_run_of_the_same_optimizer():
 
 
 def test_the_shipped_default_study_compares_its_sgd_baseline_with_the_papers_sgd_run(tmp_path):
-    """Its results predate ``baseline_optimizer``: the optimizer comes from the study's config in ``meta``."""
+    """The stage records ``baseline_optimizer``; results written before it take the optimizer from ``meta``."""
     import json
     from pathlib import Path
 
     res = json.loads((Path(__file__).resolve().parents[1] / "experiments/results/study/results.json").read_text())
-    assert "baseline_optimizer" not in res["robustness"]["numbers"] and res["meta"]["config"]["optimizer"] == "sgd"
-    page = render_html(res, tmp_path)
-    assert "baseline optimizer sgd" in page
-    row = re.search(r"<tr><td>GRPO \(baseline\)</td>.*?</tr>", page, re.S).group(0)
-    assert "0.81 (0.7-0.89)" in row  # the paper's SGD run, not its AdamW GRPO (0.84)
+    assert res["robustness"]["numbers"]["baseline_optimizer"] == res["meta"]["config"]["optimizer"] == "sgd"
+    older = copy.deepcopy(res)
+    del older["robustness"]["numbers"]["baseline_optimizer"]
+    for r in (res, older):
+        page = render_html(r, tmp_path)
+        assert "baseline optimizer sgd" in page
+        row = re.search(r"<tr><td>GRPO \(baseline\)</td>.*?</tr>", page, re.S).group(0)
+        assert "0.81 (0.7-0.89)" in row  # the paper's SGD run, not its AdamW GRPO (0.84)
+
+
+def test_the_regime_map_leads_the_report_from_a_given_folder(tmp_path):
+    """The committed study report is rendered with the committed map (``regime_dir``); without one, ``out/regime``."""
+    import base64
+    import json
+
+    res = _good(fig="nope.png")
+    assert "id='regime'" not in render_html(res, tmp_path / "study")
+    mdir = tmp_path / "results"
+    mdir.mkdir()
+    png = b"\x89PNG\r\n\x1a\n fake"
+    (mdir / "regime_weights_r2.png").write_bytes(png)
+    ci = {"mean": 0.012, "lo": 0.004, "hi": 0.021}
+    m = {
+        "summary": "map: 2 of 57 items",
+        "figures": ["regime_weights_r2.png"],
+        "points": {"1e-5x128": {"seeds": [0, 1, 2], "weights": {"median": {"mean": 0.9}, "null_median": {"mean": 0.43}},
+                                "logprobs": {"median": {"mean": 0.87}, "null_median": {"mean": 0.46}},
+                                "forecast_ratio": {"q2": {"mean": 0.64}}, "best_weight_extrapolation": None}},
+        "best": {"weight": {"point": "1e-5x128", "case": "two-point (200, 700) -> 1200", "gain_vs_t1_greedy": ci,
+                            "gain_vs_real_greedy": None},
+                 "regrounding": {"point": "1e-5x512", "spec": "(100,100)", "speedup": 2.0}},
+    }  # fmt: skip
+    (mdir / "regime_map.json").write_text(json.dumps(m))
+    page = render_html(res, tmp_path / "study", regime_dir=mdir)
+    sec = page.split("<h2 id='regime'>Regime map</h2>")[1]
+    assert page.index("id='regime'") < page.index("<h2>Summary") < page.index("<h2 id='baseline'>")
+    assert "map: 2 of 57 items" in sec
+    assert f'<img alt="regime_weights_r2.png" src="data:image/png;base64,{base64.b64encode(png).decode()}">' in sec
+    assert "+0.012 [+0.004, +0.021]" in sec and "no real checkpoint" in sec
+    assert "<td>logit extrapolation</td><td colspan='3'>not measured yet</td>" in sec
+    assert "speed-up 2.00x" in sec
+    assert str(tmp_path) not in page  # no machine paths in the page
+    # the default folder is out/regime
+    (tmp_path / "study" / "regime").mkdir(parents=True)
+    (tmp_path / "study" / "regime" / "regime_map.json").write_text(json.dumps(m))
+    assert "map: 2 of 57 items" in render_html(res, tmp_path / "study")

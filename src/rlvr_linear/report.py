@@ -273,11 +273,12 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def _img(out: Path, rel: str) -> str:
-    p = out / rel
+    """``out/rel`` inlined as a base64 PNG (its alt text: ``rel``), or a note that it is missing."""
+    p, alt = Path(out) / rel, html.escape(rel)
     if not p.exists():
-        return f'<p class="small">(figure {html.escape(rel)} missing)</p>'
+        return f'<p class="small">(figure {alt} missing)</p>'
     data = base64.b64encode(p.read_bytes()).decode()
-    return f'<img alt="{html.escape(rel)}" src="data:image/png;base64,{data}">'
+    return f'<img alt="{alt}" src="data:image/png;base64,{data}">'
 
 
 def _r2_row(label: str, d: dict, paper: str = "") -> list[str]:
@@ -486,8 +487,9 @@ def _environment() -> jinja2.Environment:
     return env
 
 
-def render_html(results: dict, out: str | Path) -> str:
-    """The report as one HTML string; figures (paths relative to ``out``) are inlined as base64 PNG.
+def render_html(results: dict, out: str | Path, regime_dir: str | Path | None = None) -> str:
+    """The report as one HTML string; figures (paths relative to ``out``) are inlined as base64 PNG. The regime map
+    leads it when ``regime_dir`` (default ``out/regime``) holds one (``regime_map.json`` and its figures).
 
     Rendered from ``templates/report.html.j2`` with Jinja2 autoescaping: titles, verdicts, run names, notes and the
     JSON dumps are escaped there; only HTML this module builds itself (the section tables, whose text cells go
@@ -496,6 +498,7 @@ def render_html(results: dict, out: str | Path) -> str:
     from .regime.render import report_html as regime_html
 
     out = Path(out)
+    regime_dir = out / "regime" if regime_dir is None else Path(regime_dir)
     summary = []
     for s in SECTIONS:
         r = results.get(s)
@@ -529,16 +532,17 @@ def render_html(results: dict, out: str | Path) -> str:
             css=_CSS,
             banner=BANNER,
             meta=results["meta"],
-            regime=regime_html(out, lambda rel: _img(out, rel)),  # the regime map leads when OUT/regime has one
+            regime=regime_html(regime_dir, lambda p: _img(p.parent, p.name)),
             summary=summary,
         )
     )
 
 
-def write_report(results: dict, out: str | Path) -> dict:
-    """Validate ``results``, write ``OUT/results.json`` and ``OUT/report.html`` atomically; returns both paths."""
+def write_report(results: dict, out: str | Path, regime_dir: str | Path | None = None) -> dict:
+    """Validate ``results``, write ``OUT/results.json`` and ``OUT/report.html`` atomically; returns both paths
+    (``regime_dir``: see :func:`render_html`)."""
     out = Path(out)
     validate_results(results)
     j = write_json(out / "results.json", results)
-    h = write_text(out / "report.html", render_html(results, out))
+    h = write_text(out / "report.html", render_html(results, out, regime_dir))
     return {"json": j, "html": h}

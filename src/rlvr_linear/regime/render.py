@@ -264,12 +264,12 @@ def _finished(run: Path) -> bool:
     return m.exists() and bool(read_json(m).get("finished", False))
 
 
-def report_html(out: str | Path, img) -> str:
-    """The study report's leading section when ``OUT/regime/regime_map.json`` exists (else ``""``); ``img(rel)``
-    inlines a figure given its path relative to ``OUT``."""
+def report_html(map_dir: str | Path, img) -> str:
+    """The study report's leading section when ``map_dir/regime_map.json`` exists (else ``""``); ``img(path)``
+    inlines the figure at ``path`` (the map's figures lie next to its JSON)."""
     import html
 
-    p = Path(out) / "regime" / "regime_map.json"
+    p = Path(map_dir) / "regime_map.json"
     if not p.exists():
         return ""
     m = read_json(p)
@@ -303,7 +303,7 @@ def report_html(out: str | Path, img) -> str:
         if r
         else "<tr><td>re-grounding</td><td colspan='3'>not measured yet</td></tr>"
     )
-    figs = "".join(f"<div>{img('regime/' + f)}</div>" for f in m.get("figures", []))
+    figs = "".join(f"<div>{img(Path(map_dir) / f)}</div>" for f in m.get("figures", []))
     return (
         "<h2 id='regime'>Regime map</h2>"
         f"<p class='verdict'>{html.escape(m.get('summary', ''))}. Protocol: docs/regime.md.</p>"
