@@ -14,6 +14,7 @@ from rlvr_linear.io import read_json, write_json
 from rlvr_linear.regime import cases as regime_cases
 from rlvr_linear.regime import grid
 from rlvr_linear.regime.grid import Item, main_grid, queue
+from rlvr_linear.regime.store import needed_parts as store_needed
 
 CASE_KEYS = {"point", "run", "seed", "t0", "t1", "target", "alpha", "predictor", "space", "n_problems", "acc_t1",
              "acc_x", "acc_real_target", "gain_vs_t1", "gain_vs_real", "forecast_ratio"}  # fmt: skip
@@ -45,8 +46,9 @@ def test_queue_order_seed0_then_contrasts_then_seeds_row_by_row_then_reground():
     assert contrast and kinds[12 : 12 + len(contrast)] == contrast
     rest = kinds[12 + len(contrast) :]
     row = [("main", 1), ("main", 2)] * 4
-    assert rest[:26] == row + [("sgd", 1), ("sgd", 2)] + row * 2
-    seeds = [i for i in q[12 + len(contrast) :][:26] if i.point.kind == "main"]
+    sft = [("sft", 0)] * 12  # the SFT contrast of every main-grid point, after the 512 row
+    assert rest[:38] == row + [("sgd", 1), ("sgd", 2)] + row + sft + row
+    seeds = [i for i in q[12 + len(contrast) :][:38] if i.point.kind == "main"]
     assert [i.point.responses for i in seeds] == [128] * 8 + [512] * 8 + [1024] * 8
     # within a row: shortest horizon first, both seeds of a point together
     for k in range(0, 24, 8):
@@ -54,12 +56,27 @@ def test_queue_order_seed0_then_contrasts_then_seeds_row_by_row_then_reground():
             (h, s) for h in (112, 280, 560, 1400) for s in (1, 2)
         ]
     assert {(i.point.lr, i.point.horizon) for i in q if i.point.kind == "sgd" and i.seed > 0} == {(3e-3, 560)}
-    assert rest[26:] == [("reground", 0)] * 12
+    assert rest[38:] == [("reground", 0)] * 12
+    assert [i.point.name for i in q if i.point.kind == "sft"] == [p.name + "_sft" for p in grid.main_grid()]
     assert len({i.run_name for i in q}) == len(q)
     for p in [i.point for i in q if i.point.kind == "sgd"]:  # SGD at 100x an AdamW rate, that rate's horizon
         lr = round(p.lr / 100, 12)
         assert lr in grid.LRS and p.horizon == grid.HORIZON[lr]
     assert not [i for i in queue(cot_available=False) if i.point.kind == "cot"]
+
+
+def test_sft_contrast_points_match_their_rl_point():
+    from rlvr_linear.sft import SFTConfig
+
+    for rl, sft in zip(grid.main_grid(), grid.sft_points(grid.main_grid())):
+        assert sft.kind == "sft" and sft.name == rl.name + "_sft" and rl.kind == "main"
+        cfg = sft.train_config(1)
+        assert isinstance(cfg, SFTConfig)
+        assert (cfg.learning_rate, cfg.optimizer, cfg.steps, cfg.save_every, cfg.batch_size, cfg.seed, cfg.threads) == (
+            rl.lr, rl.optimizer, rl.horizon, rl.save_every, rl.responses // 8, 1, 1)
+        assert cfg.noise_snr_db is None and not cfg.zero_signal
+        assert regime_cases.plan(Item(sft, 0, full=False)) == []
+        assert store_needed(Item(sft, 0, full=False)) == ("train", "weights", "logprobs")
 
 
 def test_case_plan_windows_targets_and_reductions():
@@ -121,9 +138,23 @@ def test_quick_map_end_to_end(quick_map):
     out, res, _ = quick_map
     m = read_json(out / "regime_map.json")
     assert m == json.loads(json.dumps(res))
-    assert set(m["points"]) == {"lr3e-4_r16", "lr1e-3_r16", "lr3e-4_r32", "lr1e-3_r32"}
-    assert m["queue"] == {"items": 5, "trained": 5, "analysed": 5}
-    for p in m["points"].values():
+    assert set(m["points"]) == {"lr3e-4_r16", "lr1e-3_r16", "lr3e-4_r32", "lr1e-3_r32", "lr3e-4_r16_sft"}
+    assert m["queue"] == {"items": 6, "trained": 6, "analysed": 6}
+    # the SFT contrast: linearity only, and the RL point's difference to it
+    sft = m["points"]["lr3e-4_r16_sft"]
+    for d in (sft["weights"]["median"], sft["weights"]["null_median"], sft["logprobs"]["median"]):
+        assert 0.0 <= d["mean"] <= 1.0
+    assert sft["n_cases"] == 0 and sft["best_weight_extrapolation"] is None and sft["forecast_ratio"]["q2"] is None
+    d = m["points"]["lr3e-4_r16"]["rl_minus_sft"]
+    for part in ("weights", "logprobs"):
+        rl = m["points"]["lr3e-4_r16"][part]["median"]["mean"]
+        assert d[part] == pytest.approx(rl - sft[part]["median"]["mean"], abs=2e-4)
+        assert d[f"sft_{part}"] == sft[part]["median"]["mean"]
+    assert d["sft_seeds"] == [0] and "rl_minus_sft" not in m["points"]["lr1e-3_r16"]
+    sft_man = read_json(out / "runs" / "lr3e-4_r16_sft_s0" / "manifest.json")
+    assert sft_man["kind"] == "sft" and sft_man["config"]["batch_size"] == 4  # 16 responses = 4 prompts x 4
+    assert sft_man["config"]["learning_rate"] == 3e-4 and sft_man["config"]["steps"] == 16
+    for p in (v for k, v in m["points"].items() if not k.endswith("_sft")):
         w, lp = p["weights"], p["logprobs"]
         for d in (w["median"], w["share_gt_0.7"], w["null_median"], lp["median"], lp["null_median"]):
             assert 0.0 <= d["mean"] <= 1.0
@@ -144,10 +175,11 @@ def test_quick_map_end_to_end(quick_map):
     assert rg["std_curve"]["steps"] == [0, 2, 4, 6, 8]
     for f in m["figures"]:
         assert (out / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert len(m["figures"]) == 4
+    assert len(m["figures"]) == 5 and "regime_rl_minus_sft.png" in m["figures"]
     # the best gain over the map, whatever its sign: the point whose best case gains most over t1
     best = m["best"]["weight"]
-    top = max(m["points"].values(), key=lambda p: p["best_weight_extrapolation"]["gain_vs_t1_greedy"]["mean"])
+    top = max((p for p in m["points"].values() if p["best_weight_extrapolation"]),
+              key=lambda p: p["best_weight_extrapolation"]["gain_vs_t1_greedy"]["mean"])
     assert best["gain_vs_t1_greedy"] == top["best_weight_extrapolation"]["gain_vs_t1_greedy"]
     assert m["best"]["logit"]["point"] == "lr3e-4_r16"  # the only point with logit cases
     speed = [r["speedup"] for r in rg["thresholds"] if r["speedup"] is not None]

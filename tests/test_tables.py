@@ -133,6 +133,15 @@ def test_effects_table_splits_points_by_each_criterion():
     assert "| 1e-5×128: 0.63 | 3e-4×128: 1.30 |" in rows["a line forecasts the weights"]
     assert "| 1e-5×128: +0.016 [+0.006, +0.026] |" in rows["weight extrapolation beats its t1 checkpoint"]
     assert rows["logit extrapolation beats its t1 checkpoint"].endswith("| nowhere | 1e-5×128: n/a; 3e-4×128: n/a |")
+    assert rows["RL more linear than SFT"].endswith("| nowhere | — |")  # no point has an SFT contrast yet
+
+    # SFT contrast points: only in the RL − SFT row, through their RL point
+    m["points"]["lr1e-5_r128"]["rl_minus_sft"] = {"weights": 0.02, "sft_weights": 0.88}
+    m["points"]["lr3e-4_r128"]["rl_minus_sft"] = {"weights": 0.12, "sft_weights": 0.69}
+    m["points"]["lr1e-5_r128_sft"] = point(0.88, 0.43, 9.0, -1.0)
+    rows = {r.split(" | ")[0].lstrip("| ").split(" (")[0]: r for r in effects_table(m).splitlines()[2:]}
+    assert rows["RL more linear than SFT"].endswith("| 3e-4×128: +0.120 (SFT 0.690) | 1e-5×128: +0.020 (SFT 0.880) |")
+    assert "sft" not in "".join(rows.values())
 
 
 def test_best_table():

@@ -249,7 +249,18 @@ EFFECTS = {
         "the same case vs the real checkpoint: CI above 0",
         lambda p: _gain(p.get("best_logit_extrapolation"), "gain_vs_real_greedy"),
     ),
+    "RL more linear than SFT": (
+        "weight R² median RL − SFT ≥ 0.1, the study's rule, SFT at the same rate, batch and steps",
+        lambda p: _contrast(p.get("rl_minus_sft")),
+    ),
 }
+
+
+def _contrast(d: dict | None) -> tuple[bool, str] | None:
+    """RL − SFT weight R² (``None``: the point has no SFT contrast, it is left out of the row)."""
+    if not d or d.get("weights") is None:
+        return None
+    return d["weights"] >= 0.1, f"{d['weights']:+.3f} (SFT {_f(d['sft_weights'])})"
 
 
 def progress_line(regime_map: dict) -> str:
@@ -269,15 +280,19 @@ def progress_line(regime_map: dict) -> str:
 
 
 def effects_table(regime_map: dict) -> str:
-    """Effect -> the map's points where it appears -> where it does not, each point with its number."""
-    names = sorted(regime_map["points"], key=_point_label)
+    """Effect -> the map's RL points where it appears -> where it does not, each point with its number (SFT
+    contrast points only through the RL − SFT row)."""
+    names = [n for n in sorted(regime_map["points"], key=_point_label) if _point_label(n)[2] != "sft"]
     label = _short_label
 
     rows = []
     for effect, (rule, test) in EFFECTS.items():
         yes, no = [], []
         for n in names:
-            ok, txt = test(regime_map["points"][n])
+            res = test(regime_map["points"][n])
+            if res is None:
+                continue
+            ok, txt = res
             (yes if ok else no).append(f"{label(n)}: {txt}")
         rows.append([f"{effect} ({rule})", "; ".join(yes) or "nowhere", "; ".join(no) or "—"])
     return table(["effect (criterion)", "appears at (lr×responses: number)", "does not appear at"], rows)

@@ -49,7 +49,9 @@ def windows(item: Item, full: bool) -> list[tuple[int, int]]:
 
 
 def plan(item: Item) -> list[dict]:
-    """Every case of ``item`` (see the module docstring), in scoring order."""
+    """Every case of ``item`` (see the module docstring), in scoring order; none for an SFT contrast run."""
+    if item.point.method == "sft":
+        return []
     full = item.full
     cases = []
     for t0, t1 in windows(item, full):

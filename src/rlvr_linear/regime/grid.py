@@ -22,6 +22,10 @@ at 3e-5 and 1e-4 with 128 responses (measured 5 s per step on the loaded machine
 i.e. ~7x; their cases are the reduced set of seeds 1 and 2 because each evaluation decodes 20-54 tokens).
 Re-grounding: one (M, N) per main-grid point, seed 0 only, run last (see ``analysis``).
 
+SFT contrast (the paper's RL-vs-SFT comparison, §2a, where SFT is "clearly not linear"), seed 0: at every main-grid
+point, supervised training on the reference answers from the same base with the same rate, optimizer, horizon and
+save grid, one answer per prompt (batch = the RL point's prompts per step); measured for weight and log-prob R² only.
+
 Queue order (partial results are useful): seed 0 of every main-grid point (cheapest batch first), then the contrast
 points, then seeds 1 and 2 row by row (128 responses first; within a row, shortest horizon first with both its seeds,
 since a sitting's unfinished run is lost with the machine: this order holds from the 1,024-response row on, the 128
@@ -35,7 +39,7 @@ when missing), so the seeds, which the main grid's verdicts need, go first.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..training.optimizers import SGD_LR_FACTOR
 
@@ -66,6 +70,7 @@ class Point:
     model: str = "tiny"
     optimizer: str = "adamw"
     group: int = GROUP
+    method: str = "rl"  #: ``rl`` (GRPO) or ``sft`` (the paper's contrast: supervised on the reference answers)
 
     @property
     def prompts(self) -> int:
@@ -73,7 +78,9 @@ class Point:
 
     @property
     def kind(self) -> str:
-        """``main`` (lr x responses grid), ``sgd`` or ``cot`` (contrast points)."""
+        """``main`` (lr x responses grid), ``sgd``, ``cot`` or ``sft`` (contrast points)."""
+        if self.method == "sft":
+            return "sft"
         if self.optimizer == "sgd":
             return "sgd"
         if self.task != "arithmetic":
@@ -89,6 +96,16 @@ class Point:
         return f"{self.name}_s{seed}"
 
     def train_config(self, seed: int, model: str | None = None, threads: int | None = 1, eval_problems: int = 200):
+        """The run's config: :class:`TrainConfig` (RL) or, for an SFT point, :class:`SFTConfig` with one reference
+        answer per prompt (``batch_size`` = the RL point's prompts per step), the same rate, optimizer and grid."""
+        if self.method == "sft":
+            from ..sft import SFTConfig
+
+            return SFTConfig(
+                model=model or self.model, task=self.task, steps=self.horizon, save_every=self.save_every,
+                learning_rate=self.lr, optimizer=self.optimizer, batch_size=self.prompts, seed=seed,
+                eval_problems=eval_problems, threads=threads,
+            )  # fmt: skip
         from ..train import TrainConfig
 
         return TrainConfig(
@@ -144,6 +161,11 @@ def contrast_points() -> list[Point]:
     return sgd + cot
 
 
+def sft_points(points: list[Point]) -> list[Point]:
+    """The SFT contrast of each point: the same base, task, rate, optimizer, horizon and save grid, supervised."""
+    return [replace(p, method="sft") for p in points]
+
+
 def quick_grid() -> list[Point]:
     return [
         Point(lr=lr, responses=r, horizon=QUICK_HORIZON, save_every=QUICK_SAVE_EVERY, group=4)
@@ -157,6 +179,7 @@ def queue(quick: bool = False, cot_available: bool = True) -> list[Item]:
     if quick:
         pts = quick_grid()
         items = [Item(p, 0, full=i == 0) for i, p in enumerate(pts)]
+        items += [Item(p, 0, full=False) for p in sft_points(pts[:1])]
         return items + [Item(pts[0], 0, full=True, reground=True)]
     grid = main_grid()
     items = [Item(p, 0, full=True) for p in grid]
@@ -174,6 +197,9 @@ def queue(quick: bool = False, cot_available: bool = True) -> list[Item]:
     # SGD at 3e-3 x 128 (the study's 560-step horizon) with 3 seeds: the one point found so far that might carry
     # the default study's linearity bar within its 30-minute budget (AdamW reaches the bar at 1e-5, 1,400 steps)
     sgd = [p for p in contrast_points() if p.optimizer == "sgd" and p.responses == 128 and p.horizon == 560]
-    items += seeds[:8] + [Item(p, s, full=False) for p in sgd for s in SEEDS[1:]] + seeds[8:]
+    # the SFT contrast of every main-grid point, seed 0 (added 2026-12-02, after the 512 row's seeds: an SFT step
+    # costs about 1/7 of an RL step at 128 responses, so the 12 runs take ~20 minutes)
+    sft = [Item(p, 0, full=False) for p in sft_points(grid)]
+    items += seeds[:8] + [Item(p, s, full=False) for p in sgd for s in SEEDS[1:]] + seeds[8:16] + sft + seeds[16:]
     items += [Item(p, 0, full=True, reground=True) for p in grid]
     return items

@@ -19,7 +19,7 @@ from .grid import LRS, QUICK_LRS, QUICK_RESPONSES, RESPONSES
 from .store import export_records
 
 FIGURES = ("regime_weights_r2.png", "regime_logprobs_r2.png", "regime_extrapolation_gain.png",
-           "regime_gain_vs_forecast.png")  # fmt: skip
+           "regime_rl_minus_sft.png", "regime_gain_vs_forecast.png")  # fmt: skip
 
 
 def _ci(values) -> dict | None:
@@ -117,6 +117,22 @@ def summarize_point(runs: list[dict]) -> dict:
     return out
 
 
+def rl_minus_sft(points: dict) -> None:
+    """Give every point that has an SFT contrast (``<point>_sft``) its ``rl_minus_sft``: the RL point's seed-mean
+    weight and log-prob R² medians minus the SFT run's (the study's rule asks RL weights > SFT + 0.1)."""
+    for name, p in points.items():
+        s = points.get(f"{name}_sft")
+        if s is None or name.endswith("_sft"):
+            continue
+        d = {}
+        for part in ("weights", "logprobs"):
+            a, b = _mean(p[part]["median"]), _mean(s[part]["median"])
+            d[part] = None if a is None or b is None else _num(a - b)
+            d[f"sft_{part}"] = b
+        d["sft_seeds"] = s["seeds"]
+        p["rl_minus_sft"] = d
+
+
 def best_over_map(points: dict) -> dict:
     """The best measured gain over the whole map, whatever its sign: per space the point whose best case has the
     largest mean greedy gain over t1 (with that case's gain over the real checkpoint), and the largest re-grounding
@@ -176,6 +192,8 @@ def figures(out: Path, points: dict, cases: list[dict], quick: bool) -> list[Pat
         ("regime_extrapolation_gain.png",
          lambda p: _pts(_mean((p["best_weight_extrapolation"] or {}).get("gain_vs_t1_greedy"))),
          "Best weight extrapolation: greedy accuracy − t1", "gain (points of accuracy)", -5.0, 5.0),
+        ("regime_rl_minus_sft.png", lambda p: (p.get("rl_minus_sft") or {}).get("weights"),
+         "Weight R² median: RL − SFT (same rate, batch, steps)", "RL − SFT", -0.4, 0.4),
     ]  # fmt: skip
     for name, fn, title, label, lo, hi in specs:
         m, rows, cols = _grid(points, quick, fn)
@@ -224,10 +242,11 @@ def render(regime, results_dir: str | Path | None = None) -> dict:
     for r in runs:
         by_point.setdefault(r["meta"]["point"], []).append(r)
     points = {name: summarize_point(rs) for name, rs in by_point.items() if any(not r["meta"]["reground"] for r in rs)}
+    rl_minus_sft(points)
     cases = [c for r in runs for c in r.get("cases", {}).values()]
     items = regime.items()
     done_train = sum(regime.complete(i) or _finished(regime.run_dir(i)) for i in items)
-    analysed = sum(1 for r in runs if ("cases" in r or "reground" in r))
+    analysed = sum(1 for r in runs if (r.get("complete") or "cases" in r or "reground" in r))
     gains = [c["gain_vs_t1"]["greedy"] for c in cases]
     best = max(gains, key=lambda g: g["mean"], default=None)
     summary = (f"{done_train}/{len(items)} queue items trained, {analysed} analysed, {len(points)} points, "

@@ -107,21 +107,25 @@ class Regime:
 
     # training --------------------------------------------------------------------------------------
     def train(self, item: Item) -> dict:
-        """Train ``item`` (or reuse its finished run, or resume an unfinished one). Returns the manifest."""
+        """Train ``item`` (or reuse its finished run, or resume an unfinished one; an unfinished SFT run, minutes
+        long, starts over). Returns the manifest."""
+        from ..sft import train_sft
         from ..train import train
 
         run, cfg = self.run_dir(item), self.train_config(item)
+        sft = item.point.method == "sft"
         man = self.manifest(item)
-        if man is not None:
-            if man.get("finished"):
-                return man
+        if man is not None and man.get("finished"):
+            return man
+        if man is not None and not sft:
             _log(f"resuming {item.run_name} from step {man['checkpoints'][-1]['step'] if man['checkpoints'] else 0}")
         else:
-            if run.exists():  # killed before its first manifest: nothing worth keeping
+            if run.exists():  # killed before its first manifest (or an unfinished SFT run): nothing worth keeping
                 shutil.rmtree(run)
-            _log(f"training {item.run_name} ({cfg.steps} steps, {cfg.prompts_per_step}x{cfg.samples_per_prompt})")
+            size = f"batch {cfg.batch_size}" if sft else f"{cfg.prompts_per_step}x{cfg.samples_per_prompt}"
+            _log(f"training {item.run_name} ({cfg.steps} steps, {size})")
         t0 = time.time()
-        man = train(cfg, run, progress=self.progress)
+        man = train_sft(cfg, run, progress=self.progress) if sft else train(cfg, run, progress=self.progress)
         _log(f"trained {item.run_name} in {time.time() - t0:.0f} s")
         return man
 
@@ -203,6 +207,8 @@ def analyze_item(regime, item: Item) -> bool:
     if not cache.has("logprobs"):
         cache.put("logprobs", part_logprobs(regime, item, run))
         changed = True
+    if item.point.method == "sft":  # the contrast is measured for linearity only
+        return _mark_complete(cache) or changed
     if not cache.has("forecast"):
         cache.put("forecast", part_forecast(item, run))
         changed = True

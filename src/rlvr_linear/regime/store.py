@@ -24,10 +24,13 @@ from .grid import Item
 RUNS_DIR = "regime_runs"
 STD_PARTS = ("train", "weights", "logprobs", "forecast")
 REGROUND_PARTS = ("train", "reground")
+SFT_PARTS = ("train", "weights", "logprobs")
 
 
 def needed_parts(item: Item) -> tuple[str, ...]:
-    return REGROUND_PARTS if item.reground else STD_PARTS
+    if item.reground:
+        return REGROUND_PARTS
+    return SFT_PARTS if item.point.method == "sft" else STD_PARTS
 
 
 def is_complete(parts: dict, item: Item) -> bool:
