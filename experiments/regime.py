@@ -3,6 +3,7 @@
     python experiments/regime.py                 # run / continue the map in out/regime (hours), then render
     python experiments/regime.py --render-only   # re-render experiments/results/regime_map.json + regime_*.png
     python experiments/regime.py --recover       # rebuild lost runs' records from the committed map (once)
+    python experiments/regime.py --worker 0/2    # with --worker 1/2 in a second process: two one-thread workers
 
 The map's finished runs are recorded under experiments/results/regime_runs/ (committed): a run of this script on a
 machine without ``out/regime`` starts from them and trains only what no record holds.
@@ -41,12 +42,20 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT.parent / "out" / "regime"), help="the map's cache folder")
     ap.add_argument("--render-only", action="store_true", help="re-render from the cache, no training")
     ap.add_argument("--recover", action="store_true", help="rebuild missing records from the committed map")
+    ap.add_argument("--worker", default=None, help="K/N: take queue items K, K+N, .. (N processes share the map)")
     args = ap.parse_args()
+    worker = None
+    if args.worker:
+        try:
+            k, n = (int(x) for x in args.worker.split("/"))
+        except ValueError:
+            ap.error(f"--worker takes K/N (e.g. 0/2), got {args.worker!r}")
+        worker = (k, n)
     if args.recover:
         for p in recover(args.out):
             print(p)
         return
-    res = run_regime(args.out, render_only=args.render_only, results_dir=RESULTS)
+    res = run_regime(args.out, render_only=args.render_only, results_dir=RESULTS, worker=worker)
     print(res["summary"])
 
 

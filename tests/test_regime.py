@@ -342,3 +342,24 @@ def test_records_rebuilt_from_a_rendered_map_render_back_to_it(quick_map, tmp_pa
     assert (reg.out / "cases.jsonl").read_text() == (out / "cases.jsonl").read_text()
     two = {**m, "points": {k: {**p, "seeds": [0, 1]} for k, p in m["points"].items()}}  # multi-seed: not split
     assert parts_from_map(two, _cases(out), reg.items(), reg.run_dir) == {}
+
+
+def test_workers_split_the_queue_and_clean_only_their_own_tmp(tmp_path):
+    from rlvr_linear.regime.runner import Regime
+
+    items = queue(quick=True)
+    shares = [Regime(tmp_path, quick=True, worker=(k, 2)).my_items() for k in (0, 1)]
+    assert [i for i, _ in shares[0]] == list(range(0, len(items), 2))
+    assert sorted(i for s in shares for i, _ in s) == list(range(len(items)))
+    assert [it for _, it in Regime(tmp_path, quick=True).my_items()] == items
+    mine, other = shares[0][0][1], shares[1][0][1]
+    for it in (mine, other):
+        (tmp_path / "tmp" / it.run_name).mkdir(parents=True)
+    Regime(tmp_path, quick=True, worker=(0, 2)).clean_tmp()
+    assert not (tmp_path / "tmp" / mine.run_name).exists()
+    assert (tmp_path / "tmp" / other.run_name).exists()  # another worker may be scoring there
+    Regime(tmp_path, quick=True).clean_tmp()
+    assert not (tmp_path / "tmp").exists()
+    for bad in ((2, 2), (-1, 2), (0, 0)):
+        with pytest.raises(RlvrLinearError, match="worker must be"):
+            Regime(tmp_path, worker=bad)

@@ -8,7 +8,7 @@ Layout of ``OUT`` (e.g. ``out/regime``)::
                                      ``complete`` once every part is in)
     cases.jsonl                      every extrapolation case, one JSON object per line (rendered from the cache)
     regime_map.json, regime_*.png    the map (rendered from the cache; ``render_only`` re-renders without training)
-    pid, log.txt                     the background process (see docs/regime.md)
+    pid, log.txt                     the background process (``pid.<k>`` per worker; see docs/regime.md)
 
 A kill at any moment is safe: checkpoints, manifests and cache files are written atomically, extrapolated models
 live under ``OUT/tmp`` (wiped at start), and a rerun of the same command continues where the last one stopped.
@@ -50,10 +50,15 @@ def cot_available() -> bool:
 
 
 class Regime:
-    """One regime map in ``out``; ``quick`` = the CI-sized 2 x 2 map on the quick base."""
+    """One regime map in ``out``; ``quick`` = the CI-sized 2 x 2 map on the quick base; ``worker = (k, n)``: this
+    process takes queue items ``k, k + n, k + 2n, ..`` (n one-thread processes share the map on n cores)."""
 
-    def __init__(self, out: str | Path, quick: bool = False, progress: bool = False):
+    def __init__(self, out: str | Path, quick: bool = False, progress: bool = False,
+                 worker: tuple[int, int] | None = None):  # fmt: skip
         self.out, self.quick, self.progress = Path(out), quick, progress
+        if worker is not None and not (worker[1] >= 1 and 0 <= worker[0] < worker[1]):
+            raise RlvrLinearError(f"worker must be (k, n) with 0 <= k < n, got {worker}")
+        self.worker = worker
         self._bases: dict[str, str] = {}
 
     # models ----------------------------------------------------------------------------------------
@@ -71,6 +76,23 @@ class Regime:
 
     def items(self) -> list[Item]:
         return queue(quick=self.quick, cot_available=self.quick or cot_available())
+
+    def my_items(self) -> list[tuple[int, Item]]:
+        """(queue index, item) of the items this process trains: all of them, or its worker's share."""
+        items = list(enumerate(self.items()))
+        if self.worker is None:
+            return items
+        k, n = self.worker
+        return [(i, it) for i, it in items if i % n == k]
+
+    def clean_tmp(self) -> None:
+        """Remove leftovers of a killed run: all of ``OUT/tmp``, or a worker's own items' folders there (another
+        worker may be scoring in its own)."""
+        if self.worker is None:
+            shutil.rmtree(self.out / "tmp", ignore_errors=True)
+            return
+        for _, item in self.my_items():
+            shutil.rmtree(self.out / "tmp" / item.run_name, ignore_errors=True)
 
     def train_config(self, item: Item):
         p = item.point
@@ -135,15 +157,15 @@ class Regime:
 
         self.out.mkdir(parents=True, exist_ok=True)
         if not render_only:
-            write_text(self.out / "pid", f"{os.getpid()}\n")
-            shutil.rmtree(self.out / "tmp", ignore_errors=True)
+            write_text(self.out / ("pid" if self.worker is None else f"pid.{self.worker[0]}"), f"{os.getpid()}\n")
+            self.clean_tmp()
             items = self.items()
             _log(f"{len(items)} queue items in {self.out}")
             if results_dir is not None:
                 seeded = import_records(self.out, results_dir, items)
                 if seeded:
                     _log(f"{len(seeded)} finished runs taken from {records_dir(results_dir)} (not retrained)")
-            for i, item in enumerate(items):
+            for i, item in self.my_items():
                 if self.complete(item):
                     self.manifest(item)  # a folder holding another setting is refused even then
                     continue
@@ -232,12 +254,14 @@ def run_regime(
     results_dir: str | Path | None = None,
     progress: bool = False,
     train_only: bool = False,
+    worker: tuple[int, int] | None = None,
 ) -> dict:
-    """Run (or continue) the regime map into ``out`` and return the rendered map (see ``regime_map.json``)."""
+    """Run (or continue) the regime map into ``out`` and return the rendered map (see ``regime_map.json``);
+    ``worker = (k, n)``: only this worker's share of the queue (:class:`Regime`)."""
     import torch
 
     if not quick:
         torch.set_num_threads(1)
-    return Regime(out, quick=quick, progress=progress).run(
+    return Regime(out, quick=quick, progress=progress, worker=worker).run(
         render_only=render_only, results_dir=results_dir, train_only=train_only
     )
