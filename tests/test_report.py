@@ -219,7 +219,8 @@ def test_the_regime_map_leads_the_report_from_a_given_folder(tmp_path):
         "figures": ["regime_weights_r2.png"],
         "points": {"1e-5x128": {"seeds": [0, 1, 2], "weights": {"median": {"mean": 0.9}, "null_median": {"mean": 0.43}},
                                 "logprobs": {"median": {"mean": 0.87}, "null_median": {"mean": 0.46}},
-                                "forecast_ratio": {"q2": {"mean": 0.64}}, "best_weight_extrapolation": None}},
+                                "forecast_ratio": {"q2": {"mean": 0.64}}, "best_weight_extrapolation": None,
+                                "rl_minus_sft": {"weights": 0.029, "logprobs": 0.081}}},
         "best": {"weight": {"point": "1e-5x128", "case": "two-point (200, 700) -> 1200", "gain_vs_t1_greedy": ci,
                             "gain_vs_real_greedy": None},
                  "regrounding": {"point": "1e-5x512", "spec": "(100,100)", "speedup": 2.0}},
@@ -233,6 +234,7 @@ def test_the_regime_map_leads_the_report_from_a_given_folder(tmp_path):
     assert "+0.012 [+0.004, +0.021]" in sec and "no real checkpoint" in sec
     assert "<td>logit extrapolation</td><td colspan='3'>not measured yet</td>" in sec
     assert "speed-up 2.00x" in sec
+    assert "<th>weight R² RL − SFT</th>" in sec and "<td>+0.029</td></tr>" in sec
     assert str(tmp_path) not in page  # no machine paths in the page
     # the default folder is out/regime
     (tmp_path / "study" / "regime").mkdir(parents=True)

@@ -300,10 +300,11 @@ def report_html(map_dir: str | Path, img) -> str:
         b = pt.get("best_weight_extrapolation") or {}
         g = b.get("gain_vs_t1_greedy")
         gain = "—" if not g else f"{g['mean']:+.3f} [{g['lo']:+.3f}, {g['hi']:+.3f}] ({html.escape(b['case'])})"
+        c = (pt.get("rl_minus_sft") or {}).get("weights")
         rows.append(f"<tr><td>{html.escape(name)}</td><td>{len(pt['seeds'])}</td><td>{f(pt['weights']['median'])}"
                     f" (null {f(pt['weights']['null_median'])})</td><td>{f(pt['logprobs']['median'])} (null "
                     f"{f(pt['logprobs']['null_median'])})</td><td>{f(pt['forecast_ratio']['q2'])}</td>"
-                    f"<td>{gain}</td></tr>")  # fmt: skip
+                    f"<td>{gain}</td><td>{'—' if c is None else f'{c:+.3f}'}</td></tr>")  # fmt: skip
     best_rows = []
     for key, what in (("weight", "weight extrapolation"), ("logit", "logit extrapolation")):
         b = (m.get("best") or {}).get(key)
@@ -332,7 +333,8 @@ def report_html(map_dir: str | Path, img) -> str:
         + "".join(best_rows)
         + "</table>"
         "<table><tr><th>point</th><th>seeds</th><th>weight R² median</th><th>log-prob R² median</th>"
-        "<th>forecast ratio (fit 1/2)</th><th>best weight extrapolation, greedy − t1 [95% CI]</th></tr>"
+        "<th>forecast ratio (fit 1/2)</th><th>best weight extrapolation, greedy − t1 [95% CI]</th>"
+        "<th>weight R² RL − SFT</th></tr>"
         + "".join(rows)
         + "</table>"
     )
