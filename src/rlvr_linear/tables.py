@@ -14,7 +14,7 @@ import re
 from typing import Any
 
 from .errors import RlvrLinearError
-from .study.linearity import PAPER_MARGIN, PAPER_REGIME
+from .study.linearity import PAPER_MARGIN, PAPER_REGIME, SFT_MARGIN
 
 #: the study's sections in README order (the report's order)
 STUDY_ROWS = ("baseline", "linearity", "robustness", "mechanism", "weight_extrapolation", "logit_extrapolation",
@@ -250,7 +250,7 @@ EFFECTS = {
         lambda p: _gain(p.get("best_logit_extrapolation"), "gain_vs_real_greedy"),
     ),
     "RL more linear than SFT": (
-        "weight R² median RL − SFT ≥ 0.1, the study's rule, SFT at the same rate, batch and steps",
+        f"weight R² median RL − SFT > {SFT_MARGIN:g}, the study's rule, SFT at the same rate, batch and steps",
         lambda p: _contrast(p.get("rl_minus_sft")),
     ),
 }
@@ -260,7 +260,7 @@ def _contrast(d: dict | None) -> tuple[bool, str] | None:
     """RL − SFT weight R² (``None``: the point has no SFT contrast, it is left out of the row)."""
     if not d or d.get("weights") is None:
         return None
-    return d["weights"] >= 0.1, f"{d['weights']:+.3f} (SFT {_f(d['sft_weights'])})"
+    return d["weights"] > SFT_MARGIN, f"{d['weights']:+.3f} (SFT {_f(d['sft_weights'])})"
 
 
 def progress_line(regime_map: dict) -> str:

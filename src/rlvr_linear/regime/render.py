@@ -119,10 +119,10 @@ def summarize_point(runs: list[dict]) -> dict:
 
 def rl_minus_sft(points: dict) -> None:
     """Give every point that has an SFT contrast (``<point>_sft``) its ``rl_minus_sft``: the RL point's seed-mean
-    weight and log-prob R² medians minus the SFT run's (the study's rule asks RL weights > SFT + 0.1)."""
+    weight and log-prob R² medians minus the SFT run's (the study's rule: ``study.linearity.SFT_MARGIN``)."""
     for name, p in points.items():
         s = points.get(f"{name}_sft")
-        if s is None or name.endswith("_sft"):
+        if s is None:
             continue
         d = {}
         for part in ("weights", "logprobs"):

@@ -9,14 +9,17 @@ from tqdm.auto import tqdm
 from .common import _Ctx, _mean_numbers, _num, _probes, _r2_numbers, _weight_analysis
 from .paper import PAPER
 
+#: the linearity verdict's RL-vs-SFT margin: "yes" needs the RL weight median R² above SFT's by more than this
+SFT_MARGIN = 0.1
+
 
 def _verdict_linearity(rl_w: dict, sft_w: dict) -> tuple[str, str]:
-    """yes: RL weight median R² >= 0.7, > its null median + 0.05, and > SFT median + 0.1; partly: RL above its
-    null and above SFT (any margin); no: otherwise."""
+    """yes: RL weight median R² >= 0.7, > its null median + 0.05, and > SFT median + :data:`SFT_MARGIN`; partly: RL
+    above its null and above SFT (any margin); no: otherwise."""
     m, nm, sm = rl_w["median"], rl_w["null_median"], sft_w["median"]
     if None in (m, nm, sm):
         return "no", "the R² medians could not be computed"
-    if m >= 0.7 and m > nm + 0.05 and m > sm + 0.1:
+    if m >= 0.7 and m > nm + 0.05 and m > sm + SFT_MARGIN:
         rep = "yes"
     elif m > nm and m > sm:
         rep = "partly"
