@@ -15,6 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
+from rlvr_linear.errors import RlvrLinearError
 from rlvr_linear.io import read_json, write_json
 from rlvr_linear.regime import Regime, run_regime
 from rlvr_linear.regime.store import parts_from_map, records_dir
@@ -60,4 +61,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except RlvrLinearError as e:  # bad input (a wrong --worker, a folder of another setting): one line, no traceback
+        raise SystemExit(f"error: {e}") from None

@@ -363,3 +363,17 @@ def test_workers_split_the_queue_and_clean_only_their_own_tmp(tmp_path):
     for bad in ((2, 2), (-1, 2), (0, 0)):
         with pytest.raises(RlvrLinearError, match="worker must be"):
             Regime(tmp_path, worker=bad)
+
+
+def test_script_refuses_a_bad_worker_in_one_line(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "experiments" / "regime.py"
+    for arg, msg in (("2/2", "error: worker must be (k, n) with 0 <= k < n, got (2, 2)"),
+                     ("abc", "--worker takes K/N (e.g. 0/2), got 'abc'")):  # fmt: skip
+        p = subprocess.run([sys.executable, str(script), "--worker", arg, "--out", str(tmp_path)], capture_output=True,
+                           text=True, timeout=120)  # fmt: skip
+        assert p.returncode != 0 and msg in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "runs").exists()  # nothing trained
