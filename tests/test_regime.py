@@ -56,24 +56,28 @@ def test_queue_order_seed0_then_contrasts_then_seeds_row_by_row_then_reground():
             (h, s) for h in (112, 280, 560, 1400) for s in (1, 2)
         ]
     assert {(i.point.lr, i.point.horizon) for i in q if i.point.kind == "sgd" and i.seed > 0} == {(3e-3, 560)}
-    assert rest[38:] == [("reground", 0)] * 12
-    assert [i.point.name for i in q if i.point.kind == "sft"] == [p.name + "_sft" for p in grid.main_grid()]
+    assert rest[38:] == [("reground", 0)] * 12 + [("sft", 0)] * 2
+    cot = [p for p in grid.contrast_points() if p.kind == "cot"]
+    assert [i.point.name for i in q if i.point.kind == "sft"] == [p.name + "_sft" for p in grid.main_grid() + cot]
+    assert [i.point.name for i in q[-2:]] == ["lr3e-5_r128_cot_sft", "lr1e-4_r128_cot_sft"]
     assert len({i.run_name for i in q}) == len(q)
     for p in [i.point for i in q if i.point.kind == "sgd"]:  # SGD at 100x an AdamW rate, that rate's horizon
         lr = round(p.lr / 100, 12)
         assert lr in grid.LRS and p.horizon == grid.HORIZON[lr]
-    assert not [i for i in queue(cot_available=False) if i.point.kind == "cot"]
+    assert not [i for i in queue(cot_available=False) if i.point.task != "arithmetic"]
 
 
 def test_sft_contrast_points_match_their_rl_point():
     from rlvr_linear.sft import SFTConfig
 
-    for rl, sft in zip(grid.main_grid(), grid.sft_points(grid.main_grid())):
-        assert sft.kind == "sft" and sft.name == rl.name + "_sft" and rl.kind == "main"
+    rls = grid.main_grid() + [p for p in grid.contrast_points() if p.kind == "cot"]
+    for rl, sft in zip(rls, grid.sft_points(rls)):
+        assert sft.kind == "sft" and sft.name == rl.name + "_sft" and rl.kind in ("main", "cot")
         cfg = sft.train_config(1)
         assert isinstance(cfg, SFTConfig)
         assert (cfg.learning_rate, cfg.optimizer, cfg.steps, cfg.save_every, cfg.batch_size, cfg.seed, cfg.threads) == (
             rl.lr, rl.optimizer, rl.horizon, rl.save_every, rl.responses // 8, 1, 1)
+        assert (cfg.task, cfg.model) == (rl.task, rl.model)
         assert cfg.noise_snr_db is None and not cfg.zero_signal
         assert regime_cases.plan(Item(sft, 0, full=False)) == []
         assert store_needed(Item(sft, 0, full=False)) == ("train", "weights", "logprobs")

@@ -111,10 +111,10 @@ def test_progress_line_groups_points_by_seeds():
     m = {"queue": {"items": 57, "trained": 32, "analysed": 32},
          "points": {"lr3e-5_r128": {"seeds": [0, 1, 2], "reground": {"spec": "40,40"}},
                     "lr1e-5_r128": {"seeds": [0, 1, 2], "reground": None},
-                    "lr3e-3_r128_sgd": {"seeds": [0]}}}  # fmt: skip
+                    "lr3e-3_r128_sgd": {"seeds": [0]}, "lr3e-5_r128_cot_sft": {"seeds": [0]}}}  # fmt: skip
     line = progress_line(m)
     assert "32 of 57 queue items trained and analysed" in line
-    assert "Points with 3 seeds: 1e-5×128, 3e-5×128; 1 seed: 3e-3×128 sgd." in line
+    assert "Points with 3 seeds: 1e-5×128, 3e-5×128; 1 seed: 3e-5×128 cot sft, 3e-3×128 sgd." in line
     assert "Re-grounding measured at 1 point: 3e-5×128." in line
 
 
@@ -139,8 +139,13 @@ def test_effects_table_splits_points_by_each_criterion():
     m["points"]["lr1e-5_r128"]["rl_minus_sft"] = {"weights": 0.02, "sft_weights": 0.88}
     m["points"]["lr3e-4_r128"]["rl_minus_sft"] = {"weights": 0.12, "sft_weights": 0.69}
     m["points"]["lr1e-5_r128_sft"] = point(0.88, 0.43, 9.0, -1.0)
+    # a long-response point's twin is named <point>_sft too ("lr3e-5_r128_cot_sft")
+    m["points"]["lr3e-5_r128_cot"] = {**point(0.7, 0.43, 0.9, -0.02), "rl_minus_sft": {"weights": -0.05,
+                                                                                      "sft_weights": 0.75}}
+    m["points"]["lr3e-5_r128_cot_sft"] = point(0.75, 0.43, 9.0, -1.0)
     rows = {r.split(" | ")[0].lstrip("| ").split(" (")[0]: r for r in effects_table(m).splitlines()[2:]}
-    assert rows["RL more linear than SFT"].endswith("| 3e-4×128: +0.120 (SFT 0.690) | 1e-5×128: +0.020 (SFT 0.880) |")
+    assert rows["RL more linear than SFT"].endswith(
+        "| 3e-4×128: +0.120 (SFT 0.690) | 1e-5×128: +0.020 (SFT 0.880); 3e-5×128 cot: -0.050 (SFT 0.750) |")
     assert "sft" not in "".join(rows.values())
 
 

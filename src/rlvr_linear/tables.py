@@ -139,7 +139,7 @@ def _point_label(name: str) -> tuple[float, int, str]:
     m = _POINT.match(name)
     if not m:
         return (float("inf"), 0, name)
-    return (float(m["lr"]), int(m["r"]), m["rest"].lstrip("_"))
+    return (float(m["lr"]), int(m["r"]), m["rest"].lstrip("_").replace("_", " "))
 
 
 def _short_label(name: str) -> str:
@@ -282,7 +282,7 @@ def progress_line(regime_map: dict) -> str:
 def effects_table(regime_map: dict) -> str:
     """Effect -> the map's RL points where it appears -> where it does not, each point with its number (SFT
     contrast points only through the RL − SFT row)."""
-    names = [n for n in sorted(regime_map["points"], key=_point_label) if _point_label(n)[2] != "sft"]
+    names = [n for n in sorted(regime_map["points"], key=_point_label) if not n.endswith("_sft")]
     label = _short_label
 
     rows = []

@@ -25,6 +25,8 @@ Re-grounding: one (M, N) per main-grid point, seed 0 only, run last (see ``analy
 SFT contrast (the paper's RL-vs-SFT comparison, §2a, where SFT is "clearly not linear"), seed 0: at every main-grid
 point, supervised training on the reference answers from the same base with the same rate, optimizer, horizon and
 save grid, one answer per prompt (batch = the RL point's prompts per step); measured for weight and log-prob R² only.
+The two long-response points get the same contrast (last in the queue; SFT there imitates the whole reference
+chain of thought, every partial sum, where RL is credited for the final answer only).
 
 Queue order (partial results are useful): seed 0 of every main-grid point (cheapest batch first), then the contrast
 points, then seeds 1 and 2 row by row (128 responses first; within a row, shortest horizon first with both its seeds,
@@ -89,6 +91,10 @@ class Point:
 
     @property
     def name(self) -> str:
+        """``lr1e-5_r128`` (main grid), ``.._sgd`` / ``.._cot`` (contrasts); an SFT point is its RL twin's name +
+        ``_sft`` (``lr3e-5_r128_sft``, ``lr3e-5_r128_cot_sft``)."""
+        if self.method == "sft":
+            return replace(self, method="rl").name + "_sft"
         extra = "" if self.kind == "main" else f"_{self.kind}"
         return f"lr{self.lr:.0e}_r{self.responses}{extra}".replace("e-0", "e-")
 
@@ -202,4 +208,9 @@ def queue(quick: bool = False, cot_available: bool = True) -> list[Item]:
     sft = [Item(p, 0, full=False) for p in sft_points(grid)]
     items += seeds[:8] + [Item(p, s, full=False) for p in sgd for s in SEEDS[1:]] + seeds[8:16] + sft + seeds[16:]
     items += [Item(p, 0, full=True, reground=True) for p in grid]
+    # the SFT contrast of the long-response points, seed 0 (added 2026-12-02, last: the short task's 12 contrasts
+    # found RL and SFT equally linear, and the paper's mechanism, sparse final-answer credit against dense token-level
+    # supervision, differs most where responses are long; reported whatever it shows)
+    items += [Item(p, 0, full=False) for p in sft_points([p for p in contrast_points() if p.kind == "cot"])
+              if cot_available]  # fmt: skip
     return items
