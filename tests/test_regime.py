@@ -143,6 +143,13 @@ def test_quick_map_end_to_end(quick_map):
     m = read_json(out / "regime_map.json")
     assert m == json.loads(json.dumps(res))
     assert set(m["points"]) == {"lr3e-4_r16", "lr1e-3_r16", "lr3e-4_r32", "lr1e-3_r32", "lr3e-4_r16_sft"}
+    # the summary's largest single-run gain names the case it was selected from
+    top = max(_cases(out), key=lambda c: c["gain_vs_t1"]["greedy"]["mean"])
+    g = top["gain_vs_t1"]["greedy"]
+    assert m["summary"].endswith(
+        f"largest single-run greedy gain over t1 {g['mean']:+.3f} [{g['lo']:+.3f}, {g['hi']:+.3f}] ({top['point']} "
+        f"seed {top['seed']}, {top['space']} {top['predictor']} ({top['t0']}, {top['t1']}) -> {top['target']:g}, "
+        f"alpha {top['alpha']:g})")
     assert m["queue"] == {"items": 6, "trained": 6, "analysed": 6}
     # the SFT contrast: linearity only, and the RL point's difference to it
     sft = m["points"]["lr3e-4_r16_sft"]

@@ -115,7 +115,11 @@ def test_progress_line_groups_points_by_seeds():
     line = progress_line(m)
     assert "32 of 57 queue items trained and analysed" in line
     assert "Points with 3 seeds: 1e-5×128, 3e-5×128; 1 seed: 3e-5×128 cot sft, 3e-3×128 sgd." in line
-    assert "Re-grounding measured at 1 point: 3e-5×128." in line
+    assert "Re-grounding measured at 1 point: 3e-5×128. The rest is queued" in line
+    m["queue"]["trained"] = 57
+    line = progress_line(m)
+    assert line.startswith("**What the map holds** (rendered from the map): 57 of 57 queue items")
+    assert "queued" not in line and line.endswith("3e-5×128. A point with one seed is a lead, not a result.\n")
 
 
 def test_effects_table_splits_points_by_each_criterion():

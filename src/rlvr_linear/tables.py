@@ -271,11 +271,13 @@ def progress_line(regime_map: dict) -> str:
         by_seeds.setdefault(len(pts[name]["seeds"]), []).append(_short_label(name))
     parts = [f"{n} seed{'s' * (n > 1)}: {', '.join(names)}" for n, names in sorted(by_seeds.items(), reverse=True)]
     rg = [_short_label(n) for n in sorted(pts, key=_point_label) if pts[n].get("reground")]
+    done = q["trained"] >= q["items"]
     return (
-        f"**What has run so far** (rendered from the map): {q['trained']} of {q['items']} queue items trained and "
-        f"analysed. Points with {'; '.join(parts)}. Re-grounding measured at {len(rg)} point{'s' * (len(rg) != 1)}"
-        f"{': ' + ', '.join(rg) if rg else ''}. The rest is queued (order in docs/regime.md); a point with one seed "
-        "is a lead, not a result.\n"
+        f"**{'What the map holds' if done else 'What has run so far'}** (rendered from the map): {q['trained']} of "
+        f"{q['items']} queue items trained and analysed. Points with {'; '.join(parts)}. Re-grounding measured at "
+        f"{len(rg)} point{'s' * (len(rg) != 1)}{': ' + ', '.join(rg) if rg else ''}. "
+        + ("" if done else "The rest is queued (order in docs/regime.md); ")
+        + ("A" if done else "a") + " point with one seed is a lead, not a result.\n"
     )
 
 

@@ -247,12 +247,14 @@ def render(regime, results_dir: str | Path | None = None) -> dict:
     items = regime.items()
     done_train = sum(regime.complete(i) or _finished(regime.run_dir(i)) for i in items)
     analysed = sum(1 for r in runs if (r.get("complete") or "cases" in r or "reground" in r))
-    gains = [c["gain_vs_t1"]["greedy"] for c in cases]
-    best = max(gains, key=lambda g: g["mean"], default=None)
+    top = max(cases, key=lambda c: c["gain_vs_t1"]["greedy"]["mean"], default=None)
     summary = (f"{done_train}/{len(items)} queue items trained, {analysed} analysed, {len(points)} points, "
                f"{len(cases)} extrapolation cases")  # fmt: skip
-    if best:
-        summary += f"; best greedy gain over t1 {best['mean']:+.3f} [{best['lo']:+.3f}, {best['hi']:+.3f}]"
+    if top:  # the largest of many single-run gains: selected, so it says where it comes from
+        g = top["gain_vs_t1"]["greedy"]
+        summary += (f"; largest single-run greedy gain over t1 {g['mean']:+.3f} [{g['lo']:+.3f}, {g['hi']:+.3f}] "
+                    f"({top['point']} seed {top['seed']}, {top['space']} {top['predictor']} ({top['t0']}, "
+                    f"{top['t1']}) -> {top['target']:g}, alpha {top['alpha']:g})")  # fmt: skip
     out = regime.out
     result = {
         "summary": summary,
