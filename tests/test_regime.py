@@ -56,12 +56,14 @@ def test_queue_order_seed0_then_contrasts_then_seeds_row_by_row_then_reground():
             (h, s) for h in (112, 280, 560, 1400) for s in (1, 2)
         ]
     assert {(i.point.lr, i.point.horizon) for i in q if i.point.kind == "sgd" and i.seed > 0} == {(3e-3, 560)}
-    assert rest[38:] == [("reground", 0)] * 12 + [("sft", 0)] * 2 + [("cot", 1), ("cot", 2), ("sft", 1), ("sft", 2)]
+    assert rest[38:] == [("reground", 0)] * 12 + [("sft", 0)] * 2 + [("cot", 1), ("cot", 2), ("sft", 1), ("sft", 2)] * 2
     cot = [p for p in grid.contrast_points() if p.kind == "cot"]
     sft0 = [i.point.name for i in q if i.point.kind == "sft" and i.seed == 0]
     assert sft0 == [p.name + "_sft" for p in grid.main_grid() + cot]
-    assert [i.run_name for i in q[-6:]] == ["lr3e-5_r128_cot_sft_s0", "lr1e-4_r128_cot_sft_s0", "lr1e-4_r128_cot_s1",
-                                            "lr1e-4_r128_cot_s2", "lr1e-4_r128_cot_sft_s1", "lr1e-4_r128_cot_sft_s2"]
+    assert [i.run_name for i in q[-10:]] == [
+        "lr3e-5_r128_cot_sft_s0", "lr1e-4_r128_cot_sft_s0", "lr1e-4_r128_cot_s1", "lr1e-4_r128_cot_s2",
+        "lr1e-4_r128_cot_sft_s1", "lr1e-4_r128_cot_sft_s2", "lr3e-5_r128_cot_s1", "lr3e-5_r128_cot_s2",
+        "lr3e-5_r128_cot_sft_s1", "lr3e-5_r128_cot_sft_s2"]  # fmt: skip
     assert len({i.run_name for i in q}) == len(q)
     for p in [i.point for i in q if i.point.kind == "sgd"]:  # SGD at 100x an AdamW rate, that rate's horizon
         lr = round(p.lr / 100, 12)

@@ -26,8 +26,8 @@ SFT contrast (the paper's RL-vs-SFT comparison, §2a, where SFT is "clearly not 
 point, supervised training on the reference answers from the same base with the same rate, optimizer, horizon and
 save grid, one answer per prompt (batch = the RL point's prompts per step); measured for weight and log-prob R² only.
 The two long-response points get the same contrast (last in the queue; SFT there imitates the whole reference
-chain of thought, every partial sum, where RL is credited for the final answer only); at 1e-4 (the cheaper one) RL
-and SFT then get seeds 1 and 2 as well.
+chain of thought, every partial sum, where RL is credited for the final answer only); RL and SFT then get seeds 1
+and 2 at both, the cheaper 1e-4 first.
 
 Queue order (partial results are useful): seed 0 of every main-grid point (cheapest batch first), then the contrast
 points, then seeds 1 and 2 row by row (128 responses first; within a row, shortest horizon first with both its seeds,
@@ -214,7 +214,8 @@ def queue(quick: bool = False, cot_available: bool = True) -> list[Item]:
     # supervision, differs most where responses are long; reported whatever it shows)
     cot = [p for p in contrast_points() if p.kind == "cot"] if cot_available else []
     items += [Item(p, 0, full=False) for p in sft_points(cot)]
-    # seeds 1 and 2 of RL and SFT at the cheaper long-response point (1e-4: half the 3e-5 horizon), added when seed 0
-    # of both long-response points showed SFT more linear than RL: one point with 3 seeds tests that lead
-    items += [Item(p, s, full=False) for p in (cot[1:] + sft_points(cot[1:])) for s in SEEDS[1:]]
+    # seeds 1 and 2 of RL and SFT at both long-response points, the cheaper one (1e-4: half the 3e-5 horizon) first,
+    # added when seed 0 of both showed SFT more linear than RL
+    for p in cot[::-1]:
+        items += [Item(q, s, full=False) for q in (p, *sft_points([p])) for s in SEEDS[1:]]
     return items
