@@ -28,17 +28,30 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def one_run(preset: str, steps: int, save_every: int, every: int | None, monitor: bool, threads: int) -> dict:
+def timed_train(preset: str, inspect=None, **fields) -> tuple[float, dict, object]:
+    """One ``train`` of ``preset`` with TrainConfig ``fields`` in a temporary folder: (wall seconds, its manifest,
+    ``inspect(run folder)`` before the folder goes, or None)."""
     from rlvr_linear.io import read_json
     from rlvr_linear.train import PRESETS, TrainConfig, train
 
-    cfg = TrainConfig(**{**PRESETS[preset], "steps": steps, "save_every": save_every, "threads": threads,
-                         "monitor": monitor, "monitor_every": every})  # fmt: skip
+    cfg = TrainConfig(**{**PRESETS[preset], **fields})
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
         train(cfg, Path(d) / "run", progress=False)
         wall = time.perf_counter() - t0
-        man = read_json(Path(d) / "run" / "manifest.json")
+        run = Path(d) / "run"
+        return wall, read_json(run / "manifest.json"), inspect(run) if inspect else None
+
+
+def machine() -> dict:
+    import torch
+
+    return {"platform": platform.platform(), "processor": platform.processor(), "torch": torch.__version__}
+
+
+def one_run(preset: str, steps: int, save_every: int, every: int | None, monitor: bool, threads: int) -> dict:
+    wall, man, _ = timed_train(preset, steps=steps, save_every=save_every, threads=threads, monitor=monitor,
+                            monitor_every=every)  # fmt: skip
     hist = man.get("monitor", [])
     mon_s = hist[-1]["linearity/seconds"] if hist else 0.0
     return {
@@ -85,7 +98,7 @@ def main() -> None:
         "save_every": args.save_every,
         "monitor_every": args.every or args.save_every,
         "threads": args.threads,
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "torch": torch.__version__},
+        "machine": machine(),
         "runs": runs,
         "per_step_s": {"without": med_off, "with": med_on},
         "overhead_in_run": in_run,

@@ -224,7 +224,7 @@ def _real_trl(model_dir, task_name, probs, a) -> dict:
     total = P * G
     mb = a["trl_micro_batch"] or total
     n = a["warmup"] + a["steps"]
-    rows = [{"prompt": [{"role": "user", "content": p.prompt + " " + task.instruction}], "answer": p.answer,
+    rows = [{"prompt": task.messages(p), "answer": p.answer,
              "problem_id": p.id} for p in probs[: n * P]]  # fmt: skip
     phases = ("gen", "logps_fwd", "backward", "reward", "opt")
     acc = {f"{p}_{c}": 0.0 for p in phases for c in ("s", "cpu_s")}
@@ -270,8 +270,9 @@ def _real_trl(model_dir, task_name, probs, a) -> dict:
         gcfg = GRPOConfig(output_dir=tmp, per_device_train_batch_size=mb, gradient_accumulation_steps=total // mb,
                           steps_per_generation=total // mb, num_generations=G,
                           max_completion_length=a["max_new_tokens"], learning_rate=a["lr"], max_steps=n,
-                          lr_scheduler_type="constant", weight_decay=0.0, temperature=1.0, top_p=1.0, beta=0.0,
-                          epsilon=0.2, epsilon_high=0.28, loss_type="grpo", max_grad_norm=1.0, logging_steps=1,
+                          lr_scheduler_type="constant", weight_decay=0.0, temperature=a["temperature"],
+                          top_p=a["top_p"], beta=0.0, epsilon=0.2, epsilon_high=0.28, loss_type="grpo",
+                          max_grad_norm=1.0, logging_steps=1,
                           save_strategy="no", report_to="none", bf16=False, use_cpu=True, shuffle_dataset=False,
                           disable_tqdm=True, seed=0, dataloader_num_workers=0,
                           gradient_checkpointing=a["trl_gradient_checkpointing"],
@@ -330,6 +331,8 @@ def real_model_main(model_name: str) -> None:
     ap.add_argument("--trl-full-lm-head", action="store_true",
                     help="TRL's own CPU choice: the fused LM head scores every position, prompt included")
     ap.add_argument("--lr", type=float, default=1e-5)
+    ap.add_argument("--temperature", type=float, default=1.0, help="TRL's sampling temperature")
+    ap.add_argument("--top-p", type=float, default=1.0, help="TRL's nucleus sampling")
     ap.add_argument("--skip", choices=["bare", "trl"], default=None, help="leave one implementation out")
     ap.add_argument("--out", default="bench/results/train_step_smollm2.json")
     args = ap.parse_args()
@@ -340,7 +343,7 @@ def real_model_main(model_name: str) -> None:
     probs = task.problems("train", n * args.prompts)
     a = {k: getattr(args, k) for k in ("threads", "prompts", "samples", "max_new_tokens", "micro_batch",
                                         "trl_micro_batch", "trl_gradient_checkpointing", "trl_full_lm_head", "lr",
-                                        "steps", "warmup")}  # fmt: skip
+                                        "steps", "warmup", "temperature", "top_p")}  # fmt: skip
     mm_before = (matmul_gflops(), matmul_gflops(clock="cpu"))
     bare = None if args.skip == "bare" else _in_child(_real_bare, model_dir, args.task, probs, a)
     trl = None if args.skip == "trl" else _in_child(_real_trl, model_dir, args.task, probs, a)
@@ -358,6 +361,7 @@ def real_model_main(model_name: str) -> None:
         "what": f"seconds per GRPO step of {model_name}: physical limit vs bare PyTorch vs TRL GRPOTrainer",
         "model": model_name, "task": args.task, "n_params": n_params, "prompts": args.prompts,
         "samples": args.samples, "max_new_tokens": args.max_new_tokens, "threads": args.threads,
+        "temperature": args.temperature, "top_p": args.top_p,
         "micro_batch": args.micro_batch, "trl_micro_batch": args.trl_micro_batch or args.prompts * args.samples,
         "trl_gradient_checkpointing": args.trl_gradient_checkpointing, "trl_full_lm_head": args.trl_full_lm_head,
         "steps_timed": args.steps, "warmup_steps_dropped": args.warmup,

@@ -105,11 +105,11 @@ def test_train_flags_round_trip_into_the_config(tmp_path):
     p = _train_parser()
     args = p.parse_args(["-o", str(tmp_path), "--lr", "0.01", "--top-p", "0.9", "--beta", "0.04", "--epsilon", "0.1",
                          "--reground", "4,8", "--reground-norms", "extrapolate", "--monitor", "--max-new-tokens", "5",
-                         "--grpo-extra", '{"logging_steps": 3}', "--preset", "tiny-cot"])  # fmt: skip
+                         "--grpo-extra", '{"gradient_checkpointing": false}', "--preset", "tiny-cot"])  # fmt: skip
     cfg = config_from_args(args)
     assert cfg == TrainConfig(**{**PRESETS["tiny-cot"], "learning_rate": 0.01, "top_p": 0.9, "beta": 0.04,
                                  "epsilon": 0.1, "reground": "4,8", "reground_norms": "extrapolate", "monitor": True,
-                                 "max_new_tokens": 5, "grpo_extra": {"logging_steps": 3}})  # fmt: skip
+                                 "max_new_tokens": 5, "grpo_extra": {"gradient_checkpointing": False}})  # fmt: skip
     # unset flags leave the preset / YAML values; --no-x sets False over a YAML True
     y = tmp_path / "c.yaml"
     y.write_text("steps: 7\nmonitor: true\nbf16: false\n")
@@ -165,3 +165,34 @@ def test_study_flags_are_the_study_config_fields(tmp_path):
     assert config_from_args(p.parse_args(["-o", str(tmp_path)])) == StudyConfig.for_mode("default")
     with pytest.raises(SystemExit):
         p.parse_args(["-o", str(tmp_path), "--seeds", "1,x"])
+
+
+def test_train_help_shows_what_runs_by_default(capsys):
+    from rlvr_linear.training.grpo import PRESETS, TrainConfig
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    tiny = PRESETS["tiny"]
+    assert tiny["steps"] != TrainConfig.steps and tiny["optimizer"] != TrainConfig.optimizer  # else this tests nothing
+    assert f"(default of preset tiny: {tiny['steps']})" in out and "(default of preset tiny: sgd)" in out
+    assert f"optimizer steps (default: {TrainConfig.steps})" not in out and "all cores)" not in out
+    assert "else 1 under 20M params, all cores above" in out
+
+
+def test_a_log_file_gets_no_progress_bar_carriage_returns(pico_dir, tmp_path):
+    """Bars only on a terminal: stderr redirected to a file holds plain lines (train shows an RL bar on a terminal)."""
+    import os
+    import subprocess
+    import sys
+
+    log = tmp_path / "train.log"
+    argv = [sys.executable, "-m", "rlvr_linear", "train", "--model", str(pico_dir), "--task", "arithmetic",
+            "--steps", "2", "--save-every", "1", "--prompts-per-step", "2", "--samples-per-prompt", "2",
+            "--max-new-tokens", "4", "--eval-problems", "2", "--threads", "1", "-o", str(tmp_path / "run")]  # fmt: skip
+    with open(log, "wb") as f:
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        rc = subprocess.run(argv, stdout=f, stderr=f, env=env, timeout=300).returncode
+    text = log.read_bytes()
+    assert rc == 0, text.decode()
+    assert b"\r" not in text and b"run written to" in text

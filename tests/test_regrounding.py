@@ -468,9 +468,11 @@ def test_cli_dry_run_and_errors(fake_env, capsys):
     assert rc == 0 and "alpha=2 cycles=2" in out and "effective step 12" in out and not fake_env.work.exists()
     rc = main(args("true {model}", "--cycles", "1", "-w", str(fake_env.work)))
     assert rc == 2 and "error: the trainer command must contain {out}" in capsys.readouterr().err
-    rc = main(args("exit 7; {model} {steps} {out}", "--cycles", "1", "-w", str(fake_env.work)))
+    rc = main(args(f"{sys.executable} -c 'import sys; sys.exit(7)' {{model}} {{steps}} {{out}}", "--cycles", "1",
+                   "-w", str(fake_env.work)))  # fmt: skip
     err = capsys.readouterr().err
-    assert rc == 2 and "error: re-grounding cycle 1/1: the trainer command exited with status 7: exit 7;" in err
+    assert rc == 2 and "error: re-grounding cycle 1/1: the trainer command exited with status 7: " in err, err
+    assert "'import sys; sys.exit(7)'" in err  # the command as it ran, quoted to paste into a shell
     rc = main(args(fake_env.cmd, "--cycles", "1", "-w", str(fake_env.work / "x"), "--norms", "extrapolate"))
     assert rc == 0 and fake_env.calls[-1]["norms"] == "extrapolate"
     assert "re-grounding done: 1 cycles, 3 gradient steps, effective step 6" in capsys.readouterr().out

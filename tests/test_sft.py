@@ -67,7 +67,7 @@ def test_weighted_sft_loss_matches_formula():
 def test_config_errors():
     with pytest.raises(RlvrLinearError, match="unknown optimizer 'lion'"):
         SFTConfig(optimizer="lion")
-    with pytest.raises(RlvrLinearError, match="steps, save_every and batch_size must be >= 1"):
+    with pytest.raises(RlvrLinearError, match=r"steps must be an integer >= 1 \(got 0\)"):
         SFTConfig(steps=0)
     assert SFTConfig(noise_snr_db=-5).noise_label == "-5 dB"
     assert SFTConfig(zero_signal=True).noise_label == "zero-signal"

@@ -111,3 +111,30 @@ def test_bad_tasks(tmp_path):
 def test_extract_boxed_nested():
     assert extract_boxed("x \\boxed{\\frac{1}{2}} y") == "\\frac{1}{2}"
     assert extract_boxed("none") is None
+
+
+class _ChatTokenizer:
+    """A stand-in with a chat template: renders each message as ``<role>content`` (what apply_chat_template returns)."""
+
+    chat_template = "stand-in"
+
+    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True):
+        text = "".join(f"<{m['role']}>{m['content']}" for m in messages)
+        return text + ("<assistant>" if add_generation_prompt else "")
+
+
+def test_system_message_option_reaches_the_rendered_prompt_and_the_training_rows():
+    from rlvr_linear.training.grpo import TrainConfig, _rows
+
+    default, empty = get_task("arithmetic"), get_task("arithmetic:system=")
+    p = default.problems("train", 1)[0]
+    assert default.system is None and empty.system == ""
+    assert default.render(p, _ChatTokenizer()) == f"<user>{p.prompt} Reply with only the number.<assistant>"
+    assert empty.render(p, _ChatTokenizer()) == f"<system><user>{p.prompt} Reply with only the number.<assistant>"
+    assert get_task("arithmetic-cot-chat:system=hi").messages(p)[0] == {"role": "system", "content": "hi"}
+    # training rows hold the same conversation that evaluation renders
+    rows = _rows(empty, TrainConfig(steps=1, prompts_per_step=2), chat=True)
+    q = next(x for x in empty.problems("train", None) if x.id == rows[0]["problem_id"])
+    assert rows[0]["prompt"] == empty.messages(q) == [
+        {"role": "system", "content": ""}, {"role": "user", "content": q.prompt + " Reply with only the number."}
+    ]

@@ -3,6 +3,7 @@
 import datetime
 import json
 import os
+import shlex
 import shutil
 import socket
 from pathlib import Path
@@ -235,18 +236,22 @@ def test_reground_extrapolates_a_shard_only_trained_checkpoint(runs, tmp_path, c
     from rlvr_linear.cli import main
 
     start = runs["local"] / "step_000000"
+
+    def trainer(src, prefix):  # the fake trainer "trains" by copying a saved checkpoint (a shell, run explicitly)
+        script = f'test -d "$1" && mkdir -p "$2" && cp -r {shlex.quote(str(src))} "$2/{prefix}$3"'
+        return f"bash -c {shlex.quote(script)} _ {{model}} {{out}} {{steps}}"
+
     copies = {
-        "verl": f"cp -r {runs['verl'] / 'global_step_10'} {{out}}/global_step_{{steps}}",
-        "local": f"cp -r {runs['local'] / 'step_000010'} {{out}}/checkpoint-{{steps}}",
+        "verl": trainer(runs["verl"] / "global_step_10", "global_step_"),
+        "local": trainer(runs["local"] / "step_000010", "checkpoint-"),
     }
     args = ["--model", str(start), "--m", "10", "--n", "10", "--cycles", "1"]
-    pre = "test -d {model} && mkdir -p {out} && "  # the fake trainer: "trains" by copying a saved checkpoint
-    refused = ["reground", "--cmd", pre + copies["verl"], *args, "-w", str(tmp_path / "no")]
+    refused = ["reground", "--cmd", copies["verl"], *args, "-w", str(tmp_path / "no")]
     assert main(refused) == 2
     assert "global_step_10/actor: verl FSDP shards" in capsys.readouterr().err
     for name, cmd in copies.items():
         extra = ["--allow-pickle"] if name == "verl" else []
-        assert main(["reground", "--cmd", pre + cmd, *args, *extra, "-w", str(tmp_path / name)]) == 0
+        assert main(["reground", "--cmd", cmd, *args, *extra, "-w", str(tmp_path / name)]) == 0
     x, ref = (load_file(tmp_path / n / "cycle_01" / "extrapolated" / "model.safetensors") for n in ("verl", "local"))
     assert x.keys() == ref.keys() and all(torch.equal(x[k], ref[k]) for k in x)
     a, b = load_file(start / "model.safetensors"), load_file(runs["local"] / "step_000010" / "model.safetensors")

@@ -534,7 +534,8 @@ def test_sweep_keeps_only_the_best(tmp_path):
     assert [r.alpha for r in res.rows] == [1.5, 2.0, 3.0, 4.0]
     assert res.best_row.target_step == 300 and res.best_row.accuracy == pytest.approx(0.9)
     assert res.reference == pytest.approx(0.8) and res.reference_step == 200
-    assert sorted(p.name for p in (tmp_path / "sw").iterdir()) == ["best", "sweep.json", "sweep.png"]
+    names = sorted(p.name for p in (tmp_path / "sw").iterdir())
+    assert names == [".rlvr-linear.json", "best", "sweep.json", "sweep.png"]
     assert read_json(tmp_path / "sw" / "best" / "extrapolation.json")["alpha"] == 2.0
     assert all(kw == {"split": "validation", "n_problems": 17, "k": 0, "greedy": True} for _, _, kw in calls)
     assert len(calls) == 5  # four candidates + the reference
@@ -558,7 +559,7 @@ def test_sweep_keep_all_with_alphas_and_fit(tmp_path):
         progress=False,
     )
     names = sorted(p.name for p in (tmp_path / "sw").iterdir())
-    assert names == ["sweep.json", "sweep.png", "target_250", "target_400"]
+    assert names == [".rlvr-linear.json", "sweep.json", "sweep.png", "target_250", "target_400"]
     assert res.reference is None and res.best_row.path == str(tmp_path / "sw" / "target_250")
     res = sweep(
         tmp_path / "sf",

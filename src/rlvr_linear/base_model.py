@@ -108,7 +108,7 @@ def build_tiny_base(cfg: TinyBaseConfig, out: str | Path, progress: bool = True,
     val = task.problems("validation", cfg.eval_problems)
     rng = random.Random(cfg.seed)
     history, t0 = [], time.time()
-    bar = tqdm(range(1, cfg.max_steps + 1), desc="tiny base warm-up", disable=not progress)
+    bar = tqdm(range(1, cfg.max_steps + 1), desc="tiny base warm-up", disable=None if progress else True)
     acc = 0.0
     step = 0
     for step in bar:
@@ -138,7 +138,7 @@ def build_tiny_base(cfg: TinyBaseConfig, out: str | Path, progress: bool = True,
         "history": history,
         "params": sum(p.numel() for p in model.parameters()),
     }
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, overwrite=overwrite, managed=True, wait=True) as tmp:
         model.save_pretrained(tmp)
         save_char_tokenizer(tok, tmp)
         write_json(tmp / "rlvr_linear_base.json", record)
@@ -202,7 +202,7 @@ def install_shipped_base(name: str, out: str | Path) -> Path:
     if out.exists():
         print(f"{out} differs from the shipped {name} base model; replacing it", file=sys.stderr)
     try:
-        with atomic_dir(out, overwrite=True) as tmp:
+        with atomic_dir(out, overwrite=True, managed=True, wait=True) as tmp:
             for f in entry["sha256"]:
                 shutil.copyfile(src / f, tmp / f)  # new files: the user's umask applies
             bad = verify_base_dir(tmp, entry["sha256"])
@@ -222,7 +222,7 @@ def ship_base(name: str, src: str | Path) -> dict:
     if name in BASE_PRESETS and cfg != TinyBaseConfig(**BASE_PRESETS[name]):
         raise RlvrLinearError(f"{src} was built with another recipe than the {name} preset")
     files = sorted(f.name for f in src.iterdir() if f.is_file() and not f.name.startswith("."))
-    with atomic_dir(ASSETS / name, overwrite=True) as tmp:
+    with atomic_dir(ASSETS / name, overwrite=True, managed=True, wait=True) as tmp:
         for f in files:
             shutil.copyfile(src / f, tmp / f)
     manifest = shipped_bases()
@@ -298,7 +298,7 @@ def convert_smollm2(out: str | Path) -> Path:
     model = LlamaForCausalLM(cfg)
     model.load_state_dict(src.state_dict(), strict=False)
     model.tie_weights()
-    with atomic_dir(out, overwrite=True) as tmp:
+    with atomic_dir(out, overwrite=True, managed=True, wait=True) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
     return Path(out)

@@ -24,8 +24,12 @@ from tqdm.auto import tqdm
 
 from .errors import RlvrLinearError
 from .io import write_json, write_npz
+from .io.validate import integer, number
 from .loading import load_model
 from .tasks import Problem, Task, get_task
+
+#: the decoding options, checked where a command's flags or a config become values (eval, generate, train)
+SAMPLING_RULES = {"temperature": number(gt=0), "top_p": number(gt=0, le=1), "max_new_tokens": integer(1, optional=True)}
 
 # --------------------------------------------------------------------------------------------------
 # Metrics
@@ -138,7 +142,7 @@ class HFGenerator:
         out: list[str] = []
         torch.manual_seed(seed)
         device = next(model.parameters()).device
-        bar = tqdm(total=len(flat), desc="generate", disable=not progress, leave=False)
+        bar = tqdm(total=len(flat), desc="generate", disable=None if progress else True, leave=False)
         for s in range(0, len(flat), batch_size):
             chunk = flat[s : s + batch_size]
             enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)

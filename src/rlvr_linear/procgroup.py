@@ -1,8 +1,8 @@
-"""Run a shell command in its own process group that ends when we end, however we end.
+"""Run a command (an argv list, no shell) in its own process group that ends when we end, however we end.
 
 The re-grounding driver launches trainers that may run for hours. If the driver were killed, a trainer left
 running would keep writing into a cycle folder that the re-run retrains in. So each command runs under a
-small supervisor (``python -m rlvr_linear.procgroup PARENT_PID COMMAND``) that
+small supervisor (``python -m rlvr_linear.procgroup PARENT_PID GRACE ARGV...``) that
 
 * leads a new session and process group, holding the command and everything it starts;
 * asks Linux to send it SIGTERM when its parent dies (``prctl(PR_SET_PDEATHSIG)``, also after ``kill -9`` of
@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 
 #: seconds between SIGTERM and SIGKILL when a group is ended
 GRACE_SECONDS = 10.0
@@ -51,14 +52,14 @@ def end_group(pgid: int, grace: float = GRACE_SECONDS, alive=None) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
-def run_group(command: str, env: dict | None = None, grace: float = GRACE_SECONDS) -> int:
-    """Run the shell ``command`` under the supervisor; returns its exit status (``-SIG`` if a signal ended it).
+def run_group(argv: Sequence[str], env: dict | None = None, grace: float = GRACE_SECONDS) -> int:
+    """Run ``argv`` (no shell) under the supervisor; returns its exit status (``-SIG`` if a signal ended it).
 
     SIGINT / SIGTERM to us end the command's whole process group, then propagate (KeyboardInterrupt / the
     default SIGTERM action); if we are killed outright, the supervisor ends the group itself.
     """
     proc = subprocess.Popen(
-        [sys.executable, "-m", "rlvr_linear.procgroup", str(os.getpid()), str(grace), command],
+        [sys.executable, "-m", "rlvr_linear.procgroup", str(os.getpid()), str(grace), *argv],
         env=env,
         start_new_session=True,  # (no preexec_fn: unsafe with threads; the supervisor sets its own death signal)
     )
@@ -85,7 +86,7 @@ def run_group(command: str, env: dict | None = None, grace: float = GRACE_SECOND
             signal.signal(sig, h)
 
 
-def _supervise(parent: int, grace: float, command: str) -> int:
+def _supervise(parent: int, grace: float, argv: list[str]) -> int:
     _set_parent_death_signal(signal.SIGTERM)
     if os.getppid() != parent:  # the parent died before we could ask to be told
         return 1
@@ -99,7 +100,11 @@ def _supervise(parent: int, grace: float, command: str) -> int:
 
     for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(s, on_signal)
-    child = subprocess.Popen(command, shell=True)
+    try:
+        child = subprocess.Popen(argv)  # no shell: each argument reaches the program exactly as given
+    except OSError as e:  # not found, not executable: as a shell would, say so and exit 127 / 126
+        print(f"{argv[0]}: cannot run it ({e.strerror or e})", file=sys.stderr)
+        return 127 if isinstance(e, FileNotFoundError) else 126
     rc = child.wait()
     if rc < 0:  # pass the command's fatal signal on
         signal.signal(-rc, signal.SIG_DFL)
@@ -108,4 +113,4 @@ def _supervise(parent: int, grace: float, command: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_supervise(int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]))
+    sys.exit(_supervise(int(sys.argv[1]), float(sys.argv[2]), sys.argv[3:]))

@@ -80,6 +80,9 @@ class Task:
     name: str = "task"
     #: instruction appended for chat models
     instruction: str = ""
+    #: chat models' system message: None keeps the chat template's default (SmolLM2's names the assistant), "" sends an
+    #: empty one (shorter prompts); a task option of the arithmetic tasks (``arithmetic:system=``)
+    system: str | None = None
 
     def problems(self, split: str, n: int, seed: int = 0) -> list[Problem]:
         raise NotImplementedError
@@ -98,13 +101,17 @@ class Task:
         """The reference reply (the SFT target of the tiny base warm-up): the bare answer unless a task shows work."""
         return problem.answer
 
+    def messages(self, problem: Problem) -> list[dict]:
+        """The chat conversation of a problem (training rows and :meth:`render` both use it): the question plus the
+        instruction as the user's turn, after the system message when :attr:`system` is set."""
+        content = problem.prompt + (" " + self.instruction if self.instruction else "")
+        system = [] if self.system is None else [{"role": "system", "content": self.system}]
+        return [*system, {"role": "user", "content": content}]
+
     def render(self, problem: Problem, tokenizer=None) -> str:
         """The text fed to the model: the bare prompt, or the chat template for chat models."""
         if tokenizer is not None and getattr(tokenizer, "chat_template", None):
-            content = problem.prompt + (" " + self.instruction if self.instruction else "")
-            return tokenizer.apply_chat_template(
-                [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
-            )
+            return tokenizer.apply_chat_template(self.messages(problem), tokenize=False, add_generation_prompt=True)
         return problem.prompt
 
     # TRL reward-function signature -----------------------------------------------------------------
@@ -144,6 +151,7 @@ class ArithmeticTask(Task):
     min_digits: int = 1
     name: str = "arithmetic"
     instruction: str = "Reply with only the number."
+    system: str | None = None
 
     def __post_init__(self):
         if self.digits < 1 or self.terms < 2 or not self.ops or any(o not in _OPS for o in self.ops):
@@ -245,6 +253,7 @@ class ArithmeticCoTTask(Task):
     ops: str = "+"  #: ``+`` and/or ``-`` (partial results are left to right, so no ``*``)
     name: str = "arithmetic-cot"
     instruction: str = "Write each partial result on its own line (like 12+7=19), then a last line 'answer: N'."
+    system: str | None = None
 
     def __post_init__(self):
         if (

@@ -1,7 +1,8 @@
 """``advise``: is this run in the linear regime, and how far can it safely jump?
 
-From the checkpoints seen so far (any layout :func:`rlvr_linear.checkpoints.discover` reads) it backtests each linear
-predictor (:mod:`.backtest`) in up to three spaces:
+From the checkpoints seen so far (any layout :func:`rlvr_linear.checkpoints.discover` reads, or a trajectory sketch:
+:func:`~rlvr_linear.linearity.sketch.open_run`) it backtests each linear predictor (:mod:`.backtest`) in up to three
+spaces:
 
 * **weights**: a fixed seeded sample of every ``.weight`` tensor, the sampling of ``analyze weights``
   (:func:`~rlvr_linear.linearity.sample_indices`, ``paper_sample_size``, ``tensor_seed``; 0.1%, >= 50 per tensor);
@@ -32,7 +33,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..checkpoints import Trajectory, discover
+from ..checkpoints import Trajectory
 from ..errors import RlvrLinearError
 from ..io import write_json, write_text
 from ..linearity import (
@@ -48,6 +49,7 @@ from ..linearity import (
     tensor_seed,
     weight_keys,
 )
+from ..linearity.sketch import PROBES, SketchTrajectory, open_run
 from .backtest import CONFIDENCE_TEXT, PREDICTORS, Backtest, Block, backtest, canonical
 from .calibrate import SAFE_BOUND, SAFE_BOUND_PROVENANCE
 
@@ -66,7 +68,7 @@ def sample_weights(
     """The seeded per-tensor sample of ``analyze weights`` at every checkpoint, one :class:`Block` per tensor."""
     r0 = trajectory.reader(0)
     blocks = []
-    for name in tqdm(weight_keys(trajectory), desc="reading sampled weights", disable=not progress):
+    for name in tqdm(weight_keys(trajectory), desc="reading sampled weights", disable=None if progress else True):
         numel = r0.numel(name)
         idx = sample_indices(numel, paper_sample_size(numel, fraction, min_samples), tensor_seed(name, seed))
         y = trajectory.stack(name, torch.from_numpy(idx)).numpy()
@@ -328,7 +330,7 @@ def advise(
     if not isinstance(trajectory, Trajectory):
         if run_dir is None and isinstance(trajectory, (str, Path)):
             run_dir = trajectory
-        trajectory = discover(trajectory)
+        trajectory = open_run(trajectory)  # a run's checkpoints, or a trajectory sketch
     preds = [canonical(p) for p in predictors]
     traj = trajectory.until(until) if until is not None else trajectory
     if base_step is not None:
@@ -350,6 +352,10 @@ def advise(
     if probes is None and task is not None:
         from ..linearity import make_probes
 
+        if isinstance(traj, SketchTrajectory):
+            where = traj.sketch.path
+            raise RlvrLinearError(f"{where}: a trajectory sketch holds no model to sample probes from; pass its own "
+                                  f"probes instead of a task (--probes {where / PROBES})")  # fmt: skip
         probes = make_probes(traj.paths[0], task, n_prompts=n_probes, k=2, seed=seed, device=device)
     if probes is not None:
         from ..linearity import _as_probes, score_trajectory

@@ -65,7 +65,7 @@ def study_cases(study: str | Path, *, scorer: Scorer | None = None, progress: bo
 
     responses = cfg["prompts_per_step"] * cfg["samples_per_prompt"]
     cases = []
-    bar = tqdm(total=len(seeds) * len(rows), desc="study cases", disable=not progress)
+    bar = tqdm(total=len(seeds) * len(rows), desc="study cases", disable=None if progress else True)
     with tempfile.TemporaryDirectory(prefix="study_cases_") as tmp:
         for seed in seeds:
             run = study / "runs" / f"rl_seed{seed}"

@@ -135,7 +135,7 @@ def advise_cases(cases: list[dict], metric: str = "greedy", progress: bool = Tru
     cache: dict = {}
     rows = []
     skipped = {"logit": 0, "no_gain": 0}
-    for c in tqdm(cases, desc="advising cases", disable=not progress):
+    for c in tqdm(cases, desc="advising cases", disable=None if progress else True):
         if c.get("space", "weight") != "weight":
             skipped["logit"] += 1
             continue

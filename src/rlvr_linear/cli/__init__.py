@@ -13,7 +13,7 @@ import sys
 
 from ..errors import RlvrLinearError
 
-COMMANDS = ["base", "train", "eval", "analyze", "extrapolate", "generate", "reground", "advise", "study"]
+COMMANDS = ["base", "train", "eval", "analyze", "sketch", "extrapolate", "generate", "reground", "advise", "study"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,15 +54,19 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not sys.stderr.isatty():  # progress bars only on a terminal (ours: tqdm's disable=None); a log gets no \r lines
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # the Hub's and transformers' bars
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
     try:
+        from ..io.validate import check_value, integer
         from ..threads import configure
 
-        configure(getattr(args, "threads", None))  # --threads, else OMP_NUM_THREADS, else 1 until a model is known
+        threads = check_value("threads", getattr(args, "threads", None), integer(1, optional=True))
+        configure(threads)  # --threads, else OMP_NUM_THREADS, else 1 until a model is known
         rc = args.func(args)
     except RlvrLinearError as e:
         print(f"error: {e}", file=sys.stderr)

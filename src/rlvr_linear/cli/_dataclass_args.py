@@ -66,11 +66,14 @@ def add_dataclass_arguments(
     aliases: dict[str, list[str]] | None = None,
     extra: dict[str, dict] | None = None,
     skip: set[str] = frozenset(),
+    shown: tuple[str, dict] | None = None,
 ) -> list[str]:
     """Add one flag per field of the dataclass ``cls`` to ``parser``; returns the fields added.
 
     ``aliases``: more option strings of a field (``{"learning_rate": ["--lr"]}``, listed first); ``extra``: argparse
-    keywords of a field that replace the generated ones (``help``, ``metavar``, ``choices``).
+    keywords of a field that replace the generated ones (``help``, ``metavar``, ``choices``); ``shown``: ``(label,
+    values)`` when what runs by default is not the dataclass's defaults (a preset): the help shows those values,
+    named as the label's (``(default of preset tiny: 560)``).
     """
     hints = typing.get_type_hints(cls)
     helps = field_comments(cls)
@@ -94,10 +97,13 @@ def add_dataclass_arguments(
         default = f.default
         if default is dataclasses.MISSING and f.default_factory is not dataclasses.MISSING:
             default = f.default_factory()
+        label = "default"
+        if shown is not None and f.name in shown[1]:
+            label, default = f"default of {shown[0]}", shown[1][f.name]
         if isinstance(default, list):
             default = ",".join(map(str, default))
-        if default not in (dataclasses.MISSING, None, {}) and tp is not bool:
-            text = f"{text} (default: {default})" if text else f"default: {default}"
+        if default not in (dataclasses.MISSING, None, {}) and (tp is not bool or label != "default"):
+            text = f"{text} ({label}: {default})" if text else f"{label}: {default}"
         kw["help"] = text.replace("%", "%%")
         kw.update((extra or {}).get(f.name, {}))
         flag = "--" + f.name.replace("_", "-")

@@ -48,6 +48,15 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    if not args.out:
+        return _run(args)
+    from ..io.atomic import output_folder
+
+    with output_folder(args.out, "advice"):  # locked while written; removed again if the command fails early
+        return _run(args)
+
+
+def _run(args) -> int:
     from ..errors import RlvrLinearError
 
     if args.validate:

@@ -9,9 +9,12 @@ Examples::
     rlvr-linear analyze logprobs runs/grpo --probes probes.jsonl -o out/logprobs
     rlvr-linear analyze activations runs/grpo --task arithmetic -o out/act
     rlvr-linear analyze forecast runs/grpo --fit-until 200 -o out/forecast [--task arithmetic]
+    rlvr-linear analyze weights runs/grpo/sketch -o out/w            # a trajectory sketch: the same numbers
+    rlvr-linear analyze logprobs runs/grpo/sketch -o out/lp          # (its own probes)
 
-RUN is a run directory (ours, TRL ``checkpoint-N/``, verl ``global_step_N/actor/huggingface/``) or a list of
-``STEP=PATH``. Every figure comes with its null baseline (increments with random signs).
+RUN is a run directory (ours, TRL ``checkpoint-N/``, verl ``global_step_N/actor/huggingface/``), a list of
+``STEP=PATH``, or, for weights and logprobs, a trajectory sketch (``rlvr-linear sketch``). Every figure comes with its
+null baseline (increments with random signs).
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ import torch
 from ..errors import RlvrLinearError
 from ..linearity import analyze_activations, analyze_logprobs, analyze_weights, forecast, make_probes
 
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: the --dtype choices
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _default(func, name: str):
@@ -34,13 +38,15 @@ def _default(func, name: str):
 
 _SEED = _default(analyze_weights, "seed")
 _BATCH = _default(analyze_logprobs, "batch_size")
-_DTYPE = next(k for k, v in _DTYPES.items() if v == _default(analyze_logprobs, "dtype"))
+_DTYPE = next(k for k, v in DTYPES.items() if v == _default(analyze_logprobs, "dtype"))
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", nargs="+", metavar="RUN", help="run directory, or STEP=PATH ...")
     p.add_argument("-o", "--out", required=True, help="output directory (written atomically)")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace OUT if an earlier output of this tool (never an input)"
+    )
     p.add_argument(
         "--allow-pickle",
         action="store_true",
@@ -51,7 +57,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _probe_args(p: argparse.ArgumentParser, required: bool) -> None:
+def add_probe_args(p: argparse.ArgumentParser, required: bool) -> None:
     g = p.add_argument_group("probes (prompt/response pairs scored by every checkpoint)")
     src = g.add_mutually_exclusive_group(required=required)
     src.add_argument("--task", help="sample probes from the FIRST checkpoint on this task's prompts")
@@ -74,7 +80,7 @@ def _probe_args(p: argparse.ArgumentParser, required: bool) -> None:
     )
     g.add_argument("--batch-size", type=int, default=_BATCH, help=f"sequences per forward pass (default {_BATCH})")
     g.add_argument("--device", help="cpu / cuda (default: cuda if available)")
-    g.add_argument("--dtype", choices=sorted(_DTYPES), default=_DTYPE, help=f"compute dtype (default {_DTYPE})")
+    g.add_argument("--dtype", choices=sorted(DTYPES), default=_DTYPE, help=f"compute dtype (default {_DTYPE})")
 
 
 def register(subparsers) -> None:
@@ -128,7 +134,7 @@ def register(subparsers) -> None:
 
     lp = sub.add_parser("logprobs", help="per-token R² of teacher-forced log-probs (+ null baseline)")
     _common(lp)
-    _probe_args(lp, required=True)
+    add_probe_args(lp, required=False)  # (a trajectory sketch carries its probes)
     d = {k: _default(analyze_logprobs, k) for k in ("min_change", "max_positions")}
     lp.add_argument(
         "--min-change",
@@ -146,7 +152,7 @@ def register(subparsers) -> None:
 
     act = sub.add_parser("activations", help="R² of residual-stream activations per layer (+ null baseline)")
     _common(act)
-    _probe_args(act, required=True)
+    add_probe_args(act, required=True)
     pairs = _default(analyze_activations, "pairs_per_layer")
     act.add_argument("--pairs-per-layer", type=int, default=pairs, help=f"(token, channel) pairs (default {pairs})")
     act.set_defaults(func=cmd_activations)
@@ -156,16 +162,21 @@ def register(subparsers) -> None:
     fc.add_argument("--fit-until", type=int, required=True, metavar="STEP", help="fit on checkpoints with step <= STEP")
     chunk = _default(forecast, "chunk")
     fc.add_argument("--chunk", type=int, default=chunk, help=f"elements per chunk (default {chunk})")
-    _probe_args(fc, required=False)
+    add_probe_args(fc, required=False)
     fc.set_defaults(func=cmd_forecast)
 
     p.set_defaults(func=lambda a: p.print_help() or 1)
 
 
-def _trajectory(args):
-    from ..checkpoints import discover
+def _trajectory(args, sketch_ok: bool = False):
+    from ..linearity.sketch import is_sketch, open_run
 
-    return discover(args.run if len(args.run) > 1 else args.run[0], allow_pickle=args.allow_pickle)
+    if not sketch_ok and is_sketch(args.run):
+        raise RlvrLinearError(
+            f"{args.run[0]} is a trajectory sketch (a weight sample and log-probs); analyze "
+            f"{args.analyze_command} needs the checkpoints"
+        )
+    return open_run(args.run, allow_pickle=args.allow_pickle)
 
 
 def _probes(args, traj):
@@ -189,22 +200,28 @@ def _probes(args, traj):
         seed=args.probe_seed,
         batch_size=args.batch_size,
         device=args.device,
-        dtype=_DTYPES[args.dtype],
+        dtype=DTYPES[args.dtype],
         allow_pickle=args.allow_pickle,
     )
+
+
+def _inputs(args) -> list[str]:
+    """The paths the command reads (RUN or each STEP=PATH, --probes): ``--overwrite`` never replaces them."""
+    paths = [r.split("=", 1)[1] if r.split("=", 1)[0].strip().isdigit() else r for r in args.run]
+    return paths + ([args.probes] if getattr(args, "probes", None) else [])
 
 
 def _write(result, args) -> None:
     from ..io import atomic_dir
 
-    with atomic_dir(args.out, overwrite=args.overwrite) as tmp:
+    with atomic_dir(args.out, overwrite=args.overwrite, kind="analysis", inputs=_inputs(args)) as tmp:
         result.save(tmp)
     print(result.summary_line())
     print(f"wrote {args.out}")
 
 
 def cmd_weights(args) -> int:
-    traj = _trajectory(args)
+    traj = _trajectory(args, sketch_ok=True)
     res = analyze_weights(
         traj,
         sample="all" if args.all else "paper",
@@ -223,17 +240,29 @@ def cmd_weights(args) -> int:
 
 
 def cmd_logprobs(args) -> int:
-    traj = _trajectory(args)
+    from ..linearity.sketch import SketchTrajectory
+
+    traj = _trajectory(args, sketch_ok=True)
     traj.validate(min_checkpoints=3)
+    if isinstance(traj, SketchTrajectory):  # its own probes (--probes: must be the same)
+        sk = traj.sketch
+        if args.task or not sk.has_probes:
+            why = "leave out --task" if sk.has_probes else "it was written without probes"
+            raise RlvrLinearError(f"{sk.path}: a trajectory sketch holds the log-probs of its own probes; {why}")
+        probes = _probes(args, traj) or sk.probes
+    else:
+        probes = _probes(args, traj)
+        if probes is None:
+            raise RlvrLinearError("analyze logprobs needs --task or --probes (or a trajectory sketch as RUN)")
     res = analyze_logprobs(
         traj,
-        _probes(args, traj),
+        probes,
         batch_size=args.batch_size,
         min_change=args.min_change,
         max_positions=args.max_positions,
         seed=args.seed,
         device=args.device,
-        dtype=_DTYPES[args.dtype],
+        dtype=DTYPES[args.dtype],
         progress=True,
     )
     _write(res, args)
@@ -250,7 +279,7 @@ def cmd_activations(args) -> int:
         batch_size=args.batch_size,
         seed=args.seed,
         device=args.device,
-        dtype=_DTYPES[args.dtype],
+        dtype=DTYPES[args.dtype],
         progress=True,
     )
     _write(res, args)
@@ -270,7 +299,7 @@ def cmd_forecast(args) -> int:
         chunk=args.chunk,
         batch_size=args.batch_size,
         device=args.device,
-        dtype=_DTYPES[args.dtype],
+        dtype=DTYPES[args.dtype],
         progress=True,
     )
     _write(res, args)

@@ -23,7 +23,7 @@ def register(sub) -> None:
     p.add_argument("--target-step", type=int, default=None)
     p.add_argument("--compare", action="store_true", help="paired bootstrap CI of each model vs the first")
     p.add_argument("-o", "--out", default=None, help="directory for <name>.json / <name>.npz results")
-    p.add_argument("--allow-pickle", action="store_true", help="load verl FSDP shard folders (weights_only=True)")
+    p.add_argument("--allow-pickle", action="store_true", help="load .bin / verl .pt pickles (weights_only=True)")
     p.set_defaults(func=run)
 
 
@@ -56,8 +56,20 @@ def _targets(paths: list[str], allow_pickle: bool = False) -> list[tuple[str, Pa
 
 
 def run(args) -> int:
+    if not args.out:
+        return _run(args)
+    from ..io.atomic import output_folder
+
+    with output_folder(args.out, "eval"):  # locked while written; removed again if the command fails early
+        return _run(args)
+
+
+def _run(args) -> int:
     from ..errors import RlvrLinearError
-    from ..evaluation import evaluate, paired_bootstrap
+    from ..evaluation import SAMPLING_RULES, evaluate, paired_bootstrap
+    from ..io.validate import check_fields
+
+    check_fields(args, SAMPLING_RULES)
 
     common = dict(
         task=args.task,

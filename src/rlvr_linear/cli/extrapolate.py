@@ -50,8 +50,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     how.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], help="output dtype (default: the checkpoint's)")
     how.add_argument("--max-shard-size", default="512MB", help="output shard size, e.g. 512MB, 2GB (default 512MB)")
     how.add_argument("--force", action="store_true", help="allow alpha <= 0 or alpha > 20")
-    how.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-    how.add_argument("--allow-pickle", action="store_true", help="read pickled .bin weights (weights_only=True)")
+    how.add_argument(
+        "--overwrite", action="store_true", help="replace OUT if an earlier output of this tool (never a checkpoint)"
+    )
+    how.add_argument("--allow-pickle", action="store_true", help="read .bin / verl .pt pickles (weights_only=True)")
     how.add_argument("-o", "--out", required=True, help="output directory")
 
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-
-from ..errors import RlvrLinearError
+import os
 
 _DTYPES = ("float32", "bfloat16", "float16")
 
@@ -57,23 +56,44 @@ def register(sub) -> None:
     p.add_argument("--stop", action="append", help="stop string (repeatable); completions are cut before it")
     p.add_argument("--dtype", choices=_DTYPES, default="float32", help="model dtype (float32 on CPU)")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--allow-pickle", action="store_true", help="load verl FSDP shard folders (weights_only=True)")
+    p.add_argument("--allow-pickle", action="store_true", help="load .bin / verl .pt pickles (weights_only=True)")
     p.add_argument("-o", "--output", help="write one JSON line per completion here")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output file of completions")
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
+def _completions_file(path) -> bool:
+    """Whether ``path`` is a completions file this command wrote (JSON lines with a ``completion``), or empty."""
+    try:
+        with open(path) as f:
+            first = f.readline()
+        return not first or "completion" in json.loads(first)
+    except (OSError, ValueError, TypeError):
+        return False
 
+
+def run(args: argparse.Namespace) -> int:
+    if not args.output:
+        return _run(args)
+    from ..io.lock import locked
+    from ..io.outputs import check_output
+
+    with locked(args.output):  # one writer; --overwrite replaces only a completions file, never an input
+        inputs = [*args.models, *([args.task] if args.task and os.path.isfile(args.task) else [])]
+        check_output(args.output, args.overwrite, kind="completions", inputs=inputs, ours=_completions_file)
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     import torch
 
+    from ..evaluation import SAMPLING_RULES
     from ..extrapolation.logit_scoring import generate_records, resolve_weights
     from ..extrapolation.logits import ExtrapolatedGenerator
     from ..io import write_text
+    from ..io.validate import check_fields
 
-    if args.output and Path(args.output).exists() and not args.overwrite:
-        raise RlvrLinearError(f"{args.output} already exists (pass --overwrite to replace it)")
+    check_fields(args, SAMPLING_RULES)
     weights = resolve_weights(
         args.models, alpha=args.alpha, target_step=args.target_step, steps=args.steps, weights=args.weights
     )

@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 
 EPILOG = """\
-The command is run through the shell once per cycle with {model} = the current model directory, {steps} = M and
-{out} = a fresh output directory ({cycle} = the 1-based cycle number is also available). Its final checkpoint
-(step_N/ with manifest.json, checkpoint-N/, global_step_N/actor/huggingface/, or weights in {out} itself) is
-extrapolated with alpha = (M+N)/M into WORKDIR/cycle_XX/extrapolated, the next cycle's {model}.
+The command is split into words once (quotes group words) and run once per cycle, without a shell, with
+{model} = the current model directory, {steps} = M and {out} = a fresh output directory ({cycle} = the 1-based
+cycle number is also available) substituted inside the words: a path reaches the trainer as one argument, exactly
+as it is. No shell means no $VAR expansion, pipes or redirections; for those, run a shell yourself and pass the
+placeholders as its arguments ("$1", "$2", ... in the script):
+  --cmd 'bash -c "cd src && python t.py --model \\"$1\\" --out \\"$2\\" > log" _ {model} {out}'
+The final checkpoint (step_N/ with manifest.json, checkpoint-N/, global_step_N/actor/huggingface/, or weights
+in {out} itself) is extrapolated with alpha = (M+N)/M into WORKDIR/cycle_XX/extrapolated, the next cycle's {model}.
 Rerun the same command after a kill to resume; WORKDIR/reground_state.json tracks the progress.
 
 example:
@@ -41,7 +45,9 @@ def register(subparsers) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the plan (cycles, commands, steps); run nothing")
     p.add_argument("--restart", action="store_true", help="ignore any saved state, start over")
     p.add_argument(
-        "--allow-pickle", action="store_true", help="read trained checkpoints saved as verl FSDP shards only"
+        "--allow-pickle",
+        action="store_true",
+        help="read trained checkpoints saved as pickles only: .bin, verl FSDP shards (weights_only=True)",
     )
     p.set_defaults(func=run)
 

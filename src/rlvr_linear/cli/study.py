@@ -66,6 +66,15 @@ def config_from_args(args) -> StudyConfig:
 
 
 def run(args) -> int:
+    if not args.out:
+        return _run(args)
+    from ..io.atomic import output_folder
+
+    with output_folder(args.out, "study"):  # locked while written; removed again if the command fails early
+        return _run(args)
+
+
+def _run(args) -> int:
     from ..study import parse_stages, run_study
 
     stages = parse_stages(args.stages)

@@ -32,10 +32,17 @@ _EXTRA = {
 def register(sub) -> None:
     p = sub.add_parser("train", help="RLVR (GRPO) training that saves RUN/step_N checkpoints and a manifest")
     p.add_argument("-o", "--out", required=True, help="run directory (a killed run resumes when re-run)")
-    p.add_argument("--preset", default=None, choices=sorted(PRESETS), help="a named configuration (default tiny)")
+    p.add_argument(
+        "--preset",
+        default=None,
+        choices=sorted(PRESETS),
+        help="a named configuration (default tiny; flags replace its values)",
+    )
     p.add_argument("--config", default=None, help="YAML file with TrainConfig fields (flags override it)")
-    add_dataclass_arguments(p, TrainConfig, aliases={"learning_rate": ["--lr"]}, extra=_EXTRA)
-    p.add_argument("--overwrite", action="store_true", help="delete an existing run directory first")
+    add_dataclass_arguments(
+        p, TrainConfig, aliases={"learning_rate": ["--lr"]}, extra=_EXTRA, shown=("preset tiny", PRESETS["tiny"])
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory written by rlvr-linear")
     p.set_defaults(func=run)
 
 

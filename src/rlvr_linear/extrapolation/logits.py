@@ -347,7 +347,7 @@ class ExtrapolatedGenerator:
         if self.progress if progress is None else progress:
             from tqdm.auto import tqdm
 
-            chunks = tqdm(chunks, desc="extrapolated decoding", unit="batch")
+            chunks = tqdm(chunks, desc="extrapolated decoding", unit="batch", disable=None)
         for start in chunks:
             chunk = rows[start : start + batch_size]
             s, r, sc = self._decode_chunk(

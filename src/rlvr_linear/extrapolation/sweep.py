@@ -197,6 +197,7 @@ def sweep(
 
             cands.append((tgt, al, build))
         ref_path, ref_step, method = b_dir, b, "two-point"
+        inputs = [a_dir, b_dir]
     else:
         traj = run if isinstance(run, Trajectory) else discover(run, allow_pickle=allow_pickle)
         sel = select_checkpoints(traj, fit)
@@ -215,6 +216,7 @@ def sweep(
 
             cands.append((tgt, al, build))
         ref_path, ref_step = sel.paths[-1], float(sel.steps[-1])
+        inputs = [c.path for c in sel.checkpoints]
         method = "least-squares" if rank is None else f"rank-{rank}"
     cands.sort(key=lambda c: c[1])
     seen: set[float] = set()
@@ -226,10 +228,10 @@ def sweep(
     rows: list[SweepRow] = []
     best = -1
     out = Path(out)
-    with atomic_dir(out, overwrite) as tmp:
+    with atomic_dir(out, overwrite, kind="sweep", inputs=inputs) as tmp:
         work = tmp / ".candidates"
         best_dir: Path | None = None
-        for tgt, al, build in tqdm(cands, desc="sweep", unit="model", disable=not progress):
+        for tgt, al, build in tqdm(cands, desc="sweep", unit="model", disable=None if progress else True):
             name = f"target_{_fmt_step(tgt)}" if tgt is not None else f"alpha_{al:g}"
             cand_dir = (tmp if keep_all else work) / name
             build(cand_dir)

@@ -35,7 +35,7 @@ import torch
 from tqdm import tqdm
 
 from ..errors import RlvrLinearError
-from ..io import atomic_dir, read_json, write_json
+from ..io import atomic_dir, read_json, verl_shards, write_json
 from ..io.checkpoints import TensorReader, Trajectory, check_distinct, discover, find_model_dir, step_of_path
 from ..io.writer import ShardedWriter, copy_model_files
 from .params import check_norms, parse_dtype, tensor_policy
@@ -186,19 +186,24 @@ def _run(job: _Job, out: str | Path, overwrite: bool) -> Path:
     from .. import __version__
 
     src = job.readers[-1]
+    config = verl_shards.config_dir(src.path) / "config.json"
+    if not config.is_file():
+        raise RlvrLinearError(
+            f"{src.path}: no config.json, so the extrapolated weights could not be loaded as a model; nothing written"
+        )
     keys = src.keys()
     tensors: dict[str, dict] = {}
     t0 = time.time()
     from ..threads import for_params
 
     for_params(sum(src.numel(k) for k in keys))  # all cores for a large model unless --threads / OMP_NUM_THREADS
-    with atomic_dir(out, overwrite) as tmp:
+    with atomic_dir(out, overwrite, kind="extrapolation", inputs=[r.path for r in job.readers]) as tmp:
         copy_model_files(src.path, tmp)
         keep_char_tokenizer([r.path for r in job.readers], tmp)
         if job.dtype is not None:
             _patch_config_dtype(tmp, job.dtype)
         writer = ShardedWriter(tmp, job.max_shard_bytes)
-        for name in tqdm(keys, desc=job.desc, unit="tensor", disable=not job.progress):
+        for name in tqdm(keys, desc=job.desc, unit="tensor", disable=None if job.progress else True):
             src_dtype = src.dtype(name)
             policy, reason = tensor_policy(name, src_dtype, job.norms)
             out_dtype = job.dtype if (job.dtype is not None and src_dtype.is_floating_point) else src_dtype
@@ -333,7 +338,8 @@ def select_checkpoints(trajectory: Trajectory, fit: str | int = "all") -> Trajec
     else:
         raise RlvrLinearError(f"fit must be 'all' or 'last-K' (e.g. last-4), got {fit!r}")
     if k < 2:
-        raise RlvrLinearError(f"a fit needs at least 2 checkpoints, got fit={fit!r}")
+        got = f"the run has {len(trajectory)} ({trajectory.steps})" if fit == "all" else f"got fit={fit!r}"
+        raise RlvrLinearError(f"a fit needs at least 2 checkpoints, {got}")
     if k > len(trajectory):
         raise RlvrLinearError(
             f"fit={fit!r} needs {k} checkpoints but the run has {len(trajectory)} ({trajectory.steps})"

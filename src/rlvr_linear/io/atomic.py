@@ -10,12 +10,14 @@ import re
 import shutil
 import socket
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from ..errors import RlvrLinearError
 from .jsonable import jsonable
+from .lock import locked
+from .outputs import MARKER, check_output, make_dirs, marker, remove_created
 
 #: temporary names carry the writer's pid and host (``.NAME.tmp-PID@HOST-XXXXXXXX``) so that the next writer can
 #: tell the leftovers of a dead process from the work of a live one
@@ -57,6 +59,15 @@ def remove_stale_temps(out: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def check_parents(out: str | os.PathLike) -> None:
+    """Refuse an output path under a file (``-o afile/w``): one line naming the file, before anything is made."""
+    for parent in Path(out).parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise RlvrLinearError(f"{parent} is a file, not a folder")
+            return
+
+
 def _chmod_dir(path: Path) -> None:
     os.chmod(path, 0o777 & ~_umask())  # mkdtemp makes 0700; our outputs are ordinary folders
 
@@ -74,35 +85,73 @@ def _follow_umask(root: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+def atomic_dir(
+    out: str | os.PathLike,
+    overwrite: bool = False,
+    *,
+    kind: str = "output",
+    inputs: Iterable[str | os.PathLike] = (),
+    managed: bool = False,
+    wait: bool = False,
+) -> Iterator[Path]:
     """Yield a temporary directory next to ``out``; on success rename it to ``out``.
 
     On any exception the temporary directory is removed and ``out`` is untouched; after a kill it stays as
     ``.NAME.tmp-PID@HOST-XXXXXXXX`` and the next ``atomic_dir`` for the same ``out`` removes it (once that pid is
-    gone). With ``overwrite`` an existing ``out`` is replaced only after the new content is complete. The folder
-    follows the umask.
+    gone). With ``overwrite`` an existing ``out`` is replaced only after the new content is complete, and only if
+    :func:`~rlvr_linear.io.outputs.check_overwrite` allows it (an output of ours of this ``kind``, none of the
+    command's ``inputs``; ``managed``: a cache of the package's own). The folder follows the umask and gets the
+    marker file (``kind``), unless ``managed``. The whole write holds ``out``'s lock
+    (:func:`~rlvr_linear.io.lock.locked`; ``wait``: wait for another writer instead of refusing).
     """
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise RlvrLinearError(f"{out} already exists (pass --overwrite to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(out)
-    tag = f"{os.getpid()}@{_host()}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{tag}-", dir=out.parent))
-    try:
-        _chmod_dir(tmp)
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _follow_umask(tmp)
-    if out.exists():
-        trash = out.parent / f".{out.name}.old-{tag}"
-        os.replace(out, trash)
-        os.replace(tmp, out)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
+    check_parents(out)
+    with locked(out, wait=wait):
+        check_output(out, overwrite, kind=kind, inputs=inputs, managed=managed)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(out)
+        tag = f"{os.getpid()}@{_host()}"
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{tag}-", dir=out.parent))
+        try:
+            _chmod_dir(tmp)
+            yield tmp
+            if not managed:
+                write_json(tmp / MARKER, marker(kind))
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        _follow_umask(tmp)
+        if out.exists():
+            trash = out.parent / f".{out.name}.old-{tag}"
+            os.replace(out, trash)
+            os.replace(tmp, out)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+
+
+@contextlib.contextmanager
+def output_folder(out: str | os.PathLike, kind: str) -> Iterator[Path]:
+    """A folder written in place (``eval -o``, ``study -o``, a re-grounding work dir): hold its lock for the
+    ``with`` block and create it if missing (then marked as ``kind``). If the block fails, the folders made here are
+    removed again unless they hold results (:func:`~rlvr_linear.io.outputs.remove_created`)."""
+    out = Path(out)
+    with locked(out):
+        created = make_dirs(out)
+        try:
+            if created:
+                mark_output(out, kind)
+            yield out
+        except BaseException:
+            remove_created(created)
+            raise
+
+
+def mark_output(folder: str | os.PathLike, kind: str) -> Path:
+    """Write the marker file (:data:`~rlvr_linear.io.outputs.MARKER`) of an output of ``kind`` into ``folder``, unless
+    it has one."""
+    path = Path(folder) / MARKER
+    return path if path.exists() else write_json(path, marker(kind))
 
 
 def _temp_file(path: Path) -> tuple[int, str]:
@@ -129,6 +178,7 @@ def _write_atomically(path: str | os.PathLike, write: Callable[[IO], None], mode
     naming ``path``, and no temporary file is left behind.
     """
     path = Path(path)
+    check_parents(path)
     try:  # the folder, or the temp file in it, cannot be made (a file in the way, read-only, full disk)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = _temp_file(path)
@@ -161,6 +211,11 @@ def write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> Path:
 def write_text(path: str | os.PathLike, text: str) -> Path:
     """Write a text file atomically."""
     return _write_atomically(path, lambda f: f.write(text))
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write a binary file atomically."""
+    return _write_atomically(path, lambda f: f.write(data), mode="wb")
 
 
 def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> Path:

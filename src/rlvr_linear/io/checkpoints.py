@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,9 @@ from safetensors import safe_open
 
 from ..errors import RlvrLinearError
 from . import verl_shards
+from .containment import contained
+from .pickled import load_pickled_weights
+from .safetensors_header import header_length, parse_header
 
 SAFE_SINGLE = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
@@ -57,10 +61,42 @@ def has_weights(path: Path) -> bool:
     )
 
 
-def find_model_dir(path: str | Path) -> Path:
+#: what a model directory's readers open (weights, index, config, tokenizer): :func:`check_regular_files` checks these
+_READ_SUFFIXES = (".safetensors", ".bin", ".pt", ".json", ".jinja", ".txt", ".model", ".tiktoken")
+_SPECIAL_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                  (stat.S_ISBLK, "a block device"))  # fmt: skip
+
+
+def check_regular(path: str | Path) -> None:
+    """Refuse a FIFO, device or socket before it is opened (opening a FIFO blocks until something writes to it).
+
+    A symlink to a regular file is fine; a path that does not exist is left to the reader to name.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        kind = next((what for test, what in _SPECIAL_KINDS if test(mode)), "not a plain file")
+        raise RlvrLinearError(f"{path}: not a regular file ({kind}); refusing to read it")
+
+
+def check_regular_files(d: str | Path) -> Path:
+    """:func:`check_regular` on every file of model directory ``d`` (and of verl's config folder) that a reader
+    opens; returns ``d``."""
+    d = Path(d)
+    for folder in dict.fromkeys([d, verl_shards.config_dir(d)]):
+        for f in folder.iterdir():
+            if f.suffix in _READ_SUFFIXES:
+                check_regular(f)
+    return d
+
+
+def find_model_dir(path: str | Path, check_files: bool = True) -> Path:
     """Resolve ``path`` to the directory that holds HF weights (handles verl's ``actor/huggingface``).
 
-    ``hf://ORG/REPO[@REV][/SUBFOLDER]`` is fetched from the Hugging Face Hub (cache) first.
+    ``hf://ORG/REPO[@REV][/SUBFOLDER]`` is fetched from the Hugging Face Hub (cache) first. With ``check_files``
+    a FIFO, device or socket among the files to read is refused (:func:`check_regular_files`).
     """
     if _is_hub(path):
         from .hub import resolve_checkpoint
@@ -76,63 +112,62 @@ def find_model_dir(path: str | Path) -> Path:
         cands.append(p.parent)
     for cand in cands:
         if cand.is_dir() and has_weights(cand):
-            return cand
+            return check_regular_files(cand) if check_files else cand
     raise RlvrLinearError(
         f"{p}: no model weights found (expected {SAFE_SINGLE}, {SAFE_INDEX} or, with --allow-pickle, {BIN_SINGLE})"
     )
 
 
 def check_safetensors(path: str | Path) -> dict:
-    """Validate a safetensors file's framing without reading its data; returns the header.
+    """Validate a safetensors file's framing and header without reading its data; returns the header.
 
     Checks what ``safe_open`` would reject (a file under 8 bytes, a header longer than the file, a header that
-    is not JSON, data that does not cover the file exactly) and turns it into one error naming the file.
+    is not JSON or not a consistent table of tensors, data that does not cover the file exactly:
+    :func:`~rlvr_linear.io.safetensors_header.parse_header`) and turns it into one error naming the file.
     """
     p = Path(path)
+    check_regular(p)
     try:
         size = p.stat().st_size
         with open(p, "rb") as f:
-            head = f.read(8)
-            n = int.from_bytes(head, "little") if len(head) == 8 else -1
-            if n < 0:
-                raise RlvrLinearError(f"{p}: empty or truncated safetensors file ({size} bytes, no header)")
-            if n > size - 8:
-                raise RlvrLinearError(
-                    f"{p}: truncated safetensors file (the header says {n} bytes of metadata, the file has {size})"
-                )
-            header = json.loads(f.read(n))
+            return parse_header(f.read(header_length(f.read(8), size)), size)
     except FileNotFoundError:
         raise RlvrLinearError(f"{p}: weight file is missing") from None
-    except (ValueError, UnicodeDecodeError) as e:
-        raise RlvrLinearError(f"{p}: not a safetensors file (unreadable header: {e})") from None
-    if not isinstance(header, dict):
-        raise RlvrLinearError(f"{p}: not a safetensors file (the header is not a JSON object)")
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    if 8 + n + end != size:
-        how = "truncated" if 8 + n + end > size else "has trailing bytes"
-        raise RlvrLinearError(
-            f"{p}: {how} safetensors file (its tensors need {8 + n + end} bytes, the file has {size})"
-        )
-    return header
+    except OSError as e:  # a folder, no permission, an I/O error
+        raise RlvrLinearError(f"{p}: cannot read ({e.strerror or type(e).__name__})") from None
+    except ValueError as e:
+        raise RlvrLinearError(f"{p}: {e}") from None
 
 
 def read_safetensors_header(fd: int) -> tuple[int, dict]:
     """``(data start, header)`` of the safetensors file open as ``fd``, by positioned reads (``os.pread``: the file
-    position is not moved, so threads may share ``fd``). Raises ``ValueError`` / ``OSError`` on a bad header;
-    :func:`check_safetensors` is the validating, file-naming check."""
-    n = int.from_bytes(os.pread(fd, 8, 0), "little")
-    return 8 + n, json.loads(os.pread(fd, n, 8))
+    position is not moved, so threads may share ``fd``). Raises ``ValueError`` / ``OSError`` on a bad header (the
+    checks of :func:`check_safetensors`, which is the file-naming one)."""
+    size = os.fstat(fd).st_size
+    n = header_length(os.pread(fd, 8, 0), size)
+    return 8 + n, parse_header(os.pread(fd, n, 8), size)
+
+
+def read_weight_map(d: Path, index: str = SAFE_INDEX) -> dict[str, str]:
+    """The ``weight_map`` (tensor name -> file name) of the shard index ``d / index``; every file it names must lie
+    inside ``d`` (:func:`~rlvr_linear.io.containment.contained`: no ``..``, absolute path or link out)."""
+    f = d / index
+    try:
+        wm = json.loads(f.read_text())["weight_map"]
+        if not isinstance(wm, dict):
+            raise TypeError(f"weight_map is a {type(wm).__name__}, not an object")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise RlvrLinearError(f"{f}: not a valid shard index ({type(e).__name__}: {e})") from None
+    for name in dict.fromkeys(wm.values()):
+        contained(d, name, f)
+    return wm
 
 
 def weight_files(path: str | Path) -> list[Path]:
     """The safetensors files of a model directory (the single file, or every shard the index names)."""
     d = find_model_dir(path)
     if (d / SAFE_INDEX).exists():
-        try:
-            wm = json.loads((d / SAFE_INDEX).read_text())["weight_map"]
-        except (ValueError, KeyError, TypeError) as e:
-            raise RlvrLinearError(f"{d / SAFE_INDEX}: not a valid safetensors index ({e})") from None
-        return [d / f for f in dict.fromkeys(wm.values())]
+        return [d / f for f in dict.fromkeys(read_weight_map(d).values())]
     return [d / SAFE_SINGLE] if (d / SAFE_SINGLE).exists() else []
 
 
@@ -153,8 +188,7 @@ class TensorReader:
         self._key_to_file: dict[str, str] = {}
         if (self.path / SAFE_INDEX).exists():
             check_weight_files(self.path)  # a truncated / empty shard: one error naming it
-            idx = json.loads((self.path / SAFE_INDEX).read_text())
-            self._key_to_file = dict(idx["weight_map"])
+            self._key_to_file = read_weight_map(self.path)
             self.kind = "safetensors"
         elif (self.path / SAFE_SINGLE).exists():
             self.kind = "safetensors"
@@ -168,7 +202,7 @@ class TensorReader:
                 )
             self.kind = "pickle"
             if (self.path / BIN_INDEX).exists():
-                self._key_to_file = dict(json.loads((self.path / BIN_INDEX).read_text())["weight_map"])
+                self._key_to_file = read_weight_map(self.path, BIN_INDEX)
             else:
                 sd = self._load_bin(BIN_SINGLE)
                 self._key_to_file = {k: BIN_SINGLE for k in sd}
@@ -189,7 +223,11 @@ class TensorReader:
     # -- internals -------------------------------------------------------------------------------
     def _load_bin(self, fname: str) -> dict[str, torch.Tensor]:
         if fname not in self._pickled:
-            self._pickled[fname] = torch.load(self.path / fname, map_location="cpu", weights_only=True, mmap=True)
+            sd = load_pickled_weights(self.path / fname)  # the restricted loader: tensors only, nothing runs
+            bad = next((k for k, v in sd.items() if not isinstance(v, torch.Tensor)), None)
+            if bad is not None:
+                raise RlvrLinearError(f"{self.path / fname}: {bad!r} is a {type(sd[bad]).__name__}, not a tensor")
+            self._pickled[fname] = sd
         return self._pickled[fname]
 
     def _handle(self, fname: str):
@@ -505,23 +543,27 @@ def discover(source: str | Path | Sequence[str], allow_pickle: bool = False) -> 
         cps = [Checkpoint(step, str(src), remote=src) for step, src in list_checkpoints(source)]
         return Trajectory(cps, allow_pickle=allow_pickle)
     root = Path(source)
+    if re.fullmatch(r"-?\d+=.+", str(source)) and not root.exists():  # one STEP=PATH: a trajectory of one checkpoint
+        return discover([str(source)], allow_pickle)
     if not root.is_dir():
         raise RlvrLinearError(f"{root}: not a directory")
     manifest = root / "manifest.json"
     cps: list[Checkpoint] = []
     if manifest.exists():
+        check_regular(manifest)
         data = json.loads(manifest.read_text())
         for entry in data.get("checkpoints", []):
-            cps.append(Checkpoint(int(entry["step"]), find_model_dir(root / entry["path"])))
+            cps.append(Checkpoint(int(entry["step"]), find_model_dir(contained(root, entry["path"], manifest))))
     else:
         for child in root.iterdir():
             step = _step_of(child.name) if child.is_dir() else None
             if step is None:
                 continue
             try:
-                cps.append(Checkpoint(step, find_model_dir(child)))
+                d = find_model_dir(child, check_files=False)
             except RlvrLinearError:
                 continue  # e.g. a TRL checkpoint still being written
+            cps.append(Checkpoint(step, check_regular_files(d)))
     if not cps:
         raise RlvrLinearError(
             f"{root}: no checkpoints found (looked for manifest.json, step_N/, checkpoint-N/, "

@@ -24,6 +24,7 @@ from pathlib import Path
 from urllib.parse import quote, unquote
 
 from ..errors import RlvrLinearError
+from .containment import contained, unsafe_part
 
 PREFIX = "hf://"
 #: what is fetched of a checkpoint: weights (safetensors), configs and tokenizer files
@@ -42,6 +43,8 @@ ALLOW_PATTERNS = [
 ]
 
 _SOURCE = re.compile(r"^hf:/{1,2}(?P<repo>[^/@\s]+/[^/@\s]+)(?:@(?P<rev>[^/\s]+))?(?:/(?P<sub>[^@\s]*?))?/?$")
+#: one part of a repository id, as the Hub allows (which also forbids ``--`` and ``..`` anywhere in the id)
+_REPO_PART = re.compile(r"\w(?:[\w.-]{0,94}\w)?", re.ASCII)
 _STEP_NAMES = [
     re.compile(p) for p in (r"^step_?(\d+)$", r"^step-(\d+)$", r"^global_step_(\d+)$", r"^checkpoint-(\d+)$")
 ]
@@ -68,6 +71,22 @@ class HubSource:
     repo_id: str
     revision: str | None = None
     subfolder: str = ""
+
+    def __post_init__(self) -> None:
+        """Refuse, before any network or disk access, parts that could lead out of the Hub cache: a repository id
+        other than ``ORG/REPO`` (letters, digits, ``_.-``; no ``--`` or ``..``), a revision or subfolder that is
+        absolute or has a ``..`` component, NUL or control characters (:func:`~rlvr_linear.io.containment.unsafe_part`).
+        """
+        rid = str(self.repo_id)
+        parts, why = rid.split("/"), None
+        if len(parts) != 2 or not all(_REPO_PART.fullmatch(q) for q in parts) or "--" in rid or ".." in rid:
+            why = f"repository id {self.repo_id!r} is not ORG/REPO"
+        elif self.revision is not None and unsafe_part(self.revision):
+            why = f"revision {self.revision!r}: {unsafe_part(self.revision)}"
+        elif self.subfolder and unsafe_part(self.subfolder):
+            why = f"subfolder {self.subfolder!r}: {unsafe_part(self.subfolder)}"
+        if why:
+            raise RlvrLinearError(f"{self}: not a Hub source ({why})")
 
     @classmethod
     def parse(cls, source: str | Path) -> HubSource:
@@ -114,7 +133,7 @@ class HubSource:
             )
         except Exception as e:  # noqa: BLE001 - huggingface_hub's many error types, re-raised with the source
             raise RlvrLinearError(f"{self}: cannot fetch from the Hub ({_describe(e)})") from None
-        path = Path(root) / self.subfolder if self.subfolder else Path(root)
+        path = contained(root, self.subfolder, self) if self.subfolder else Path(root)  # inside the snapshot
         if not path.is_dir():
             raise RlvrLinearError(f"{self}: no folder {self.subfolder!r} in this revision")
         return path

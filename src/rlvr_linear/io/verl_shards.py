@@ -29,6 +29,8 @@ from pathlib import Path
 import torch
 
 from ..errors import RlvrLinearError
+from .containment import contained
+from .pickled import load_pickled_weights
 
 SHARD_RE = re.compile(r"^model_world_size_(\d+)_rank_(\d+)\.pt$")
 #: the folder (next to the shards) with config.json and the tokenizer
@@ -68,7 +70,7 @@ def dtensor_safe_globals() -> list[type]:
 def shard_files(path: str | Path) -> dict[int, Path]:
     """``{rank: file}`` of the ``model_world_size_W_rank_R.pt`` files in ``path`` ({} if none).
 
-    Errors when files of several world sizes are mixed or a rank is missing.
+    Errors when files of several world sizes are mixed, a rank is missing or a file links out of ``path``.
     """
     p = Path(path)
     if not p.is_dir():
@@ -76,8 +78,8 @@ def shard_files(path: str | Path) -> dict[int, Path]:
     found: dict[int, dict[int, Path]] = {}
     for f in p.iterdir():
         m = SHARD_RE.match(f.name)
-        if m:
-            found.setdefault(int(m.group(1)), {})[int(m.group(2))] = f
+        if m:  # (a shard that is a link out of the folder is refused)
+            found.setdefault(int(m.group(1)), {})[int(m.group(2))] = contained(p, f.name)
     if not found:
         return {}
     if len(found) > 1:
@@ -218,29 +220,16 @@ def _is_dtensor(t) -> bool:
     return type(t).__name__ == "DTensor" and hasattr(t, "placements")
 
 
-#: torch's safe_globals() context is process-wide: one load at a time (a load only parses the pickle; mmap)
-_LOAD_LOCK = threading.Lock()
+_LOG_LOCK = threading.Lock()
 
 
 def load_shard(file: str | Path) -> dict:
     """``torch.load`` one rank's file: memory mapped, ``weights_only=True``, DTensor classes allow-listed."""
-    file = Path(file)
     mesh_log = logging.getLogger("torch.distributed.device_mesh")
-    try:
-        with _LOAD_LOCK, torch.serialization.safe_globals(dtensor_safe_globals()):
-            level = mesh_log.level
-            mesh_log.setLevel(logging.ERROR)  # "unpickling of the DeviceMesh occurred before the PGs were created"
-            try:
-                sd = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-            finally:
-                mesh_log.setLevel(level)
-    except Exception as e:  # noqa: BLE001 - UnpicklingError and friends: one error naming the file
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        hits = [ln for ln in lines if re.search(r"GLOBAL|unrecognized|Can only", ln)]
-        reason = (hits or lines or [type(e).__name__])[0]
-        raise RlvrLinearError(
-            f"{file}: refused: this file needs more than tensors and DTensor classes to load ({reason})"
-        ) from None
-    if not isinstance(sd, dict):
-        raise RlvrLinearError(f"{file}: not a state dict (a {type(sd).__name__})")
-    return sd
+    with _LOG_LOCK:  # (the logger's level is shared by the threads that load shards)
+        level = mesh_log.level
+        mesh_log.setLevel(logging.ERROR)  # "unpickling of the DeviceMesh occurred before the PGs were created"
+        try:
+            return load_pickled_weights(file, dtensor_safe_globals(), allowed="tensors and DTensor classes")
+        finally:
+            mesh_log.setLevel(level)

@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 from ..errors import RlvrLinearError
 from . import verl_shards
 from .checkpoints import SAFE_INDEX, SAFE_SINGLE, WEIGHT_FILES, find_model_dir
+from .containment import contained
 
 NON_WEIGHT_SUFFIXES = (".json", ".jinja", ".txt", ".model", ".tiktoken", ".py")
 
@@ -24,6 +25,7 @@ def copy_model_files(src: str | Path, dst: str | Path) -> None:
         if not f.is_file() or f.name in WEIGHT_FILES or f.name.startswith("."):
             continue
         if f.suffix in NON_WEIGHT_SUFFIXES and not f.name.endswith(".index.json"):
+            contained(src, f.name)  # a link out of the folder is refused, not copied into the new model
             try:
                 shutil.copyfile(f, dst / f.name)  # content only: the copy follows the umask, as our other outputs
             except OSError as e:

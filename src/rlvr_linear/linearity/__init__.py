@@ -25,6 +25,10 @@ Analyses (each streams tensors, never whole checkpoints, and returns a result ob
 ``save(out_dir)``): :func:`analyze_weights`, :func:`analyze_logprobs`, :func:`analyze_activations`,
 :func:`forecast`. Paper reference: arXiv 2601.04537 §1 (sampling 0.1% per tensor, ≥ 50 per tensor, seed 42,
 filters ``range > 1e-4`` in bf16 and ``≥ 4 distinct values``; log-prob positions with ``|Δ| > 0.2``).
+
+A *trajectory sketch* (:mod:`.sketch`; :func:`write_sketch`, ``rlvr-linear sketch``) keeps the paper sample and the
+probes' log-probs of every checkpoint in a small folder; :func:`open_run` opens it as a trajectory that
+:func:`analyze_weights` (paper mode) and :func:`analyze_logprobs` read with the same numbers as the checkpoints.
 """
 
 
@@ -96,6 +100,12 @@ from .sampling import (
     tensor_seed,
     weight_keys,
 )
+from .sketch import (
+    Sketch,
+    SketchTrajectory,
+    open_run,
+)
+from .sketch_writer import write_sketch
 from .stats import (
     EXTRA_ROWS,
     MAX_POSITIONS,
@@ -144,6 +154,8 @@ __all__ = [
     "PAPER_SEED",
     "Probe",
     "SPAN_READS",
+    "Sketch",
+    "SketchTrajectory",
     "TENSOR_CSV_COLUMNS",
     "THRESHOLD",
     "TensorStats",
@@ -167,6 +179,7 @@ __all__ = [
     "n_unique",
     "null_sample",
     "null_signs",
+    "open_run",
     "paper_sample_size",
     "parse_param_name",
     "r2_score",
@@ -181,4 +194,5 @@ __all__ = [
     "tracking_proto",
     "weight_keys",
     "write_probes",
+    "write_sketch",
 ]

@@ -171,7 +171,7 @@ def analyze_activations(
     if n_tok == 0:
         raise RlvrLinearError("the probes have no response tokens")
     vals, token, channel = [], None, None
-    for path in tqdm(trajectory.paths, desc="activations", disable=not progress):
+    for path in tqdm(trajectory.paths, desc="activations", disable=None if progress else True):
         model = _load_for_scoring(path, dev, dtype, trajectory.allow_pickle)
         if token is None:
             hidden = int(model.config.hidden_size)

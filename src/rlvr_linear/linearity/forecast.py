@@ -158,7 +158,7 @@ def forecast(
     r0 = trajectory.reader(0)
     sources = [_RowSource(trajectory.reader(i)) for i in range(len(steps))]
     tensors = []
-    for name in tqdm(keys, desc="forecast", disable=not progress):
+    for name in tqdm(keys, desc="forecast", disable=None if progress else True):
         row_len, spans = _row_chunks(r0.shape(name), chunk)
         acc = {k: np.zeros(len(xl)) for k in ("err2", "naive2", "true2")}
         for a, b in spans:

@@ -207,14 +207,34 @@ def score_trajectory(
     dtype: torch.dtype = torch.float32,
     progress: bool = False,
 ) -> tuple[np.ndarray, list[tuple[list[int], list[int]]], Any]:
-    """(T, N) float32 log-probs of every response token under every checkpoint, the encodings, the tokenizer."""
+    """(T, N) float32 log-probs of every response token under every checkpoint, the encodings, the tokenizer.
+
+    A trajectory sketch (:class:`~.sketch.SketchTrajectory`) returns the log-probs it stored when it was written,
+    for its own probes and scoring settings.
+    """
+    stored = getattr(trajectory, "stored_logprobs", None)
+    if stored is not None:
+        return stored(probes, batch_size, dtype)
     dev = _device(device)
     tok = _trajectory_tokenizer(trajectory)
     enc = encode_probes(tok, probes)
     rows = []
-    for path in tqdm(trajectory.paths, desc="scoring checkpoints", disable=not progress):
-        model = _load_for_scoring(path, dev, dtype, trajectory.allow_pickle)
-        lp = score_logprobs(model, enc, batch_size=batch_size, pad_id=tok.pad_token_id or 0)
-        rows.append(np.concatenate(lp) if lp else np.zeros(0, np.float32))
-        del model
+    for path in tqdm(trajectory.paths, desc="scoring checkpoints", disable=None if progress else True):
+        rows.append(score_checkpoint(path, enc, batch_size, tok.pad_token_id or 0, dev, dtype, trajectory.allow_pickle))
     return np.stack(rows), enc, tok
+
+
+def score_checkpoint(
+    path: str | Path,
+    encoded: list[tuple[list[int], list[int]]],
+    batch_size: int = 8,
+    pad_id: int = 0,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    allow_pickle: bool = False,
+) -> np.ndarray:
+    """The (N,) float32 log-probs of every response token of ``encoded`` under the checkpoint at ``path``."""
+    model = _load_for_scoring(path, _device(device), dtype, allow_pickle)
+    lp = score_logprobs(model, encoded, batch_size=batch_size, pad_id=pad_id)
+    del model
+    return np.concatenate(lp) if lp else np.zeros(0, np.float32)

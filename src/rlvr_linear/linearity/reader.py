@@ -286,6 +286,9 @@ class _BlockLoader:
             if raw.data_ptr() != dst.data_ptr():
                 dst.copy_(raw)
             return
+        if src.reader.kind == "sketch":  # a trajectory sketch (.sketch) holds the sampled values themselves
+            dst.copy_(src.reader.gather(job.name, job.index))
+            return
         rows = max(1, _PIECE_BYTES // max(1, job.row_len * item))
         starts = np.searchsorted(job.index, np.arange(job.a, job.b + rows, rows) * job.row_len)
         for p, a in enumerate(range(job.a, job.b, rows)):

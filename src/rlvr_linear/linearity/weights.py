@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -177,6 +178,19 @@ class WeightLinearity(JsonResult):
         return _summary_line("weights", s["r2"], s["null"], s["counts"]["kept"], s["counts"]["sampled"])
 
 
+def _note_mixed_dtypes(paths: Sequence[Path], stored: Sequence[set[torch.dtype]]) -> None:
+    """Say once on stderr which checkpoints are stored in another dtype than the rest (the values are compared in a
+    common float dtype, and filter 1 uses the coarsest dtype's threshold)."""
+    kinds = [frozenset(s) for s in stored]
+    if len(set(kinds)) < 2:
+        return
+    names = {k: "/".join(sorted(str(d).removeprefix("torch.") for d in k)) for k in kinds}
+    common = max(kinds, key=kinds.count)  # the majority (the first checkpoint's on a tie)
+    odd = ", ".join(f"{p} is {names[k]}" for p, k in zip(paths, kinds) if k != common)
+    cast = "float64" if any(d.itemsize > 4 for k in kinds for d in k) else "float32"
+    print(f"note: {odd}, others {names[common]}; values cast to {cast}", file=sys.stderr)
+
+
 def analyze_weights(
     trajectory: Trajectory,
     sample: str = "paper",
@@ -217,16 +231,21 @@ def analyze_weights(
     ``workers`` (per-tensor parts are merged in block order); only which NaN / Inf error comes first may differ.
 
     Filters (paper, in order): 1. ``max_t w - min_t w > min_abs_change`` — default
-    :func:`default_min_abs_change` of the tensor's dtype (1e-4 for bf16); 2. at least ``min(min_unique, T)``
-    distinct values. Kept parameters get R² and the drift-to-noise ratio. The sign-flip null (R² and
-    drift-to-noise) is computed for the kept parameters of :func:`null_sample` (``null_fraction`` of each
-    tensor, at least ``null_min``): ``null_fraction`` defaults to 1 (every kept parameter) in paper mode and to
-    :data:`NULL_FRACTION_ALL` in all mode, where the null would otherwise cost as much as the R² itself.
-    ``keys`` defaults to every floating ``*.weight`` tensor. Needs >= 3 checkpoints.
+    :func:`default_min_abs_change` of the tensor's dtype (1e-4 for bf16; the coarsest dtype where checkpoints are
+    stored in different dtypes, said once on stderr: the values are compared as float32, or float64 if any
+    checkpoint is); 2. at least ``min(min_unique, T)`` distinct values. Kept parameters get R² and the
+    drift-to-noise ratio. The sign-flip null (R² and drift-to-noise) is computed for the kept parameters of
+    :func:`null_sample` (``null_fraction`` of each tensor, at least ``null_min``): ``null_fraction`` defaults to 1
+    (every kept parameter) in paper mode and to :data:`NULL_FRACTION_ALL` in all mode, where the null would
+    otherwise cost as much as the R² itself. ``keys`` defaults to every floating ``*.weight`` tensor. Needs >= 3
+    checkpoints.
 
     NaN / Inf anywhere in an analysed tensor is an error naming the checkpoint and tensor: all mode sees every
     element anyway; paper mode reads whole tensors to gather its sample and checks every element read
     (``check_finite=False`` skips that and checks the sample only).
+
+    A trajectory sketch (:func:`~.sketch.open_run`) is read in paper mode only, from its stored sample (its writer
+    checked every element of every tensor it sampled).
     """
     if sample not in ("paper", "all"):
         raise RlvrLinearError(f"sample must be 'paper' or 'all', got {sample!r}")
@@ -246,6 +265,10 @@ def analyze_weights(
     if not keys:
         raise RlvrLinearError(f"{trajectory.paths[0]}: no floating '*.weight' tensors to analyse")
     r0 = trajectory.reader(0)
+    if r0.kind == "sketch":  # a trajectory sketch holds the paper sample only, read in this process
+        if not paper:
+            r0.get(keys[0])  # (raises, naming the sketch)
+        workers = 1  # (worker processes open checkpoints by their paths)
     for k in keys:
         if k not in r0:
             raise RlvrLinearError(f"{r0.path}: tensor {k!r} is missing from this checkpoint")
@@ -255,16 +278,21 @@ def analyze_weights(
     jobs: list[_Job] = []
     info: dict[str, dict] = {}
     thresholds: dict[str, float] = {}
+    stored: list[set[torch.dtype]] = [set() for _ in sources]  # per checkpoint, the dtypes of its analysed tensors
     for ki in order:
         name = keys[ki]
-        dtype = r0.dtype(name)
-        thr = default_min_abs_change(dtype) if min_abs_change is None else float(min_abs_change)
-        thresholds[str(dtype).replace("torch.", "")] = thr
+        dtypes = [s.dtype(name) for s in sources]
+        dtype = dtypes[0]
+        coarsest = max(dtypes, key=lambda d: torch.finfo(d).eps if d.is_floating_point else 0.0)
+        thr = default_min_abs_change(coarsest) if min_abs_change is None else float(min_abs_change)
+        thresholds[str(coarsest).replace("torch.", "")] = thr
+        for seen, d in zip(stored, dtypes):
+            seen.add(d)
         numel = r0.numel(name)
         row_len, spans = _row_chunks(r0.shape(name), chunk)
-        items = [s.dtype(name).itemsize for s in sources]
+        items = [d.itemsize for d in dtypes]
         work_dtype = np.float64 if max(items) > 4 else np.float32
-        if not paper and _kernel.USE_NUMBA and all(s.dtype(name) == torch.bfloat16 for s in sources):
+        if not paper and _kernel.USE_NUMBA and all(d == torch.bfloat16 for d in dtypes):
             work_dtype = np.uint16  # bf16 bits, read straight into the block; the fused kernel converts them
         if paper:
             idx = sample_indices(numel, paper_sample_size(numel, fraction, min_samples), tensor_seed(name, seed))
@@ -278,6 +306,7 @@ def analyze_weights(
         jobs += new
     for src in sources:  # (the passes open their own)
         src.close()
+    _note_mixed_dtypes([s.reader.path for s in sources], stored)
     if io_threads is None:
         io_threads = 4 if paper else 1
     if threads is None:
@@ -300,7 +329,7 @@ def analyze_weights(
         io_threads=io_threads,
         check_finite=check_finite,
     )
-    bar = tqdm(total=len(jobs), desc="weights R²", unit="block", disable=not progress)
+    bar = tqdm(total=len(jobs), desc="weights R²", unit="block", disable=None if progress else True)
     try:
         if workers == 1 or len(jobs) < 2:
             results = [_weights_pass(plan, range(len(jobs)), bar.update, trajectory)]

@@ -14,7 +14,7 @@ from .common import _ci, _Ctx
 def stage_baseline(ctx: _Ctx) -> dict:
     c = ctx.cfg
     runs = {}
-    for seed in tqdm(c.seeds, desc="baseline RL runs", disable=not ctx.progress):
+    for seed in tqdm(c.seeds, desc="baseline RL runs", disable=None if ctx.progress else True):
         run, man = ctx.rl_run(f"rl_seed{seed}", ctx.train_config(seed))
         runs[str(seed)] = {
             "run": ctx.rel(run),

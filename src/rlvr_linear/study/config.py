@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ..errors import RlvrLinearError
+from ..io.validate import check_fields, choice, flag, integer, list_of, mapping, number, text
 from ..training.optimizers import SGD_LR_FACTOR, check_optimizer
 
 MODES = ("quick", "default", "full")
@@ -88,6 +89,25 @@ BUDGET_SKIPS = {
     "regrounding": ("reground_specs", "no (M,N) specs", "--reground-specs 5,5: one RL run per spec and seed"),
 }
 
+_SEED = integer(0, 2**32 - 1)
+_FRACTION = number(gt=0, le=1)
+#: what every StudyConfig field accepts (checked where the config is built)
+STUDY_FIELD_RULES = {
+    "model": text(), "task": text(), "seeds": list_of(_SEED, nonempty=True), "rl_steps": integer(1),
+    "save_every": integer(1), "learning_rate": number(gt=0), "optimizer": text(), "prompts_per_step": integer(1),
+    "samples_per_prompt": integer(2), "eval_problems": integer(1), "probe_prompts": integer(1),
+    "probe_samples": integer(1), "robustness": list_of(text()), "mechanism_snrs": list_of(number()),
+    "mechanism_zero_signal": flag(), "mechanism_seeds": list_of(_SEED),
+    "wx_base_fractions": list_of(number(ge=0, lt=1)), "wx_t1_fractions": list_of(_FRACTION),
+    "wx_max_alpha": number(gt=0), "wx_max_targets": integer(1), "wx_eval_problems": integer(1),
+    "logit_base_fraction": number(ge=0, lt=1), "logit_alpha": number(), "logit_k": integer(1),
+    "logit_problems": integer(1), "reground_specs": list_of(text()), "reground_optimizer": choice(["keep", "reset"]),
+    "reground_eval_problems": integer(1), "threshold_fractions": list_of(_FRACTION),
+    "budget_fractions": list_of(_FRACTION), "base_recipe": mapping(optional=True), "preset": text(optional=True),
+    "threads": integer(1, optional=True),
+}  # fmt: skip
+
+
 @dataclass
 class StudyConfig:
     """The whole study's protocol. Build it with :meth:`for_mode`; every field can be overridden.
@@ -133,12 +153,11 @@ class StudyConfig:
     def __post_init__(self):
         if self.mode not in MODES:
             raise RlvrLinearError(f"unknown study mode {self.mode!r}; choose quick, default or full")
+        check_fields(self, STUDY_FIELD_RULES)
         if self.rl_steps < 3 * self.save_every:
             raise RlvrLinearError(
                 f"rl_steps ({self.rl_steps}) must hold at least 3 save intervals of {self.save_every} steps"
             )
-        if not self.seeds:
-            raise RlvrLinearError("at least one seed is needed")
         check_optimizer(self.optimizer)
         unknown = [r for r in self.robustness if r not in ROBUSTNESS_SETTINGS]
         if unknown:

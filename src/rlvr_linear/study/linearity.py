@@ -56,7 +56,7 @@ def stage_linearity(ctx: _Ctx) -> dict:
     seed = c.seeds[0]
     rl_run = ctx.out / "runs" / f"rl_seed{seed}"
     probes = _probes(ctx)
-    bar = tqdm(total=5 * len(c.seeds) + 1, desc="linearity", disable=not ctx.progress)
+    bar = tqdm(total=5 * len(c.seeds) + 1, desc="linearity", disable=None if ctx.progress else True)
     per_seed, sft_ends = [], []
     for sd in c.seeds:
         # the first seed keeps its full results and figures; the others only their numbers

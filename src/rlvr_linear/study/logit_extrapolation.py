@@ -34,7 +34,7 @@ def stage_logit_extrapolation(ctx: _Ctx) -> dict:
     target = base + c.logit_alpha * (T - base)
     ev = dict(k=c.logit_k, temperature=0.6, top_p=0.95, greedy=False, seed=0, problems=problems)
     per_seed, ours_all, std_all = [], [], []
-    for seed in tqdm(c.seeds, desc="logit extrapolation", disable=not ctx.progress):
+    for seed in tqdm(c.seeds, desc="logit extrapolation", disable=None if ctx.progress else True):
         run = ctx.out / "runs" / f"rl_seed{seed}"
         std = evaluate(ckpt(run, T), task, **ev)
         gen = ExtrapolatedGenerator.from_dirs(ckpt(run, base), ckpt(run, T), alpha=c.logit_alpha)

@@ -46,7 +46,8 @@ def stage_mechanism(ctx: _Ctx) -> dict:
         settings.append(("zero-signal", {"zero_signal": True}))
     jobs = [("vanilla SFT", {})] + settings
     results: dict[str, list[dict]] = {lab: [] for lab, _ in jobs}
-    bar = tqdm(total=len(jobs) * len(c.mechanism_seeds), desc="mechanism SFT runs", disable=not ctx.progress)
+    n_runs = len(jobs) * len(c.mechanism_seeds)
+    bar = tqdm(total=n_runs, desc="mechanism SFT runs", disable=None if ctx.progress else True)
     for seed in c.mechanism_seeds:
         for lab, kw in jobs:
             tag = lab.replace(" ", "").replace("-", "m").replace(".", "p")

@@ -53,7 +53,8 @@ def stage_regrounding(ctx: _Ctx) -> dict:
     th_steps = [snap(f * T, c.save_every, lo=c.save_every, hi=T) for f in c.threshold_fractions]
     thresholds = [float(curve[steps.index(s)]) for s in th_steps]
     runs: dict[str, dict[int, tuple[Path, dict]]] = {"standard": {s: (base_runs[s], base_man[s]) for s in c.seeds}}
-    bar = tqdm(total=len(c.reground_specs) * len(c.seeds), desc="re-grounded RL runs", disable=not ctx.progress)
+    n_runs = len(c.reground_specs) * len(c.seeds)
+    bar = tqdm(total=n_runs, desc="re-grounded RL runs", disable=None if ctx.progress else True)
     for spec in c.reground_specs:
         m, n = spec.split(",")
         for seed in c.seeds:
@@ -90,7 +91,8 @@ def stage_regrounding(ctx: _Ctx) -> dict:
     # fixed gradient budgets: greedy test accuracy of the checkpoint at that gradient step
     budgets_steps = sorted({snap(f * T, c.save_every, lo=c.save_every, hi=T) for f in c.budget_fractions})
     scores: dict[tuple[str, int, int], np.ndarray] = {}
-    bar = tqdm(total=len(runs) * len(c.seeds) * len(budgets_steps), desc="budget evals", disable=not ctx.progress)
+    n_evals = len(runs) * len(c.seeds) * len(budgets_steps)
+    bar = tqdm(total=n_evals, desc="budget evals", disable=None if ctx.progress else True)
     for name, by_seed in runs.items():
         for seed, (run, _) in by_seed.items():
             for b in budgets_steps:

@@ -35,7 +35,7 @@ def stage_robustness(ctx: _Ctx) -> dict:
     seed = c.seeds[0]
     probes = _probes(ctx)
     rows = []
-    for name in tqdm(c.robustness, desc="robustness settings", disable=not ctx.progress):
+    for name in tqdm(c.robustness, desc="robustness settings", disable=None if ctx.progress else True):
         label, over = ROBUSTNESS_SETTINGS[name]
         ov = over(c.learning_rate, c.optimizer)
         tcfg = ctx.train_config(seed, **ov)

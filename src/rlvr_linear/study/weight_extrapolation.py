@@ -60,7 +60,7 @@ def stage_weight_extrapolation(ctx: _Ctx) -> dict:
     real: dict[int, dict[int, float]] = {}
     extra: dict[tuple[int, int, int], dict[int, float]] = {}
     n_jobs = len(c.seeds) * (len(need_real) + sum(len(v) for v in plan_.values()))
-    bar = tqdm(total=n_jobs, desc="weight extrapolation", disable=not ctx.progress)
+    bar = tqdm(total=n_jobs, desc="weight extrapolation", disable=None if ctx.progress else True)
     tmp_root = d / "models"
     for seed in c.seeds:
         run = ctx.out / "runs" / f"rl_seed{seed}"

@@ -8,10 +8,11 @@ A run directory looks like::
       metrics.jsonl          one line per optimizer step (TRL's logs)
       step_000000/           the starting model (weights-only HF directory)
       step_000020/ ...       every ``save_every`` steps
-      resume/                optimizer moments + data position of the last save (safetensors + JSON)
+      resume/                optimizer moments, data position, random state of the last save (safetensors + JSON)
+      sketch/                with ``sketch``: weight sample and probe log-probs of every save (rlvr-linear sketch)
 
 Runs on CPU here and unchanged on GPU (accelerate; ``use_vllm`` for vLLM generation). A killed run
-resumes from its last save: same weights, optimizer moments and data position.
+resumes from its last save: same weights, optimizer moments, data position and random state.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -29,14 +30,16 @@ from transformers import TrainerCallback
 
 from ..base_model import ensure_base
 from ..errors import RlvrLinearError
-from ..evaluation import evaluate
-from ..io import atomic_dir, read_json, write_json, write_text
+from ..evaluation import SAMPLING_RULES, evaluate
+from ..io import atomic_dir, locked, mark_output, outputs, read_json, write_json, write_text
 from ..io.checkpoints import find_model_dir, step_dir_name
+from ..io.validate import Rule, check_fields, choice, flag, integer, mapping, number, read_yaml_mapping, show, text
 from ..tasks import get_task
 from ..threads import SMALL_MODEL_PARAMS, for_model
 from ..tokenizer import MARKER, load_tokenizer
 from ..trl_cpu import compact_fused_lm_head
 from .optimizers import check_optimizer
+from .resume import read_resume, set_rng_state, write_resume
 
 ALGORITHMS = {
     # name: (TRL loss_type, importance_sampling_level, scale_rewards)
@@ -46,6 +49,49 @@ ALGORITHMS = {
     "gspo": ("grpo", "sequence", "group"),
     "bnpo": ("bnpo", "token", "group"),
 }
+
+#: the GRPOConfig fields that :func:`train` sets itself -> the TrainConfig field (or rule) they come from;
+#: ``grpo_extra`` may not set them
+GRPO_OWN_FIELDS = {
+    **dict.fromkeys(["per_device_train_batch_size", "gradient_accumulation_steps", "steps_per_generation"],
+                    "micro_batch"),
+    **dict.fromkeys(["loss_type", "importance_sampling_level", "scale_rewards"], "algorithm"),
+    **{k: k for k in ["learning_rate", "weight_decay", "temperature", "top_p", "epsilon", "epsilon_high", "beta",
+                      "max_grad_norm", "seed", "bf16", "use_vllm"]},
+    "num_generations": "samples_per_prompt", "max_completion_length": "max_new_tokens", "optim": "optimizer",
+    "max_steps": "steps", "data_seed": "seed", "lr_scheduler_type": "the constant learning rate",
+    "warmup_steps": "the constant learning rate",
+    **dict.fromkeys(["output_dir", "logging_steps", "save_strategy", "report_to", "use_cpu", "shuffle_dataset",
+                     "disable_tqdm", "dataloader_num_workers", "activation_checkpointing"], "the trajectory layout"),
+}  # fmt: skip
+
+
+def _reground_spec(v):
+    """``"M,N"``, ``"M,auto"`` or ``"auto"`` with M >= 1, N >= 0 (the ``--reground`` flag); else ValueError."""
+    if not isinstance(v, str):
+        raise TypeError
+    s = v.replace(" ", "")
+    if s != "auto":
+        m, n = s.split(",")
+        if int(m) < 1 or (n != "auto" and int(n) < 0):
+            raise ValueError
+    return v
+
+
+#: what every TrainConfig field accepts (checked where the config is built)
+FIELD_RULES: dict[str, Rule] = {
+    "model": text(), "task": text(), "steps": integer(1), "save_every": integer(1), "algorithm": text(),
+    "learning_rate": number(gt=0), "optimizer": text(), "weight_decay": number(ge=0),
+    "prompts_per_step": integer(1), "samples_per_prompt": integer(2), **SAMPLING_RULES,
+    "epsilon": number(ge=0, le=1), "epsilon_high": number(ge=0), "beta": number(ge=0), "max_grad_norm": number(ge=0),
+    "seed": integer(0, 2**32 - 1), "eval_every": integer(1, optional=True), "eval_problems": integer(1),
+    "reground": Rule("'M,N', 'M,auto' or 'auto' (M >= 1, N >= 0)", _reground_spec, optional=True),
+    "reground_norms": choice(["copy", "extrapolate"]), "reground_optimizer": choice(["keep", "reset"]),
+    "reground_max_n": integer(0, optional=True),
+    "monitor": flag(), "monitor_every": integer(1, optional=True), "bf16": flag(), "use_vllm": flag(), "sketch": flag(),
+    "allow_pickle": flag(), "threads": integer(1, optional=True), "micro_batch": integer(0, optional=True),
+    "grpo_extra": mapping(),
+}  # fmt: skip
 
 
 @dataclass
@@ -78,36 +124,53 @@ class TrainConfig:
     reground_max_n: int | None = None  #: "M,auto" / "auto" re-grounding: cap on the automatic N (default 5 M)
     monitor: bool = False  #: LinearityMonitor: log drift-to-noise, R² vs null, forecast error ratio and h*
     monitor_every: int | None = None  #: monitor record interval in steps (default: save_every); "auto" M too
+    sketch: bool = False  #: write a trajectory sketch to RUN/sketch at every save (weights + log-probs of task probes)
+    allow_pickle: bool = False  #: start from pickled weights (.bin, verl .pt shards), read with weights_only=True
     bf16: bool = False  #: bf16 training (leave off on CPU: 6-22x slower without AVX-512/AMX)
     use_vllm: bool = False  #: generate with vLLM (GPU)
-    threads: int | None = None  #: torch CPU threads (default: all cores)
+    threads: int | None = None  #: torch threads (default: OMP_NUM_THREADS, else 1 under 20M params, all cores above)
     micro_batch: int | None = None  #: sequences per forward/backward pass (gradient accumulation over one generation
     #: batch; 0: the whole batch; default: the whole batch under 20M parameters, 16 above; must divide the batch)
     grpo_extra: dict = field(default_factory=dict)  #: extra GRPOConfig fields, passed through
 
     def __post_init__(self):
+        check_fields(self, FIELD_RULES)
         if self.algorithm not in ALGORITHMS:
             raise RlvrLinearError(f"unknown algorithm {self.algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
         check_optimizer(self.optimizer)
-        if self.steps < 1 or self.save_every < 1:
-            raise RlvrLinearError("steps and save_every must be >= 1")
-        if self.samples_per_prompt < 2:
-            raise RlvrLinearError("GRPO needs at least 2 samples per prompt")
+        batch = self.prompts_per_step * self.samples_per_prompt
+        if self.micro_batch and batch % self.micro_batch:
+            raise RlvrLinearError(
+                f"micro_batch must divide the batch of {batch} sequences (prompts_per_step x samples_per_prompt) "
+                f"(got {self.micro_batch})"
+            )
+        own = {k: GRPO_OWN_FIELDS[k] for k in self.grpo_extra if k in GRPO_OWN_FIELDS}
+        if own:
+            k, src = next(iter(own.items()))
+            how = f"from the field {src}" if src in FIELD_RULES else f"itself ({src})"
+            raise RlvrLinearError(f"grpo_extra cannot set {k} (got {show(self.grpo_extra[k])}): train sets it {how}")
+        if self.grpo_extra:
+            from trl import GRPOConfig  # here only: trl takes seconds to import
+
+            unknown = sorted(set(self.grpo_extra) - {f.name for f in fields(GRPOConfig) if f.init})
+            if unknown:
+                raise RlvrLinearError(f"grpo_extra: unknown GRPOConfig fields {show(unknown)}")
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides) -> TrainConfig:
-        import yaml
-
+        """The config of a YAML file (every value checked, errors name the file), then ``overrides`` (not None)."""
         p = Path(path)
-        if not p.exists():
-            raise RlvrLinearError(f"{p}: config file not found")
-        data = yaml.safe_load(p.read_text()) or {}
+        data = read_yaml_mapping(p, "TrainConfig fields")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise RlvrLinearError(f"{p}: unknown config fields {unknown}")
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**data)
+        try:
+            cfg = cls(**data)
+        except RlvrLinearError as e:
+            raise RlvrLinearError(f"{p}: {e}") from None
+        over = {k: v for k, v in overrides.items() if v is not None}
+        return replace(cfg, **over) if over else cfg
 
     def to_yaml(self) -> str:
         import yaml
@@ -165,35 +228,12 @@ PRESETS: dict[str, dict] = {
 
 def save_checkpoint(model, tokenizer, out: Path) -> None:
     """A weights-only HF checkpoint (safetensors, config, tokenizer), written atomically."""
-    with atomic_dir(out, overwrite=True) as tmp:
+    with atomic_dir(out, overwrite=True, kind="checkpoint") as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         src = getattr(tokenizer, "name_or_path", "")
         if src and (Path(src) / MARKER).exists():
             (tmp / MARKER).write_text((Path(src) / MARKER).read_text())
-
-
-def _optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    sd = opt.state_dict()
-    tensors, meta = {}, {"param_groups": sd["param_groups"], "scalars": {}}
-    for pid, st in sd["state"].items():
-        for k, v in st.items():
-            if torch.is_tensor(v) and v.dim() > 0:
-                tensors[f"{pid}.{k}"] = v.detach().contiguous().cpu()
-            else:
-                meta["scalars"][f"{pid}.{k}"] = v.item() if torch.is_tensor(v) else v
-    return tensors, meta
-
-
-def _optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
-    state: dict = {}
-    for key, v in tensors.items():
-        pid, k = key.split(".", 1)
-        state.setdefault(int(pid), {})[k] = v
-    for key, v in meta["scalars"].items():
-        pid, k = key.split(".", 1)
-        state.setdefault(int(pid), {})[k] = torch.tensor(float(v)) if k == "step" else v
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
 class TrajectoryCallback(TrainerCallback):
@@ -215,11 +255,15 @@ class TrajectoryCallback(TrainerCallback):
         self.rewards: list[float] = []
         self.t0 = time.time() - self.manifest.get("wall_time", 0.0)
         self.val = self.task.problems("validation", cfg.eval_problems)
-        self.bar = tqdm(total=cfg.steps, initial=step_offset, desc="RL", dynamic_ncols=True, disable=not progress)
+        self.bar = tqdm(
+            total=cfg.steps, initial=step_offset, desc="RL", dynamic_ncols=True, disable=None if progress else True
+        )
         self.last_acc = self.manifest["checkpoints"][-1].get("val_accuracy") if self.manifest["checkpoints"] else None
         self.optimizer = None
         self.regrounder = None
         self.monitor = None
+        self.sketch = None  # a SketchCallback, recording at every save
+        self.rng = None  # a resumed run: the random state of the save it resumes from, restored at its first step
 
     def step(self, state) -> int:
         return self.offset + state.global_step
@@ -233,8 +277,18 @@ class TrajectoryCallback(TrainerCallback):
     def save(self, model, step: int, reward: float | None) -> None:
         name = step_dir_name(step)
         save_checkpoint(model, self.tok, self.run / name)
+        if self.sketch is not None:  # what was just saved (touches no random state)
+            self.sketch.record(model, step, self.tok, source=str(self.run / name))
+            times = self.manifest.setdefault("sketch_seconds", {})  # per step recorded (a resumed run adds to it)
+            times.update({str(k): round(v, 3) for k, v in self.sketch.record_seconds.items()})
         eval_every = self.cfg.eval_every or self.cfg.save_every
-        acc = self.evaluate(model) if step % eval_every == 0 or step == self.cfg.steps else None
+        if step % eval_every == 0:  # (evaluation seeds torch: the samples that follow depend on it)
+            acc = self.evaluate(model)
+        elif step == self.cfg.steps:  # off the grid: no trace on the random state, so a longer run can continue
+            with torch.random.fork_rng():
+                acc = self.evaluate(model)
+        else:
+            acc = None
         if acc is not None:
             self.last_acc = acc
         entry = {
@@ -251,12 +305,7 @@ class TrajectoryCallback(TrainerCallback):
         if self.regrounder is not None:
             self.manifest["reground_history"] = self.regrounder.history
         if self.optimizer is not None:
-            tensors, meta = _optimizer_to_tensors(self.optimizer)
-            with atomic_dir(self.run / "resume", overwrite=True) as tmp:
-                from safetensors.torch import save_file
-
-                save_file(tensors or {"_empty": torch.zeros(1)}, str(tmp / "optimizer.safetensors"))
-                write_json(tmp / "state.json", {"step": step, "optimizer": meta, "python_random": None})
+            write_resume(self.run / "resume", step, self.optimizer)
         self.manifest["checkpoints"] = [c for c in self.manifest["checkpoints"] if c["step"] != step] + [entry]
         self.manifest["wall_time"] = entry["wall_time"]
         write_json(self.run / "manifest.json", self.manifest)
@@ -267,6 +316,11 @@ class TrajectoryCallback(TrainerCallback):
         if self.offset == 0:
             self.save(model, 0, None)
             self.t0 = time.time()
+
+    def on_step_begin(self, args, state, control, **kw):
+        if self.rng is not None:  # after the data loader drew its seed, before the first sample
+            set_rng_state(*self.rng)
+            self.rng = None
 
     def on_log(self, args, state, control, logs=None, model=None, **kw):
         # TRL logs every step (logging_steps=1) after on_step_end: record, then save with this step's reward
@@ -297,9 +351,12 @@ class TrajectoryCallback(TrainerCallback):
 # Models
 
 
+BASE_NAMES = ("tiny", "tiny-cot", "smollm2-135m", "smollm2")  #: base models known by name, not by folder
+
+
 def resolve_model(name: str, cache_dir: str | Path | None = None, progress: bool = True) -> Path:
     """``tiny`` / ``tiny-cot`` (shipped) / ``smollm2-135m`` (converted once and cached) or an HF model directory."""
-    if name in ("tiny", "tiny-cot", "smollm2-135m", "smollm2"):
+    if name in BASE_NAMES:
         return ensure_base(name, cache_dir=cache_dir, progress=progress)
     return find_model_dir(name)
 
@@ -341,7 +398,7 @@ def _rows(task, cfg: TrainConfig, chat: bool) -> list[dict]:
         rng.shuffle(order)
         for i in order:
             p = pool[i]
-            prompt = [{"role": "user", "content": p.prompt + " " + task.instruction}] if chat else task.render(p)
+            prompt = task.messages(p) if chat else task.render(p)
             rows.append({"prompt": prompt, "answer": p.answer, "problem_id": p.id})
     return rows[:need]
 
@@ -349,13 +406,20 @@ def _rows(task, cfg: TrainConfig, chat: bool) -> list[dict]:
 def train(cfg: TrainConfig, run: str | Path, overwrite: bool = False, progress: bool = True) -> dict:
     """Run RLVR training and write the trajectory to ``run``. Returns the manifest.
 
-    If ``run`` holds an unfinished run with the same config, training resumes from its last save (weights,
-    optimizer moments, data position; sampling uses a fresh seed). Known limit: a resumed ``--reground`` run starts
-    a new re-grounding segment at the resume point (the anchor is not saved) and counts effective steps from there.
+    If ``run`` holds a run with the same config, training resumes from its last save (weights, optimizer moments,
+    data position, random state: on one thread the result equals an uninterrupted run's, bit for bit); a larger
+    ``steps`` continues a finished run, the same ``steps`` returns it as it is. Known limit: a resumed ``--reground``
+    run starts a new re-grounding segment at the resume point (the anchor is not saved) and counts effective steps
+    from there.
+    ``run`` is locked while training; ``overwrite`` replaces only a run of ours (:func:`.outputs.check_overwrite`).
     """
+    with locked(run):
+        return _train_locked(cfg, Path(run), overwrite, progress)
+
+
+def _train_locked(cfg: TrainConfig, run: Path, overwrite: bool, progress: bool) -> dict:
     import shutil
 
-    run = Path(run)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     manifest = None
@@ -365,27 +429,52 @@ def train(cfg: TrainConfig, run: str | Path, overwrite: bool = False, progress: 
         saved = TrainConfig(
             **{k: v for k, v in manifest["config"].items() if k in {f.name for f in fields(TrainConfig)}}
         )
-        if asdict(saved) != asdict(cfg):
-            diff = {k: (v, asdict(cfg)[k]) for k, v in asdict(saved).items() if asdict(cfg)[k] != v}
+        diff = config_changes(asdict(saved), asdict(cfg))
+        diff.pop("steps", None)  # more steps continue the run (finished or not) from its last save
+        if diff:
             raise RlvrLinearError(f"{run} holds a run with a different config {diff}; use --overwrite to start over")
-        if manifest.get("finished"):
-            raise RlvrLinearError(f"{run} is already complete ({cfg.steps} steps); use --overwrite to start over")
         offset = manifest["checkpoints"][-1]["step"] if manifest["checkpoints"] else 0
-        print(f"resuming {run} from step {offset}")
+        if cfg.steps < offset:
+            raise RlvrLinearError(f"{run} holds {offset} steps, more than steps={cfg.steps}; use --overwrite instead")
+        if cfg.steps != saved.steps or (offset == cfg.steps and not manifest.get("finished")):
+            manifest.update(config=asdict(cfg), finished=offset == cfg.steps)
+            write_json(run / "manifest.json", manifest)
+            write_text(run / "config.yaml", cfg.to_yaml())
+        if offset == cfg.steps:
+            print(f"run {run} is already complete ({cfg.steps} steps); nothing to do")
+            return manifest
+        print(f"resuming {run} from step {offset}" + (f" (now {cfg.steps} steps)" if cfg.steps != saved.steps else ""))
         _trim_metrics(run / "metrics.jsonl", offset)
-    elif run.exists() and any(run.iterdir()):
+    elif run.exists() and any(p.name != outputs.MARKER for p in run.iterdir()):
         if not overwrite:
             raise RlvrLinearError(f"{run} exists and is not an unfinished run; use --overwrite to replace it")
+        outputs.check_overwrite(run, kind="run", inputs=[] if cfg.model in BASE_NAMES else [cfg.model])
         shutil.rmtree(run)
     created = [p for p in [run, *run.parents] if not p.exists()]
     run.mkdir(parents=True, exist_ok=True)
     try:
+        mark_output(run, "run")  # unless marked already
         return _train_in(cfg, run, manifest, offset, progress)
     except BaseException:
         if not (run / "manifest.json").exists():  # nothing to resume: leave no folder we created behind
             for d in created:
                 shutil.rmtree(d, ignore_errors=True)
         raise
+
+
+def config_changes(saved: dict, new: dict) -> dict:
+    """``{field: (saved value, new value)}`` for the fields that differ; NaN equals NaN (also inside dicts, lists)."""
+    return {k: (v, new.get(k)) for k, v in saved.items() if not _same(v, new.get(k))}
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
 
 
 def _trim_metrics(path: Path, step: int) -> None:
@@ -405,20 +494,21 @@ def _trim_metrics(path: Path, step: int) -> None:
 
 def _train_in(cfg: TrainConfig, run: Path, manifest: dict | None, offset: int, progress: bool) -> dict:
     from datasets import Dataset
-    from safetensors.torch import load_file
-    from transformers import AutoModelForCausalLM
     from trl import GRPOConfig, GRPOTrainer
+
+    from ..loading import load_causal_lm
 
     task = get_task(cfg.task)
     base_dir = resolve_model(cfg.model, progress=progress)
     start_dir = run / step_dir_name(offset) if offset else base_dir
     tok = load_tokenizer(start_dir)
-    model = AutoModelForCausalLM.from_pretrained(str(start_dir), dtype=torch.bfloat16 if cfg.bf16 else torch.float32)
+    dtype = torch.bfloat16 if cfg.bf16 else torch.float32
+    model = load_causal_lm(start_dir, dtype=dtype, allow_pickle=cfg.allow_pickle)
     if not cfg.threads:
         for_model(model)  # 1 thread for small models, all cores for large (unless --threads / OMP_NUM_THREADS)
     chat = bool(getattr(tok, "chat_template", None))
     if manifest is None:
-        manifest = {"config": asdict(cfg), "base_model": str(base_dir), "task": task.name, "checkpoints": []}
+        manifest = {"config": asdict(cfg), "base_model": str(base_dir), "task": cfg.task, "checkpoints": []}
         write_text(run / "config.yaml", cfg.to_yaml())
         (run / "metrics.jsonl").unlink(missing_ok=True)
 
@@ -474,6 +564,10 @@ def _train_in(cfg: TrainConfig, run: Path, manifest: dict | None, offset: int, p
         from .monitor import LinearityMonitor
 
         monitor = cb.monitor = LinearityMonitor(every=cfg.monitor_every or cfg.save_every)
+    if cfg.sketch:
+        from .sketch_callback import train_sketch
+
+        cb.sketch = train_sketch(run / "sketch", run / step_dir_name(0), cfg.task)
     if cfg.reground:
         from .regrounding import ReGroundingCallback
 
@@ -501,12 +595,8 @@ def _train_in(cfg: TrainConfig, run: Path, manifest: dict | None, offset: int, p
         if rg is not None:  # record pre-jump weights, in effective steps
             monitor.coordinate = lambda state: state.global_step + rg.extrapolated_steps
     if offset and (run / "resume" / "state.json").exists():
-        st = read_json(run / "resume" / "state.json")
-        if st["step"] == offset:
-            trainer.create_optimizer_and_scheduler(num_training_steps=gcfg.max_steps)
-            tensors = load_file(str(run / "resume" / "optimizer.safetensors"))
-            tensors.pop("_empty", None)
-            _optimizer_from_tensors(trainer.optimizer, tensors, st["optimizer"])
+        trainer.create_optimizer_and_scheduler(num_training_steps=gcfg.max_steps)
+        cb.rng = read_resume(run / "resume", offset, trainer.optimizer)
     # large model on CPU: TRL's fused LM head scores only the completion positions (trl_cpu.py); small ones as before
     with compact_fused_lm_head(n_params >= SMALL_MODEL_PARAMS):
         trainer.train()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -23,6 +24,8 @@ from pathlib import Path
 from ..errors import RlvrLinearError
 from ..extrapolation.params import NORM_POLICIES
 from ..io import read_json, write_json
+from ..io.atomic import output_folder
+from ..io.outputs import make_dirs, remove_created
 from .regrounding import _check_choice, _check_mn
 
 STATE_FILE = "reground_state.json"
@@ -90,19 +93,49 @@ def _extrapolate(base, second, out, *, alpha, norms, metadata, allow_pickle=Fals
 
 
 PLACEHOLDERS = ("{model}", "{steps}", "{out}", "{cycle}")
+_PLACEHOLDER_RE = re.compile("|".join(map(re.escape, PLACEHOLDERS)))
+#: the characters of shell operators (``;``, ``&&``, ``|``, ``>``, ``$(...)`` ...): outside quotes, refused
+SHELL_PUNCTUATION = "();<>|&"
 
 
-def render_command(cmd_template: str, *, model: str | Path, steps: int, out: str | Path, cycle: int) -> str:
-    """Substitute ``{model}``, ``{steps}``, ``{out}`` (and ``{cycle}``) in the command; paths are shell-quoted.
+def split_command(cmd_template: str) -> list[str]:
+    """The command's words, split once as a POSIX shell would (``shlex.split``: quotes group words, nothing else).
 
-    Only these exact placeholders are replaced, so other braces in the shell command (``${VAR}``) are left alone.
+    The trainer runs without a shell, so shell syntax outside quotes (``;``, ``&&``, ``|``, ``>``, ``$(...)``: the
+    characters of :data:`SHELL_PUNCTUATION`) is refused rather than passed on as arguments; for shell syntax, run a
+    shell explicitly and pass the placeholders as its arguments:
+    ``bash -c 'cd /src && python t.py --model "$1" --out "$2"' _ {model} {out}``.
     """
-    return (
-        cmd_template.replace("{model}", shlex.quote(str(model)))
-        .replace("{steps}", str(int(steps)))
-        .replace("{out}", shlex.quote(str(out)))
-        .replace("{cycle}", str(int(cycle)))
-    )
+    text = cmd_template.replace("\\\n", "")  # a backslash-newline continues the line, as in a shell
+    lexer = shlex.shlex(text, posix=True, punctuation_chars=SHELL_PUNCTUATION)
+    lexer.whitespace_split = True  # (quoted text stays one token; unquoted operators become tokens of their own)
+    try:
+        words, tokens = shlex.split(text), list(lexer)
+    except ValueError as e:
+        raise RlvrLinearError(f"the trainer command cannot be split into words ({e}): {cmd_template}") from None
+    if not words:
+        raise RlvrLinearError("the trainer command is empty")
+    ops = [t for t in tokens if t and not t.strip(SHELL_PUNCTUATION)]
+    if ops:
+        raise RlvrLinearError(
+            f"the trainer command runs without a shell, so {ops[0]!r} would reach the program as an argument; "
+            'for shell syntax write --cmd \'bash -c "..." _ {model} {out}\' and use "$1", "$2" in the script'
+        )
+    return words
+
+
+def render_command(cmd_template: str, *, model: str | Path, steps: int, out: str | Path, cycle: int) -> list[str]:
+    """The argv of one cycle: the template split into words (:func:`split_command`), then ``{model}``, ``{steps}``,
+    ``{out}`` and ``{cycle}`` substituted inside each word.
+
+    Substituting after splitting keeps each path one argument, exactly as it is: spaces, quotes, ``$(...)`` and
+    backquotes in a path reach the trainer unchanged, and quotes written around a placeholder in the template
+    (``--model "{model}"``) only group words. Only these exact placeholders are replaced, in one pass (a path that
+    contains ``{out}`` stays as it is), so other braces (``${VAR}``) are left alone; but nothing expands them
+    either, since no shell runs: environment variables reach the trainer through its environment.
+    """
+    values = {"{model}": str(model), "{steps}": str(int(steps)), "{out}": str(out), "{cycle}": str(int(cycle))}
+    return [_PLACEHOLDER_RE.sub(lambda m: values[m.group()], w) for w in split_command(cmd_template)]
 
 
 @dataclasses.dataclass
@@ -113,7 +146,8 @@ class CyclePlan:
     model: str  # {model}: the input model directory
     out: str  # {out}: the trainer's fresh output directory
     extrapolated: str  # the projection, next cycle's {model}
-    command: str
+    argv: list[str]  # what runs (no shell)
+    command: str  # the argv shell-quoted, to show and to paste
     alpha: float
     gradient_steps: int
     effective_step: int
@@ -127,13 +161,15 @@ def plan_cycles(
     for k in range(1, cycles + 1):
         cdir = workdir / f"cycle_{k:02d}"
         out, ext = cdir / "train", cdir / "extrapolated"
+        argv = render_command(cmd_template, model=cur, steps=m, out=out, cycle=k)
         plans.append(
             CyclePlan(
                 cycle=k,
                 model=str(cur),
                 out=str(out),
                 extrapolated=str(ext),
-                command=render_command(cmd_template, model=cur, steps=m, out=out, cycle=k),
+                argv=argv,
+                command=shlex.join(argv),
                 alpha=(m + n) / m,
                 gradient_steps=k * m,
                 effective_step=start_step + k * (m + n),
@@ -151,20 +187,16 @@ def reground_driver(
     cycles: int,
     workdir: str | os.PathLike,
     *,
-    start_step: int = 0,
-    norms: str = "copy",
     dry_run: bool = False,
-    find_checkpoint: Callable[[Path], Path | tuple[Path, int | None]] | None = None,
-    restart: bool = False,
-    log: Callable[[str], None] | None = None,
-    allow_pickle: bool = False,
+    **options,
 ) -> dict:
     """Periodic re-grounding around any trainer command (paper §6.1 loop).
 
     Cycle k (1-based) runs ``cmd_template`` with ``{model}`` = the current model, ``{steps}`` = M and ``{out}`` =
     ``WORKDIR/cycle_kk/train`` (emptied first); finds the final checkpoint there (``find_checkpoint(out)`` or
     :func:`find_final_checkpoint`); writes ``W_model + ((M+N)/M)(W_ckpt − W_model)`` to
-    ``WORKDIR/cycle_kk/extrapolated``, which is the next cycle's ``{model}``. After k cycles:
+    ``WORKDIR/cycle_kk/extrapolated``, which is the next cycle's ``{model}``. The command runs without a shell: its
+    words are split once and the placeholders substituted inside them (:func:`render_command`). After k cycles:
     gradient steps = k·M, effective step = ``start_step`` + k·(M+N).
 
     ``WORKDIR/reground_state.json`` records each finished phase ("trained", "extrapolated"); rerunning the same
@@ -173,7 +205,31 @@ def reground_driver(
     ``WORKDIR/reground_summary.json`` at the end and returns it. ``dry_run`` returns ``{"dry_run": True, "plan":
     [...]}`` after printing the plan, running and writing nothing. ``allow_pickle`` lets the extrapolation read
     a trained checkpoint saved as verl FSDP shards only (``global_step_M/actor/model_world_size_W_rank_R.pt``).
+    ``options``: ``start_step``, ``norms``, ``find_checkpoint``, ``restart``, ``log``, ``allow_pickle``. The work dir
+    is locked while the driver runs (a second driver is refused); a failed cycle leaves no empty folder behind.
     """
+    if dry_run:
+        return _reground(cmd_template, model, m, n, cycles, workdir, dry_run=True, **options)
+    with output_folder(workdir, "reground"):  # one driver per work dir; a failed first cycle leaves no folder
+        return _reground(cmd_template, model, m, n, cycles, workdir, **options)
+
+
+def _reground(
+    cmd_template: str,
+    model: str | os.PathLike,
+    m: int,
+    n: int,
+    cycles: int,
+    workdir: str | os.PathLike,
+    *,
+    start_step: int = 0,
+    norms: str = "copy",
+    dry_run: bool = False,
+    find_checkpoint: Callable[[Path], Path | tuple[Path, int | None]] | None = None,
+    restart: bool = False,
+    log: Callable[[str], None] | None = None,
+    allow_pickle: bool = False,
+) -> dict:
     from tqdm.auto import tqdm
 
     from ..io.checkpoints import find_model_dir
@@ -190,7 +246,7 @@ def reground_driver(
         if ph not in cmd_template:
             raise RlvrLinearError(f"the trainer command must contain {ph} (placeholders: {', '.join(PLACEHOLDERS)})")
     if "{steps}" not in cmd_template:
-        warnings.warn("the trainer command has no {steps}: make sure it trains exactly M steps", stacklevel=2)
+        warnings.warn("the trainer command has no {steps}: make sure it trains exactly M steps", stacklevel=3)
     start_model = find_model_dir(model).resolve()
     workdir = Path(workdir).resolve()
     plans = plan_cycles(cmd_template, start_model, m, n, cycles, workdir, start_step)
@@ -253,7 +309,7 @@ def reground_driver(
         )
 
     finder = find_checkpoint or (lambda out: find_final_checkpoint(out, expected_step=m))
-    bar = tqdm(plans, desc="re-grounding cycles", unit="cycle")
+    bar = tqdm(plans, desc="re-grounding cycles", unit="cycle", disable=None)
     for p in bar:
         k = p.cycle
         rec = records[k - 1] if k <= len(records) else None
@@ -266,17 +322,26 @@ def reground_driver(
             records.append(rec)
         else:
             out = Path(p.out)
+            if shutil.which(p.argv[0], path=os.environ.get("PATH")) is None:
+                raise RlvrLinearError(
+                    f"re-grounding cycle {k}/{cycles}: cannot run the trainer command: {p.argv[0]!r} is not an "
+                    "executable program (the command runs without a shell; for shell syntax use --cmd 'bash -c ...')"
+                )
             if out.exists():  # a fresh {out}: drop what a killed attempt left behind
                 shutil.rmtree(out)
-            out.parent.mkdir(parents=True, exist_ok=True)
+            made = make_dirs(out.parent)
             log(f"[reground] cycle {k}/{cycles}: training {m} steps from {p.model}\n  $ {p.command}")
             t0 = time.perf_counter()
             env = {**os.environ, "REGROUND_CYCLE": str(k), "REGROUND_STEPS": str(m)}
-            rc = run_group(p.command, env=env)  # its own process group, ended if we die or are interrupted
-            if rc != 0:
-                how = f"was killed by signal {-rc}" if rc < 0 else f"exited with status {rc}"
-                raise RlvrLinearError(f"re-grounding cycle {k}/{cycles}: the trainer command {how}: {p.command}")
-            found = finder(out)
+            try:
+                rc = run_group(p.argv, env=env)  # no shell; its own process group, ended if we die or are interrupted
+                if rc != 0:
+                    how = f"was killed by signal {-rc}" if rc < 0 else f"exited with status {rc}"
+                    raise RlvrLinearError(f"re-grounding cycle {k}/{cycles}: the trainer command {how}: {p.command}")
+                found = finder(out)
+            except BaseException:
+                remove_created(made)  # the cycle folder made for this attempt, unless the trainer left files in it
+                raise
             ckpt, ckpt_step = found if isinstance(found, tuple) else (Path(found), None)
             rec = {
                 "cycle": k,

@@ -39,8 +39,20 @@ from tqdm.auto import tqdm
 
 from ..errors import RlvrLinearError
 from ..io import write_json, write_text
+from ..io.atomic import mark_output
 from ..io.checkpoints import step_dir_name
+from ..io.lock import locked
+from ..io.outputs import MARKER, check_overwrite
+from ..io.validate import check_fields, flag, integer, number, text
 from .optimizers import check_optimizer
+
+#: what every SFTConfig field accepts (checked where the config is built)
+SFT_FIELD_RULES = {
+    "model": text(), "task": text(), "steps": integer(1), "save_every": integer(1), "learning_rate": number(gt=0),
+    "batch_size": integer(1), "optimizer": text(), "weight_decay": number(ge=0), "max_grad_norm": number(ge=0),
+    "seed": integer(0, 2**32 - 1), "noise_snr_db": number(optional=True), "zero_signal": flag(),
+    "eval_problems": integer(1), "threads": integer(1, optional=True),
+}  # fmt: skip
 
 
 @dataclass
@@ -63,11 +75,8 @@ class SFTConfig:
     threads: int | None = None  #: torch CPU threads (default: leave as is)
 
     def __post_init__(self):
+        check_fields(self, SFT_FIELD_RULES)
         check_optimizer(self.optimizer)
-        if self.steps < 1 or self.save_every < 1 or self.batch_size < 1:
-            raise RlvrLinearError("steps, save_every and batch_size must be >= 1")
-        if self.noise_snr_db is not None and not math.isfinite(float(self.noise_snr_db)):
-            raise RlvrLinearError(f"noise_snr_db must be a finite number of dB, got {self.noise_snr_db}")
 
     @property
     def noise_label(self) -> str:
@@ -125,12 +134,14 @@ def weighted_sft_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch
     return (w * ce * mask).sum() / n
 
 
-def _prepare_run(run: Path, overwrite: bool) -> None:
-    if run.exists() and any(run.iterdir()):
+def _prepare_run(run: Path, overwrite: bool, inputs: list[str]) -> None:
+    if run.exists() and any(p.name != MARKER for p in run.iterdir()):
         if not overwrite:
             raise RlvrLinearError(f"{run} exists and is not empty; use --overwrite to replace it")
+        check_overwrite(run, kind="run", inputs=inputs)
         shutil.rmtree(run)
     run.mkdir(parents=True, exist_ok=True)
+    mark_output(run, "run")
 
 
 def train_sft(cfg: SFTConfig, run: str | Path, overwrite: bool = False, progress: bool = True) -> dict:
@@ -140,24 +151,28 @@ def train_sft(cfg: SFTConfig, run: str | Path, overwrite: bool = False, progress
     ``models.sft_batch(task.render(p), p.answer)`` (loss on answer + EOS only), weights every answer token with
     :func:`noise_weights` and takes one optimizer step on :func:`weighted_sft_loss` (grad-norm clipped). Checkpoints
     ``step_N`` are saved every ``save_every`` steps with their validation greedy accuracy in ``manifest.json``;
-    ``metrics.jsonl`` has one line per step (loss, plain CE, mean weight).
+    ``metrics.jsonl`` has one line per step (loss, plain CE, mean weight). The run directory is locked meanwhile.
     """
+    with locked(run):
+        return _train_sft(cfg, Path(run), overwrite, progress)
+
+
+def _train_sft(cfg: SFTConfig, run: Path, overwrite: bool, progress: bool) -> dict:
     from ..evaluation import evaluate
     from ..tasks import get_task
     from ..tokenizer import load_tokenizer
-    from .grpo import resolve_model, save_checkpoint
+    from .grpo import BASE_NAMES, resolve_model, save_checkpoint
 
-    run = Path(run)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    _prepare_run(run, overwrite)
+    _prepare_run(run, overwrite, [] if cfg.model in BASE_NAMES else [cfg.model])
     task = get_task(cfg.task)
     base_dir = resolve_model(cfg.model, progress=progress)
-    from transformers import AutoModelForCausalLM
+    from ..loading import load_causal_lm
 
     tok = load_tokenizer(base_dir)
     torch.manual_seed(cfg.seed)
-    model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
+    model = load_causal_lm(base_dir, dtype=torch.float32)  # (pickled weights are refused)
     if cfg.optimizer == "sgd":
         opt = torch.optim.SGD(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     else:
@@ -204,7 +219,8 @@ def train_sft(cfg: SFTConfig, run: str | Path, overwrite: bool = False, progress
 
     save(0)
     model.train()
-    bar = tqdm(range(1, cfg.steps + 1), desc=f"SFT ({cfg.noise_label} noise)", disable=not progress, dynamic_ncols=True)
+    desc = f"SFT ({cfg.noise_label} noise)"
+    bar = tqdm(range(1, cfg.steps + 1), desc=desc, disable=None if progress else True, dynamic_ncols=True)
     from ..base_model import sft_batch
 
     with open(run / "metrics.jsonl", "a") as metrics:
