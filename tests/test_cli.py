@@ -196,3 +196,4 @@ def test_a_log_file_gets_no_progress_bar_carriage_returns(pico_dir, tmp_path):
     text = log.read_bytes()
     assert rc == 0, text.decode()
     assert b"\r" not in text and b"run written to" in text
+    assert b"RL step 1/2: mean reward" in text and b"RL step 2/2: mean reward" in text  # a plain line per checkpoint

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -258,6 +259,7 @@ class TrajectoryCallback(TrainerCallback):
         self.bar = tqdm(
             total=cfg.steps, initial=step_offset, desc="RL", dynamic_ncols=True, disable=None if progress else True
         )
+        self.plain = progress and self.bar.disable  # no terminal: a plain line per checkpoint instead of the bar
         self.last_acc = self.manifest["checkpoints"][-1].get("val_accuracy") if self.manifest["checkpoints"] else None
         self.optimizer = None
         self.regrounder = None
@@ -309,6 +311,11 @@ class TrajectoryCallback(TrainerCallback):
         self.manifest["checkpoints"] = [c for c in self.manifest["checkpoints"] if c["step"] != step] + [entry]
         self.manifest["wall_time"] = entry["wall_time"]
         write_json(self.run / "manifest.json", self.manifest)
+        if self.plain:
+            r = "-" if reward is None else f"{reward:.3f}"
+            a = "-" if acc is None else f"{acc:.3f}"
+            line = f"RL step {step}/{self.cfg.steps}: mean reward {r}, val greedy {a}, {entry['wall_time']:.0f} s"
+            print(line, file=sys.stderr, flush=True)
 
     # TrainerCallback hooks ---------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kw):
