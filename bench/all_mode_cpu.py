@@ -36,7 +36,7 @@ def _child(run: Path, out: Path, kernel: bool) -> None:
     import torch
 
     from rlvr_linear import linearity as L
-    from rlvr_linear.checkpoints import discover
+    from rlvr_linear.io.checkpoints import discover
     from rlvr_linear.linearity import kernel as K
 
     traj = discover(run)

@@ -3,7 +3,7 @@
 A random bf16 Llama-like model is saved twice (A, and B = A + noise). Each method then runs in a fresh
 subprocess (peak RSS = ``ru_maxrss`` of that process):
 
-* ``ours``: :func:`rlvr_linear.weight_extrapolation.extrapolate_two_point` (one tensor at a time);
+* ``ours``: :func:`rlvr_linear.extrapolation.weights.extrapolate_two_point` (one tensor at a time);
 * ``seed``: the seed repo's ``acceleration/weight_extrapolation.py`` logic - both checkpoints loaded in fp32
   through ``AutoModelForCausalLM.from_pretrained``, ``w0 + alpha * (wt - w0)`` on the state dict for trainable
   non-norm parameters (norms / non-trainable keys copied from B), cast to bf16, loaded into the bf16 base
@@ -39,7 +39,7 @@ HERE = Path(__file__).resolve().parent
 def child_ours(a: str, b: str, out: str, alpha: float) -> dict:
     import torch
 
-    from rlvr_linear.weight_extrapolation import extrapolate_two_point
+    from rlvr_linear.extrapolation.weights import extrapolate_two_point
 
     torch.set_num_threads(1)
     base_rss = _vmrss_mb()
@@ -53,7 +53,7 @@ def child_seed(a: str, b: str, out: str, alpha: float) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from rlvr_linear.tokenizer import load_tokenizer
+    from rlvr_linear.io.tokenizer import load_tokenizer
 
     torch.set_num_threads(1)
     norm_markers = ["layernorm", "rmsnorm", "ln_", "norm"]
@@ -146,7 +146,7 @@ def make_pair(cfg, root: Path, seed: int = 0) -> tuple[Path, Path, dict]:
     from safetensors.torch import save_file
     from transformers import LlamaForCausalLM
 
-    from rlvr_linear.tokenizer import build_char_tokenizer, save_char_tokenizer
+    from rlvr_linear.io.tokenizer import build_char_tokenizer, save_char_tokenizer
 
     with torch.device("meta"):
         shapes = {k: tuple(v.shape) for k, v in LlamaForCausalLM(cfg).state_dict().items()}
@@ -210,7 +210,7 @@ def run_child(spec: dict) -> dict:
 def child_compare(out_a: str, out_b: str) -> dict:
     import torch
 
-    from rlvr_linear.checkpoints import TensorReader
+    from rlvr_linear.io.checkpoints import TensorReader
 
     ra, rb = TensorReader(out_a), TensorReader(out_b)
     ka, kb = set(ra.keys()), set(rb.keys())

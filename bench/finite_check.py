@@ -1,4 +1,4 @@
-"""Cost of the full NaN / Inf pass in paper-sampling mode (``analyze_weights(check_finite=...)``), issue 13.
+"""Cost of the full NaN / Inf pass in paper-sampling mode (``analyze_weights(check_finite=...)``).
 
 Paper mode reads every tensor whole to gather its 0.1% sample; the finiteness check looks at every element read
 (two max-reductions over the bits of each 8 MB piece). This times ``analyze_weights`` with the check on and off,
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from rlvr_linear.checkpoints import discover
+from rlvr_linear.io.checkpoints import discover
 from rlvr_linear.linearity import analyze_weights
 
 ROOT = Path(__file__).resolve().parent.parent

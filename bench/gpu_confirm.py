@@ -1,5 +1,5 @@
-"""GPU confirmation (issue 14, item 5): a long linear-regime RL trajectory of a tens-of-millions-parameter model of the
-tiny family, its analysis and its extrapolation, within 10 minutes on one GPU, into one results JSON.
+"""GPU confirmation: a long linear-regime RL trajectory of a tens-of-millions-parameter model of the tiny family, its
+analysis and its extrapolation, within 10 minutes on one GPU, into one results JSON.
 
 Why: every trajectory measured here ran on 2 CPU cores, so they are short and small. One GPU runs the same pipeline
 (`rlvr_linear` unchanged) on a ~40x larger model for ~1,000 steps in minutes. The machine it is written for has no
@@ -7,12 +7,12 @@ network and receives at most 64 MiB of files, so nothing is downloaded: the base
 tokenizer, Qwen2 of the tiny family, warmed up on 2-digit addition until greedy accuracy reaches 0.25), and packages
 the machine lacks come from wheels next to the script (see gpu_confirm.sh).
 
-The RL engine: TRL's GRPOTrainer through ``rlvr_linear.train`` when ``trl`` and ``datasets`` import, else the bare
-GRPO step of ``rlvr_linear.grpo_step`` (same objective: group-normalised advantages, token-level on-policy policy
-gradient, AdamW, clipping 1.0) with the same trajectory layout (``step_N/`` + ``manifest.json``). Why the fallback:
-TRL needs ``datasets``, which needs ``pyarrow`` (a 55 MB wheel) and ``pandas`` (12 MB); with ``trl`` and ``scipy``
-those wheels are 101 MB (measured, docs/smollm2.md), over the 64 MiB the machine receives. ``scipy`` (35 MB) is only
-imported for t-quantiles of confidence intervals, which this script does not compute: when it is missing a stub
+The RL engine: TRL's GRPOTrainer through ``rlvr_linear.training.grpo`` when ``trl`` and ``datasets`` import, else the
+bare GRPO step of ``rlvr_linear.training.grpo_step`` (same objective: group-normalised advantages, token-level on-policy
+policy gradient, AdamW, clipping 1.0) with the same trajectory layout (``step_N/`` + ``manifest.json``). Why the
+fallback: TRL needs ``datasets``, which needs ``pyarrow`` (a 55 MB wheel) and ``pandas`` (12 MB); with ``trl`` and
+``scipy`` those wheels are 101 MB (measured, docs/smollm2.md), over the 64 MiB the machine receives. ``scipy`` (35 MB)
+is only imported for t-quantiles of confidence intervals, which this script does not compute: when it is missing a stub
 module stands in and raises if anything calls it.
 
 Stages, each timed, all written to one JSON (default bench/results/gpu_confirm.json):
@@ -20,7 +20,7 @@ Stages, each timed, all written to one JSON (default bench/results/gpu_confirm.j
 1. **base**: build + warm up the base (``ensure_base("tiny", **recipe)``, on the GPU).
 2. **calibrate**: 10 GRPO steps to measure seconds per step, then choose the trajectory length that fits the
    remaining time budget (at most ``--max-steps``; 15 checkpoints after step 0).
-3. **rl**: ``rlvr_linear.train.train`` (TRL GRPO, lr in the linear regime) saving the trajectory.
+3. **rl**: ``rlvr_linear.training.grpo.train`` (TRL GRPO, lr in the linear regime) saving the trajectory.
 4. **analysis**: weight R² against step (paper sampling) next to its null; the line fitted on the first half of the
    checkpoints forecasting the second half (error relative to "no further change").
 5. **extrapolation**: two-point (step 0 and the middle checkpoint, alpha = 2, i.e. to the last step) and a
@@ -68,7 +68,8 @@ DRY = dict(
 
 
 def _stub_scipy_if_missing() -> bool:
-    """``rlvr_linear.evaluation`` imports ``scipy.stats`` for ``mean_ci`` only; without scipy, a stub that raises."""
+    """``rlvr_linear.evaluation.evaluation`` imports ``scipy.stats`` for ``mean_ci`` only; without scipy, a stub that
+    raises."""
     import importlib.util
     import types
 
@@ -116,8 +117,8 @@ def _device_info(dry: bool) -> dict:
 
 def build_base(work: Path, recipe: dict, device: str) -> tuple[Path, dict]:
     """The base model, built and warmed up on ``device`` (factory calls default to it inside the block)."""
-    from rlvr_linear.base_model import ensure_base
     from rlvr_linear.io import read_json
+    from rlvr_linear.models.base_model import ensure_base
 
     ctx = torch.device(device) if device == "cuda" else contextlib.nullcontext()
     with ctx:
@@ -127,7 +128,7 @@ def build_base(work: Path, recipe: dict, device: str) -> tuple[Path, dict]:
 
 
 def _train_cfg(base: Path, p: dict, steps: int, save_every: int, seed: int = 0):
-    from rlvr_linear.train import TrainConfig
+    from rlvr_linear.training.grpo import TrainConfig
 
     return TrainConfig(model=str(base), task=p["task"], steps=steps, save_every=save_every,
                        learning_rate=p["lr"], prompts_per_step=p["prompts"], samples_per_prompt=p["samples"],
@@ -135,27 +136,27 @@ def _train_cfg(base: Path, p: dict, steps: int, save_every: int, seed: int = 0):
 
 
 def run_rl(engine: str, base: Path, p: dict, steps: int, every: int, run: Path, device: str) -> dict:
-    """The trajectory, with TRL (``rlvr_linear.train``) or the bare step; returns the manifest."""
+    """The trajectory, with TRL (``rlvr_linear.training.grpo``) or the bare step; returns the manifest."""
     if engine == "trl":
-        from rlvr_linear.train import train
+        from rlvr_linear.training.grpo import train
 
         return train(_train_cfg(base, p, steps, every), run, overwrite=True, progress=False)
     return train_bare(_train_cfg(base, p, steps, every), run, device)
 
 
 def train_bare(cfg, run: Path, device: str) -> dict:
-    """``rlvr_linear.train``'s trajectory layout and manifest, from the bare GRPO step (no TRL, no datasets)."""
+    """``rlvr_linear.training.grpo``'s trajectory layout and manifest, from the bare GRPO step (no TRL, no datasets)."""
     import random
     import shutil
 
     from transformers import AutoModelForCausalLM
 
-    from rlvr_linear.evaluation import evaluate
-    from rlvr_linear.grpo_step import grpo_step
+    from rlvr_linear.evaluation.evaluation import evaluate
+    from rlvr_linear.evaluation.tasks import get_task
     from rlvr_linear.io import write_json
-    from rlvr_linear.tasks import get_task
-    from rlvr_linear.tokenizer import load_tokenizer
-    from rlvr_linear.train import save_checkpoint
+    from rlvr_linear.io.tokenizer import load_tokenizer
+    from rlvr_linear.training.grpo import save_checkpoint
+    from rlvr_linear.training.grpo_step import grpo_step
 
     shutil.rmtree(run, ignore_errors=True)
     run.mkdir(parents=True)
@@ -212,7 +213,7 @@ def choose_steps(s_per_step: float, seconds_left: float, max_steps: int, checkpo
 
 
 def analysis(run: Path) -> dict:
-    from rlvr_linear.checkpoints import discover
+    from rlvr_linear.io.checkpoints import discover
     from rlvr_linear.linearity import analyze_weights
     from rlvr_linear.linearity.forecast import forecast
 
@@ -233,9 +234,9 @@ def analysis(run: Path) -> dict:
 
 def extrapolation(run: Path, work: Path, task: str, n_test: int) -> dict:
     """Two-point (0 -> middle, alpha 2) and least squares (first half) to the last step, vs the real last step."""
-    from rlvr_linear.checkpoints import discover
-    from rlvr_linear.evaluation import evaluate, paired_bootstrap
-    from rlvr_linear.weight_extrapolation import extrapolate_fit, extrapolate_two_point
+    from rlvr_linear.evaluation.evaluation import evaluate, paired_bootstrap
+    from rlvr_linear.extrapolation.weights import extrapolate_fit, extrapolate_two_point
+    from rlvr_linear.io.checkpoints import discover
 
     traj = discover(run)
     steps, paths = traj.steps, [Path(p) for p in traj.paths]
@@ -281,10 +282,10 @@ def main(argv=None) -> dict:
     info = _device_info(dry)
     if not dry and info["device"] != "cuda":
         print("warning: no CUDA device; running the full-size configuration on CPU", file=sys.stderr)
-    from rlvr_linear.threads import usable_cores
+    from rlvr_linear.runtime.threads import usable_cores
 
     torch.set_num_threads(1 if dry else usable_cores())
-    res: dict = {"what": "GPU confirmation: linear-regime RL trajectory, analysis, extrapolation (issue 14)",
+    res: dict = {"what": "GPU confirmation: linear-regime RL trajectory, analysis, extrapolation",
                  "dry_run": dry, "machine": info, "versions": _versions(), "engine": engine, "scipy_stubbed": stubbed,
                  "settings": p, "timings_s": {}}  # fmt: skip
 

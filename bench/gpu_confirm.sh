@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU confirmation (issue 14, item 5): a long linear-regime RL trajectory of a ~47M-parameter model of the tiny
+# GPU confirmation: a long linear-regime RL trajectory of a ~47M-parameter model of the tiny
 # family, its analysis and its extrapolation, within 10 minutes on one GPU, into one results JSON
 # (bench/results/gpu_confirm.json). Written for a single-GPU machine with no network that has torch, transformers,
 # accelerate, peft, safetensors, numba and matplotlib, and receives at most 64 MiB of files: this script, src/ and
@@ -11,7 +11,7 @@
 #
 # Wheels: only what fits. scipy (35 MB) is the one a run may use (t-quantiles; otherwise stubbed). TRL's path needs
 # trl + datasets + pyarrow + pandas + ... = 101 MB with scipy (measured), over the 64 MiB limit, so by default the run
-# uses the bare GRPO step (rlvr_linear.grpo_step). GPU_CONFIRM_WHEELS="trl datasets ..." overrides the list.
+# uses the bare GRPO step (rlvr_linear.training.grpo_step). GPU_CONFIRM_WHEELS="trl datasets ..." overrides the list.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(dirname "$HERE")"

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 
+from rlvr_linear.extrapolation.logits import ExtrapolatedGenerator
 from rlvr_linear.io import write_json
-from rlvr_linear.logit_extrapolation import ExtrapolatedGenerator
-from rlvr_linear.tokenizer import build_char_tokenizer
+from rlvr_linear.io.tokenizer import build_char_tokenizer
 
 SIZES = {
     # ~5M params: embeddings 2.1M (tied) + 4 layers x 0.8M

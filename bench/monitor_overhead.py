@@ -32,7 +32,7 @@ def timed_train(preset: str, inspect=None, **fields) -> tuple[float, dict, objec
     """One ``train`` of ``preset`` with TrainConfig ``fields`` in a temporary folder: (wall seconds, its manifest,
     ``inspect(run folder)`` before the folder goes, or None)."""
     from rlvr_linear.io import read_json
-    from rlvr_linear.train import PRESETS, TrainConfig, train
+    from rlvr_linear.training.grpo import PRESETS, TrainConfig, train
 
     cfg = TrainConfig(**{**PRESETS[preset], **fields})
     with tempfile.TemporaryDirectory() as d:

@@ -5,8 +5,8 @@ turns on the cores) and on the wall clock, at the given thread count:
 
 - ``load_s``: loading a checkpoint (``from_pretrained``, fp32; the second load, after imports are warm);
 - ``save_s``: saving one weights-only checkpoint (``save_checkpoint``; an extrapolated model writes the same bytes);
-- ``sft_step_s``: one SFT step as ``rlvr_linear.sft.train_sft`` takes it (batch of the study's size, AdamW, clipping);
-  the first step is dropped;
+- ``sft_step_s``: one SFT step as ``rlvr_linear.training.sft.train_sft`` takes it (batch of the study's size, AdamW,
+  clipping); the first step is dropped;
 - ``greedy_s``: greedy evaluation, per problem (``evaluate(k=0)`` on a loaded model, the study's batch size 256);
 - ``sample_s``: one sampled reply of avg@k (``evaluate(k, T=0.6, top-p 0.95, greedy=False)``), per reply;
 - ``probe_s``: scoring one teacher-forced probe reply on one checkpoint (``score_logprobs``), per probe;
@@ -72,14 +72,14 @@ def main(argv=None) -> dict:
 
     from transformers import AutoModelForCausalLM
 
-    from rlvr_linear.base_model import ensure_base, sft_batch
-    from rlvr_linear.evaluation import evaluate
+    from rlvr_linear.evaluation.evaluation import evaluate
+    from rlvr_linear.evaluation.tasks import get_task
     from rlvr_linear.io.checkpoints import step_dir_name
+    from rlvr_linear.io.tokenizer import load_tokenizer
     from rlvr_linear.linearity.probes import encode_probes, make_probes, score_logprobs
-    from rlvr_linear.sft import weighted_sft_loss
-    from rlvr_linear.tasks import get_task
-    from rlvr_linear.tokenizer import load_tokenizer
-    from rlvr_linear.train import save_checkpoint
+    from rlvr_linear.models.base_model import ensure_base, sft_batch
+    from rlvr_linear.training.grpo import save_checkpoint
+    from rlvr_linear.training.sft import weighted_sft_loss
 
     base = ensure_base(args.model, progress=False)
     task = get_task(s["task"])
@@ -126,7 +126,7 @@ def main(argv=None) -> dict:
     model.eval()
     del opt
     if args.weights:
-        from rlvr_linear.checkpoints import discover
+        from rlvr_linear.io.checkpoints import discover
         from rlvr_linear.linearity import analyze_weights
 
         with Clock() as c:

@@ -3,13 +3,13 @@
 Both run in this process, one after the other, from the same starting model, on the same prompts, with the same
 settings (sampling at T = 1, group-normalised advantages, token-level policy-gradient loss, AdamW, grad clip 1.0).
 Prints the ratio TRL / bare and writes bench/results/train_step.json.
-Targets (issue): TRL overhead <= 20%, <= 1.2 s/step.
+Targets: TRL overhead <= 20%, <= 1.2 s/step.
 
     python bench/train_step.py [--steps 20] [--warmup 3] [--threads 2]
 
-``--model smollm2-135m`` (issue 14) runs the real model instead, at 8 prompts x 8 samples and ~48 new tokens of a
+``--model smollm2-135m`` runs the real model instead, at 8 prompts x 8 samples and ~48 new tokens of a
 chat task, and puts three numbers side by side: the physical limit (the step's model FLOPs over the fp32 matmul
-throughput measured in the same run), the bare PyTorch GRPO step of ``rlvr_linear.grpo_step`` and TRL's step as
+throughput measured in the same run), the bare PyTorch GRPO step of ``rlvr_linear.training.grpo_step`` and TRL's step as
 ``rlvr-linear train`` configures it, each split into phases, with peak RSS. Writes
 bench/results/train_step_smollm2.json (see docs/smollm2.md):
 
@@ -34,7 +34,7 @@ import torch  # noqa: E402
 def bare_steps(model_dir, rows, task, cfg, n_steps):
     from transformers import AutoModelForCausalLM
 
-    from rlvr_linear.tokenizer import load_tokenizer
+    from rlvr_linear.io.tokenizer import load_tokenizer
 
     tok = load_tokenizer(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
@@ -59,7 +59,7 @@ def bare_steps(model_dir, rows, task, cfg, n_steps):
         first = torch.where(is_eos.any(1), is_eos.float().argmax(1), torch.full((comp.shape[0],), comp.shape[1]))
         cmask = (torch.arange(comp.shape[1])[None, :] <= first[:, None]).float()
         texts = tok.batch_decode(comp, skip_special_tokens=True)
-        from rlvr_linear.tasks import Problem
+        from rlvr_linear.evaluation.tasks import Problem
 
         r = torch.tensor([task.score(t, Problem("", "", a)) for t, a in zip(texts, answers)])
         rg = r.view(P, G)
@@ -83,7 +83,7 @@ def trl_steps(model_dir, rows, task, cfg, n_steps, tmp):
     from transformers import AutoModelForCausalLM, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from rlvr_linear.tokenizer import load_tokenizer
+    from rlvr_linear.io.tokenizer import load_tokenizer
 
     class Timer(TrainerCallback):
         def __init__(self):
@@ -127,9 +127,9 @@ def main():
 def tiny_main():
     import tempfile
 
-    from rlvr_linear.models import ensure_base
-    from rlvr_linear.tasks import get_task
-    from rlvr_linear.train import PRESETS, TrainConfig
+    from rlvr_linear.evaluation.tasks import get_task
+    from rlvr_linear.models.base_model import ensure_base
+    from rlvr_linear.training.grpo import PRESETS, TrainConfig
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=20)
@@ -171,7 +171,7 @@ def tiny_main():
 
 
 # --------------------------------------------------------------------------------------------------
-# The real-model mode (issue 14): physical limit, bare step and TRL step side by side
+# The real-model mode: physical limit, bare step and TRL step side by side
 
 
 def _peak_rss_mb() -> float:
@@ -184,9 +184,9 @@ def _real_bare(model_dir, task_name, probs, a) -> dict:
     """Child process: ``a.warmup + a.steps`` bare GRPO steps; phases and token counts per step, own peak RSS."""
     from transformers import AutoModelForCausalLM
 
-    from rlvr_linear.grpo_step import grpo_step
-    from rlvr_linear.tasks import get_task
-    from rlvr_linear.tokenizer import load_tokenizer
+    from rlvr_linear.evaluation.tasks import get_task
+    from rlvr_linear.io.tokenizer import load_tokenizer
+    from rlvr_linear.training.grpo_step import grpo_step
 
     torch.set_num_threads(a["threads"])
     task = get_task(task_name)
@@ -212,9 +212,9 @@ def _real_trl(model_dir, task_name, probs, a) -> dict:
     from transformers import AutoModelForCausalLM, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from rlvr_linear.tasks import get_task
-    from rlvr_linear.tokenizer import load_tokenizer
-    from rlvr_linear.trl_cpu import compact_fused_lm_head
+    from rlvr_linear.evaluation.tasks import get_task
+    from rlvr_linear.io.tokenizer import load_tokenizer
+    from rlvr_linear.runtime.trl_cpu import compact_fused_lm_head
 
     torch.set_num_threads(a["threads"])
     task = get_task(task_name)
@@ -311,9 +311,9 @@ def _mean(recs: list[dict], key: str) -> float:
 
 
 def real_model_main(model_name: str) -> None:
-    from rlvr_linear.grpo_step import matmul_gflops, step_flops
-    from rlvr_linear.models import ensure_base
-    from rlvr_linear.tasks import get_task
+    from rlvr_linear.evaluation.tasks import get_task
+    from rlvr_linear.models.base_model import ensure_base
+    from rlvr_linear.training.grpo_step import matmul_gflops, step_flops
 
     ap = argparse.ArgumentParser(description="GRPO step of a real model: physical limit, bare PyTorch, TRL")
     ap.add_argument("--model", default="smollm2-135m")

@@ -1,4 +1,4 @@
-"""Two ``rlvr-linear train`` processes at once must not collapse (issue 13: each was ~60x slower on 2 cores).
+"""Two ``rlvr-linear train`` processes at once must not collapse (each was once ~60x slower on 2 cores).
 
 Runs ``rlvr-linear train --preset tiny --steps N`` alone, then two copies started together, and prints the ratio
 of the slower of the pair's wall times to the lone run's (goal: <= 2.5; 2.0 is a fair share of the cores).
@@ -8,7 +8,7 @@ Writes ``bench/results/two_processes.json``.
     python bench/two_processes.py --steps 40 --cold     # each process also makes the base, in a fresh cache
 
 ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` are removed from the children's environment (unless
-``--keep-env``), so the default thread policy of :mod:`rlvr_linear.threads` is what is measured.
+``--keep-env``), so the default thread policy of :mod:`rlvr_linear.runtime.threads` is what is measured.
 """
 
 from __future__ import annotations

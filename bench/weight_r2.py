@@ -81,7 +81,7 @@ def build(run: Path, shape: dict, steps: list[int], shard_bytes: int) -> None:
     import torch
     from transformers import LlamaConfig
 
-    from rlvr_linear.checkpoints import ShardedWriter
+    from rlvr_linear.io.writer import ShardedWriter
 
     cfg = LlamaConfig(
         vocab_size=shape["vocab"],
@@ -148,7 +148,7 @@ def worker(mode: str, run: Path, out: Path, chunk: int, threads: int | None = No
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
     from rlvr_linear import linearity as L
-    from rlvr_linear.checkpoints import discover
+    from rlvr_linear.io.checkpoints import discover
 
     res: dict = {"mode": mode}
     t0 = time.perf_counter()

@@ -1,5 +1,6 @@
-"""Issue 11: adaptive re-grounding (``--reground M,auto``) vs standard RL and a fixed (M, N), 3 seeds, at the
-default study's point (lr 3e-5 x 128 responses, 560 steps). Only calls ``rlvr_linear.advisor.compare_adaptive``.
+"""Adaptive re-grounding (``--reground M,auto``) vs standard RL and a fixed (M, N), 3 seeds, at the
+default study's point (lr 3e-5 x 128 responses, 560 steps). Only calls
+``rlvr_linear.study.adaptive_regrounding.compare_adaptive``.
 
     python experiments/adaptive_regrounding.py --study out/study   # after `rlvr-linear study -o out/study`
 
@@ -16,11 +17,11 @@ import dataclasses
 import shutil
 from pathlib import Path
 
-from rlvr_linear.advisor.compare import compare_adaptive
 from rlvr_linear.errors import RlvrLinearError
 from rlvr_linear.io import read_json, write_json
 from rlvr_linear.study import same_config
-from rlvr_linear.train import TrainConfig
+from rlvr_linear.study.adaptive_regrounding import compare_adaptive
+from rlvr_linear.training.grpo import TrainConfig
 
 ROOT = Path(__file__).resolve().parent
 

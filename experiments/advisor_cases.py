@@ -1,4 +1,4 @@
-"""A small labelled set of weight-extrapolation cases for ``rlvr-linear advise --validate`` (issue 11, item 2).
+"""A small labelled set of weight-extrapolation cases for ``rlvr-linear advise --validate``.
 
 Used when the regime map's ``cases.jsonl`` is not there yet. For each run: windows ``t0`` in {0, 2u} and ``t1`` in
 {3u, 5u, 7u} (``u`` = the save interval), α in {1.5, 2}, predictors two-point (t0, t1) and least squares over every
@@ -21,12 +21,12 @@ import torch
 
 
 def main() -> None:
-    from rlvr_linear.checkpoints import discover
-    from rlvr_linear.evaluation import evaluate, paired_bootstrap
+    from rlvr_linear.evaluation.evaluation import evaluate, paired_bootstrap
+    from rlvr_linear.evaluation.tasks import get_task
+    from rlvr_linear.extrapolation.weights import extrapolate_fit, extrapolate_two_point
     from rlvr_linear.io import read_json, write_text
+    from rlvr_linear.io.checkpoints import discover
     from rlvr_linear.study import ckpt
-    from rlvr_linear.tasks import get_task
-    from rlvr_linear.weight_extrapolation import extrapolate_fit, extrapolate_two_point
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+")

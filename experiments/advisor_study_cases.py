@@ -1,7 +1,7 @@
-"""The default study's weight-extrapolation cases, labelled for ``rlvr-linear advise --validate`` (issue 11).
+"""The default study's weight-extrapolation cases, labelled for ``rlvr-linear advise --validate``.
 
 Re-scores every (seed, t0, t1, target) extrapolation of ``STUDY/weight_extrapolation/result.json`` with per-problem
-greedy scores (``rlvr_linear.advisor.study_cases``; one thread), checks the seed means against the stage's, and
+greedy scores (``rlvr_linear.study.advisor_cases``; one thread), checks the seed means against the stage's, and
 writes the cases (run paths as given, relative to the repository root by default):
 
     OMP_NUM_THREADS=1 python experiments/advisor_study_cases.py --study out/study-default \\
@@ -16,7 +16,7 @@ import torch
 
 
 def main() -> None:
-    from rlvr_linear.advisor.study_cases import check_against_study, study_cases, write_cases
+    from rlvr_linear.study.advisor_cases import check_against_study, study_cases, write_cases
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--study", default="out/study-default", help="a finished study folder (its runs are needed)")

@@ -1,4 +1,4 @@
-"""Issue 10: the regime map. Only calls ``rlvr_linear.regime`` (see docs/regime.md).
+"""The regime map. Only calls ``rlvr_linear.regime`` (see docs/regime.md).
 
     python experiments/regime.py                 # run / continue the map in out/regime (hours), then render
     python experiments/regime.py --render-only   # re-render experiments/results/regime_map.json + regime_*.png

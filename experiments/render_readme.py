@@ -18,7 +18,7 @@ from pathlib import Path
 
 from rlvr_linear.errors import RlvrLinearError
 from rlvr_linear.io import read_json, write_text
-from rlvr_linear.tables import (
+from rlvr_linear.study.tables import (
     best_table,
     effects_table,
     linearity_table,

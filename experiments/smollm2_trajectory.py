@@ -1,4 +1,4 @@
-"""The analysis of the SmolLM2-135M GRPO trajectory (issue 14 item 3), or of any finished run of ``rlvr-linear train``.
+"""The analysis of the SmolLM2-135M GRPO trajectory, or of any finished run of ``rlvr-linear train``.
 
 Prints the budget (greedy evaluations x problems x seconds per problem), runs
 ``rlvr_linear.regime.trajectory.analyze_trajectory`` (cached in OUT: rerun the same command to resume after a kill)

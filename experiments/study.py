@@ -18,7 +18,7 @@ from pathlib import Path
 
 from rlvr_linear.errors import RlvrLinearError
 from rlvr_linear.io import copy_file, read_json
-from rlvr_linear.report import write_report
+from rlvr_linear.reporting.report import write_report
 from rlvr_linear.study import StudyConfig, run_study
 
 ROOT = Path(__file__).resolve().parent

@@ -8,7 +8,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 import pytest  # noqa: E402
 
-from rlvr_linear.testing import make_pico_dir  # noqa: E402
+from rlvr_linear.models.testing import make_pico_dir  # noqa: E402
 
 
 @pytest.fixture

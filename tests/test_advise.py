@@ -9,8 +9,8 @@ from rlvr_linear.advisor import advise
 from rlvr_linear.advisor.advise import NOT_LINEAR, read_curve
 from rlvr_linear.advisor.backtest import Block, backtest, coefficients
 from rlvr_linear.errors import RlvrLinearError
-from rlvr_linear.testing import make_pico_dir, make_trajectory
-from rlvr_linear.weight_extrapolation import least_squares_weights
+from rlvr_linear.extrapolation.rules import least_squares_weights
+from rlvr_linear.models.testing import make_pico_dir, make_trajectory
 
 STEPS = list(range(0, 220, 20))  # 11 checkpoints
 
@@ -211,7 +211,7 @@ def _man(accs):
 
 
 def test_summarize_comparison_speedups_budgets_best_fixed():
-    from rlvr_linear.advisor.compare import summarize_comparison
+    from rlvr_linear.study.adaptive_regrounding import summarize_comparison
 
     std = [0.0, 0.1, 0.2, 0.3, 0.4]
     mans = {
@@ -237,9 +237,9 @@ def test_summarize_comparison_speedups_budgets_best_fixed():
 
 @pytest.mark.slow
 def test_compare_adaptive_toy(tmp_path, pico_dir, monkeypatch):
-    from rlvr_linear.advisor.compare import compare_adaptive
-    from rlvr_linear.tasks import TASKS, ArithmeticTask
-    from rlvr_linear.train import TrainConfig
+    from rlvr_linear.evaluation.tasks import TASKS, ArithmeticTask
+    from rlvr_linear.study.adaptive_regrounding import compare_adaptive
+    from rlvr_linear.training.grpo import TrainConfig
 
     class HasDigitTask(ArithmeticTask):
         def score(self, completion, problem):

@@ -8,7 +8,7 @@ import torch
 from rlvr_linear.advisor import advise, calibrate
 from rlvr_linear.advisor.backtest import rho_star_of
 from rlvr_linear.errors import RlvrLinearError
-from rlvr_linear.testing import make_trajectory
+from rlvr_linear.models.testing import make_trajectory
 
 STEPS = list(range(0, 220, 20))
 

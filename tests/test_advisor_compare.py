@@ -3,9 +3,9 @@ import json
 
 import pytest
 
-from rlvr_linear.advisor.compare import _unused_as_saved, check_reusable, compare_adaptive
 from rlvr_linear.errors import RlvrLinearError
-from rlvr_linear.train import TrainConfig
+from rlvr_linear.study.adaptive_regrounding import _unused_as_saved, check_reusable, compare_adaptive
+from rlvr_linear.training.grpo import TrainConfig
 
 CFG = TrainConfig(model="pico", steps=4, save_every=1, learning_rate=1e-2, reground_optimizer="reset", threads=1)
 
@@ -17,12 +17,12 @@ def _save(run, cfg, finished=True):
 
 
 def test_compare_adaptive_refuses_a_finished_run_with_another_config(tmp_path, monkeypatch):
-    import rlvr_linear.train
+    import rlvr_linear.training.grpo
 
     def no_training(*a, **kw):
         raise AssertionError("compare_adaptive trained instead of refusing")
 
-    monkeypatch.setattr(rlvr_linear.train, "train", no_training)
+    monkeypatch.setattr(rlvr_linear.training.grpo, "train", no_training)
     _save(tmp_path / "runs" / "standard_seed0", dataclasses.replace(CFG, learning_rate=3e-4))
     with pytest.raises(RlvrLinearError) as e:
         compare_adaptive(tmp_path, CFG, m=2, fixed=(), seeds=(0,), progress=False)

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from rlvr_linear.advisor.study_cases import check_against_study, study_cases, write_cases
 from rlvr_linear.errors import RlvrLinearError
-from rlvr_linear.evaluation import paired_bootstrap
-from rlvr_linear.testing import make_trajectory
+from rlvr_linear.evaluation.evaluation import paired_bootstrap
+from rlvr_linear.models.testing import make_trajectory
+from rlvr_linear.study.advisor_cases import check_against_study, study_cases, write_cases
 
 N = 10  # validation problems
 ROWS = [(0, 40, 80), (0, 40, 120), (40, 80, 120)]  # (t0, t1, target)

@@ -5,19 +5,18 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from rlvr_linear.checkpoints import (
+from rlvr_linear.errors import RlvrLinearError
+from rlvr_linear.io import atomic_dir, write_json
+from rlvr_linear.io.checkpoints import (
     Checkpoint,
-    ShardedWriter,
     TensorReader,
     Trajectory,
-    copy_model_files,
     discover,
     find_model_dir,
     step_of_path,
 )
-from rlvr_linear.errors import RlvrLinearError
-from rlvr_linear.io import atomic_dir, write_json
-from rlvr_linear.testing import make_pico_dir, make_trajectory
+from rlvr_linear.io.writer import ShardedWriter, copy_model_files
+from rlvr_linear.models.testing import make_pico_dir, make_trajectory
 
 
 def _linear(n, w, s, i):

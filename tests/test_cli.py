@@ -42,7 +42,7 @@ def test_missing_path(capsys):
 
 
 def test_eval_run_directory_and_compare(capsys, tmp_path):
-    from rlvr_linear.testing import make_trajectory
+    from rlvr_linear.models.testing import make_trajectory
 
     run = make_trajectory(tmp_path / "run", [0, 5, 10], lambda n, w, s, i: w + 0.01 * s)
     rc = main(["eval", str(run), "--n-problems", "4", "-k", "2", "--max-new-tokens", "3", "--compare",
@@ -79,7 +79,7 @@ def test_train_flags_are_the_train_config_fields():
     from dataclasses import fields
 
     from rlvr_linear.cli.train import EXTRA_OPTIONS
-    from rlvr_linear.train import TrainConfig
+    from rlvr_linear.training.grpo import TrainConfig
 
     p = _train_parser()
     dests = {a.dest for a in p._actions if a.dest != "help"}
@@ -100,7 +100,7 @@ def test_train_flags_are_the_train_config_fields():
 
 def test_train_flags_round_trip_into_the_config(tmp_path):
     from rlvr_linear.cli.train import config_from_args
-    from rlvr_linear.train import PRESETS, TrainConfig
+    from rlvr_linear.training.grpo import PRESETS, TrainConfig
 
     p = _train_parser()
     args = p.parse_args(["-o", str(tmp_path), "--lr", "0.01", "--top-p", "0.9", "--beta", "0.04", "--epsilon", "0.1",

@@ -5,9 +5,16 @@ import pytest
 import torch
 
 from rlvr_linear.errors import RlvrLinearError
-from rlvr_linear.evaluation import HFGenerator, evaluate, mean_ci, paired_bootstrap, pass_at_k, pass_at_k_table
-from rlvr_linear.tasks import get_task
-from rlvr_linear.testing import make_pico_model
+from rlvr_linear.evaluation.evaluation import (
+    HFGenerator,
+    evaluate,
+    mean_ci,
+    paired_bootstrap,
+    pass_at_k,
+    pass_at_k_table,
+)
+from rlvr_linear.evaluation.tasks import get_task
+from rlvr_linear.models.testing import make_pico_model
 
 
 @pytest.mark.parametrize("n", [1, 5, 16])

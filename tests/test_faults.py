@@ -1,8 +1,9 @@
-"""Fault injection (issue 13): every hostile input or crash gives one clear line (exit 2) or the right behaviour.
+"""Fault injection: every hostile input or crash gives one clear line (exit 2) or the right behaviour.
 
-Each test reproduces one row of the issue's table on a pico model and asserts the message, the exit status and
-what is left on disk. The full-filesystem tests mount a small tmpfs (root only; skipped otherwise, with the
-reason); the kill -9 tests run ``train``, ``extrapolate`` and the re-grounding driver as real processes.
+Each test reproduces one hostile input or crash (the README's Reliability table) on a pico model and asserts the
+message, the exit status and what is left on disk. The full-filesystem tests mount a small tmpfs (root only; skipped
+otherwise, with the reason); the kill -9 tests run ``train``, ``extrapolate`` and the re-grounding driver as real
+processes.
 """
 
 from __future__ import annotations
@@ -25,15 +26,16 @@ from safetensors.torch import load_file, save_file
 from cli_checks import cli_err as _cli
 from cli_checks import linear_drift as _linear
 from cli_checks import one_error_line as _one_error_line
-from rlvr_linear import threads
-from rlvr_linear.checkpoints import ShardedWriter, TensorReader, copy_model_files, discover
 from rlvr_linear.errors import RlvrLinearError
+from rlvr_linear.evaluation.tasks import get_task
+from rlvr_linear.extrapolation.weights import extrapolate_two_point
 from rlvr_linear.io import atomic_dir, remove_stale_temps, write_json
+from rlvr_linear.io.checkpoints import TensorReader, discover
+from rlvr_linear.io.tokenizer import MARKER, load_tokenizer
+from rlvr_linear.io.writer import ShardedWriter, copy_model_files
 from rlvr_linear.linearity import PAPER_SEED, analyze_weights, paper_sample_size, sample_indices, tensor_seed
-from rlvr_linear.tasks import get_task
-from rlvr_linear.testing import make_pico_dir, make_trajectory
-from rlvr_linear.tokenizer import MARKER, load_tokenizer
-from rlvr_linear.weight_extrapolation import extrapolate_two_point
+from rlvr_linear.models.testing import make_pico_dir, make_trajectory
+from rlvr_linear.runtime import threads
 
 ROOT = Path(__file__).resolve().parent.parent
 TENSOR = "model.layers.0.mlp.up_proj.weight"  # 32 x 16 in the pico model
@@ -377,7 +379,7 @@ def test_kill_train_after_a_checkpoint_then_resume(tmp_path):
         p.wait()
     manifest = json.loads((run / "manifest.json").read_text())
     last = manifest["checkpoints"][-1]["step"]
-    assert last == 5 and max(_metrics_steps(run)) > last  # the state the issue describes
+    assert last == 5 and max(_metrics_steps(run)) > last  # killed after a checkpoint, with later steps logged
     r = subprocess.run(cmd, env=_env(), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "resuming" in r.stdout

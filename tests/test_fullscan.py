@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from rlvr_linear import linearity as L
-from rlvr_linear.checkpoints import discover
 from rlvr_linear.errors import RlvrLinearError
+from rlvr_linear.io.checkpoints import discover
 from rlvr_linear.linearity import fullscan as F
 from rlvr_linear.linearity import reader as R
-from rlvr_linear.testing import make_trajectory
+from rlvr_linear.models.testing import make_trajectory
 
 
 def _drift(name, w, s, i):

@@ -12,13 +12,13 @@ from huggingface_hub import constants
 from huggingface_hub.utils import filter_repo_objects
 from safetensors.torch import load_file
 
-from rlvr_linear.checkpoints import TensorReader, discover, find_model_dir, step_of_path
 from rlvr_linear.cli import main
 from rlvr_linear.errors import RlvrLinearError
-from rlvr_linear.hub import HubSource, is_hub_source, list_checkpoints, step_of_name
+from rlvr_linear.io.checkpoints import TensorReader, discover, find_model_dir, step_of_path
+from rlvr_linear.io.hub import HubSource, is_hub_source, list_checkpoints, step_of_name
+from rlvr_linear.io.loading import load_model
 from rlvr_linear.linearity import analyze_weights
-from rlvr_linear.models import load_model
-from rlvr_linear.testing import make_trajectory
+from rlvr_linear.models.testing import make_trajectory
 
 STEPS = [0, 10, 20, 30]
 

@@ -12,12 +12,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from rlvr_linear import linearity as L
-from rlvr_linear.checkpoints import discover
 from rlvr_linear.cli import main
 from rlvr_linear.errors import RlvrLinearError
+from rlvr_linear.io.checkpoints import discover
+from rlvr_linear.io.loading import load_model
 from rlvr_linear.linearity import kernel as K
-from rlvr_linear.models import load_model
-from rlvr_linear.testing import make_trajectory
+from rlvr_linear.models.testing import make_trajectory
 
 STEPS14 = list(range(0, 1400, 100))
 
@@ -653,7 +653,7 @@ def test_logprobs_on_identical_checkpoints_are_sane(runs, tmp_path):
 
 
 def test_make_probes_and_probe_files(runs, tmp_path):
-    from rlvr_linear.tasks import get_task
+    from rlvr_linear.evaluation.tasks import get_task
 
     first = discover(runs["noisy"]).paths[0]
     a = L.make_probes(first, "arithmetic", n_prompts=3, k=2, max_new_tokens=5, seed=1)

@@ -10,9 +10,9 @@ lm_eval = pytest.importorskip("lm_eval")  # installed by the dev extra (rlvr-lin
 from lm_eval import simple_evaluate  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
 
-import rlvr_linear.lm_eval_adapter  # noqa: E402,F401 - registers rlvr-linear-extrapolated
-from rlvr_linear.models import load_model  # noqa: E402
-from rlvr_linear.testing import make_trajectory  # noqa: E402
+import rlvr_linear.extrapolation.lm_eval_adapter  # noqa: E402,F401 - registers rlvr-linear-extrapolated
+from rlvr_linear.io.loading import load_model  # noqa: E402
+from rlvr_linear.models.testing import make_trajectory  # noqa: E402
 
 DOCS = [
     {"question": "1+2=", "choices": ["3", "4", "12"], "label": 0, "answer": "3"},
@@ -95,7 +95,7 @@ def test_extrapolated_at_alpha_1_scores_what_hf_scores(setup):
 
 @pytest.mark.slow  # lm-eval's command line indexes all its built-in tasks first (~15 s)
 def test_command_line(setup, tmp_path, monkeypatch):
-    from rlvr_linear.lm_eval_adapter import main
+    from rlvr_linear.extrapolation.lm_eval_adapter import main
 
     run, tm, tasks = setup
     monkeypatch.chdir(tmp_path)

@@ -8,20 +8,13 @@ from rlvr_linear.cli import main
 from rlvr_linear.errors import RlvrLinearError
 from rlvr_linear.extrapolation import logits as lx
 from rlvr_linear.extrapolation import mixing
-from rlvr_linear.logit_extrapolation import (
-    ExtrapolatedGenerator,
-    alpha_from_steps,
-    check_tokenizers,
-    filter_logits,
-    infer_step,
-    mix_logits,
-    mixed_log_probs,
-    pair_weights,
-    resolve_weights,
-    score,
-)
-from rlvr_linear.testing import make_pico_model, save_model
-from rlvr_linear.tokenizer import build_char_tokenizer
+from rlvr_linear.extrapolation.logit_scoring import resolve_weights, score
+from rlvr_linear.extrapolation.logits import ExtrapolatedGenerator
+from rlvr_linear.extrapolation.mixing import check_tokenizers, filter_logits, mix_logits, mixed_log_probs, pair_weights
+from rlvr_linear.extrapolation.rules import alpha_from_steps
+from rlvr_linear.io.checkpoints import step_of_path
+from rlvr_linear.io.tokenizer import build_char_tokenizer
+from rlvr_linear.models.testing import make_pico_model, save_model
 
 PROMPTS = ["12+34=", "What is 7*8? ", "1", "abc de"]  # mixed lengths -> left padding
 
@@ -333,11 +326,11 @@ def test_from_dirs_and_from_steps(trio, tmp_path):
         ExtrapolatedGenerator.from_steps(a, b, 5, 5, 10, tok)
 
 
-def test_infer_step_and_resolve_weights():
-    assert infer_step("runs/x/step_000040") == 40
-    assert infer_step("out/checkpoint-1400") == 1400
-    assert infer_step("verl/global_step_200/actor/huggingface") == 200
-    assert infer_step("models/final") is None
+def test_step_of_path_and_resolve_weights():
+    assert step_of_path("runs/x/step_000040") == 40
+    assert step_of_path("out/checkpoint-1400") == 1400
+    assert step_of_path("verl/global_step_200/actor/huggingface") == 200
+    assert step_of_path("models/final") is None
     assert resolve_weights(["step_200", "step_1400"], target_step=2000) == pytest.approx([-0.5, 1.5])
     assert resolve_weights(["m1", "m2"], target_step=1000, steps=[0, 500]) == pytest.approx([-1.0, 2.0])
     assert resolve_weights(["m"]) == [1.0]
@@ -389,7 +382,7 @@ def test_lm_eval_adapter_with_stub(trio, tmp_path, monkeypatch):
     import sys
     import types
 
-    import rlvr_linear
+    from rlvr_linear import extrapolation
 
     class LM:
         def __init__(self):
@@ -402,9 +395,9 @@ def test_lm_eval_adapter_with_stub(trio, tmp_path, monkeypatch):
     mods["lm_eval.api.registry"].register_model = lambda name: (lambda cls: registry.setdefault(name, cls))
     for name, mod in mods.items():
         monkeypatch.setitem(sys.modules, name, mod)
-    monkeypatch.delitem(sys.modules, "rlvr_linear.lm_eval_adapter", raising=False)
-    monkeypatch.delattr(rlvr_linear, "lm_eval_adapter", raising=False)  # loaded already when test_lm_eval ran
-    from rlvr_linear import lm_eval_adapter
+    monkeypatch.delitem(sys.modules, "rlvr_linear.extrapolation.lm_eval_adapter", raising=False)
+    monkeypatch.delattr(extrapolation, "lm_eval_adapter", raising=False)  # loaded already when test_lm_eval ran
+    from rlvr_linear.extrapolation import lm_eval_adapter
 
     a, b, _, tok = trio
     da, db = save_model(a, tok, tmp_path / "step_100"), save_model(b, tok, tmp_path / "step_200")
@@ -426,7 +419,7 @@ def test_lm_eval_adapter_with_stub(trio, tmp_path, monkeypatch):
 
 
 def test_alpha_one_matches_hf_generator_and_plugs_into_evaluate(trio):
-    from rlvr_linear.evaluation import HFGenerator, evaluate
+    from rlvr_linear.evaluation.evaluation import HFGenerator, evaluate
 
     a, b, _, tok = trio
     gen = ExtrapolatedGenerator.from_pair(a, b, 1.0, tok)

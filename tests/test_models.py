@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from rlvr_linear.errors import RlvrLinearError
-from rlvr_linear.models import ensure_base, load_model
-from rlvr_linear.tokenizer import build_char_tokenizer, load_tokenizer, save_char_tokenizer
+from rlvr_linear.io.loading import load_model
+from rlvr_linear.io.tokenizer import build_char_tokenizer, load_tokenizer, save_char_tokenizer
+from rlvr_linear.models.base_model import ensure_base
 
 RECIPE = dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_steps=20, eval_every=10,
               eval_problems=20, target_accuracy=2.0)
@@ -51,7 +52,7 @@ def test_bad_model_inputs(tmp_path):
 def test_smollm2_gguf_converts_to_safetensors(tmp_path):
     from transformers import AutoTokenizer
 
-    from rlvr_linear.models import SMOLLM2_GGUF, smollm2_gguf_dir
+    from rlvr_linear.models.base_model import SMOLLM2_GGUF, smollm2_gguf_dir
 
     d = ensure_base("smollm2-135m", cache_dir=tmp_path)
     assert (d / "model.safetensors").exists() and (d / "config.json").exists()
@@ -72,7 +73,7 @@ def test_smollm2_gguf_converts_to_safetensors(tmp_path):
 
 
 def _shipped(name):
-    from rlvr_linear.models import ASSETS, shipped_bases
+    from rlvr_linear.models.base_model import ASSETS, shipped_bases
 
     return ASSETS / name, shipped_bases()[name]
 
@@ -80,7 +81,7 @@ def _shipped(name):
 def test_shipped_tiny_base_matches_its_recorded_hash_recipe_and_loads():
     from dataclasses import asdict
 
-    from rlvr_linear.models import TinyBaseConfig, file_sha256, recipe_key, verify_base_dir
+    from rlvr_linear.models.base_model import TinyBaseConfig, file_sha256, recipe_key, verify_base_dir
 
     src, entry = _shipped("tiny")
     assert verify_base_dir(src, entry["sha256"]) == []
@@ -105,7 +106,7 @@ def test_shipped_tiny_base_matches_its_recorded_hash_recipe_and_loads():
 def test_shipped_base_is_installed_verified_and_a_stale_copy_replaced(tmp_path, capsys):
     import os
 
-    from rlvr_linear.models import file_sha256
+    from rlvr_linear.models.base_model import file_sha256
 
     src, entry = _shipped("tiny")
     d = ensure_base("tiny", cache_dir=tmp_path, progress=False)
@@ -154,7 +155,7 @@ def test_rebuilding_the_default_recipe_reproduces_the_shipped_model(tmp_path):
     100 steps, 200 validation problems) at or above 0.25, and the shipped build's checks rose by up to 0.105 between
     two checks (0.23 -> 0.335), so a rebuild stops in [0.25, 0.45); on 500 shared test problems the two models'
     greedy accuracies (binomial SE ~0.02 each) must agree within 0.15."""
-    from rlvr_linear.evaluation import evaluate
+    from rlvr_linear.evaluation.evaluation import evaluate
 
     src, _ = _shipped("tiny")
     r = ensure_base("tiny", cache_dir=tmp_path, progress=False, rebuild=True)
@@ -169,7 +170,7 @@ def test_rebuilding_the_default_recipe_reproduces_the_shipped_model(tmp_path):
 
 
 def test_ship_base_records_digests_that_ensure_base_then_serves_and_guards(tmp_path, monkeypatch):
-    from rlvr_linear import base_model as models
+    from rlvr_linear.models import base_model as models
 
     monkeypatch.setattr(models, "ASSETS", tmp_path / "assets")
     monkeypatch.setattr(models, "SHIPPED_MANIFEST", tmp_path / "assets" / "shipped.json")

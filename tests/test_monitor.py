@@ -11,10 +11,11 @@ import torch
 
 from rlvr_linear.advisor import advise
 from rlvr_linear.advisor.backtest import PREDICTORS
-from rlvr_linear.monitor import PREFIX, LinearityMonitor
-from rlvr_linear.regrounding import ReGroundingCallback, local_params
-from rlvr_linear.testing import make_pico_model, save_model
-from rlvr_linear.train import TrainConfig, TrajectoryCallback, train
+from rlvr_linear.models.testing import make_pico_model, save_model
+from rlvr_linear.training.distributed import local_params
+from rlvr_linear.training.grpo import TrainConfig, TrajectoryCallback, train
+from rlvr_linear.training.monitor import PREFIX, LinearityMonitor
+from rlvr_linear.training.regrounding import ReGroundingCallback
 
 KEYS = [PREFIX + k for k in ("drift_to_noise", "r2", "r2_null", "error_ratio", "h_star")]
 
@@ -91,7 +92,7 @@ def test_monitor_logs_into_on_log_and_log_history():
 
 
 def test_grpo_run_logs_monitor_keys(tmp_path, pico_dir, monkeypatch):
-    from rlvr_linear.tasks import TASKS, ArithmeticTask
+    from rlvr_linear.evaluation.tasks import TASKS, ArithmeticTask
 
     class HasDigitTask(ArithmeticTask):
         def score(self, completion, problem):

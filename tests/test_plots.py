@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from rlvr_linear import plots
+from rlvr_linear.reporting import plots
 
 
 def _png(path, width, height):

@@ -72,7 +72,7 @@ def test_queue_order_seed0_then_contrasts_then_seeds_row_by_row_then_reground():
 
 
 def test_sft_contrast_points_match_their_rl_point():
-    from rlvr_linear.sft import SFTConfig
+    from rlvr_linear.training.sft import SFTConfig
 
     rls = grid.main_grid() + [p for p in grid.contrast_points() if p.kind == "cot"]
     for rl, sft in zip(rls, grid.sft_points(rls)):
@@ -273,15 +273,15 @@ def test_quick_map_resume_reuses_and_killed_point_resumes(quick_map):
 
 @pytest.mark.slow
 def test_report_section_leads_when_the_map_is_present(quick_map, tmp_path):
-    from rlvr_linear.regime.render import report_html
+    from rlvr_linear.reporting.report import regime_html
 
     out, res, _ = quick_map
-    assert report_html(tmp_path / "regime", str) == ""
+    assert regime_html(tmp_path / "regime", str) == ""
     (tmp_path / "regime").mkdir()
     for f in ["regime_map.json", *res["figures"]]:
         shutil.copyfile(out / f, tmp_path / "regime" / f)
     seen = []
-    h = report_html(tmp_path / "regime", lambda p: seen.append(p) or f"<img {p}>")
+    h = regime_html(tmp_path / "regime", lambda p: seen.append(p) or f"<img {p}>")
     assert h.startswith("<h2 id='regime'>Regime map</h2>")
     assert seen == [tmp_path / "regime" / f for f in res["figures"]]
     for name in res["points"]:
@@ -289,8 +289,8 @@ def test_report_section_leads_when_the_map_is_present(quick_map, tmp_path):
 
 
 def test_held_out_set_is_validation_plus_test_never_train():
+    from rlvr_linear.evaluation.tasks import get_task
     from rlvr_linear.regime.analysis import Scorer
-    from rlvr_linear.tasks import get_task
 
     s = Scorer("arithmetic", quick=False)
     task = get_task("arithmetic")

@@ -88,8 +88,8 @@ def test_read_run_refuses_unfinished_and_irregular_runs(tmp_path):
 
 
 def test_scorer_takes_a_split_and_a_count():
+    from rlvr_linear.evaluation.tasks import get_task
     from rlvr_linear.regime.analysis import Scorer
-    from rlvr_linear.tasks import get_task
 
     s = Scorer("arithmetic", quick=False, splits=("test",), n=50, batch_size=16)
     assert [p.id for p in s.problems] == [p.id for p in get_task("arithmetic").problems("test", None)[:50]]
@@ -109,10 +109,10 @@ PROBLEMS = 40
 def analysed(tmp_path_factory):
     import torch
 
-    from rlvr_linear.base_model import ensure_base
+    from rlvr_linear.models.base_model import ensure_base
     from rlvr_linear.regime.grid import Point
     from rlvr_linear.study.config import QUICK_BASE_RECIPE
-    from rlvr_linear.train import train
+    from rlvr_linear.training.grpo import train
 
     threads = torch.get_num_threads()
     root = tmp_path_factory.mktemp("trajectory")
@@ -181,7 +181,7 @@ def test_trajectory_results(analysed):
 @pytest.mark.slow
 def test_case_records_are_paired_bootstraps_of_the_stored_scores(analysed):
     from rlvr_linear.advisor.validate import read_cases
-    from rlvr_linear.evaluation import paired_bootstrap
+    from rlvr_linear.evaluation.evaluation import paired_bootstrap
     from rlvr_linear.regime.analysis import RunCache
 
     run, out, res = analysed
@@ -205,7 +205,7 @@ def test_case_records_are_paired_bootstraps_of_the_stored_scores(analysed):
 
 @pytest.mark.slow
 def test_rerun_computes_nothing_and_a_lost_case_is_rescored_alone(analysed, monkeypatch):
-    import rlvr_linear.evaluation as evaluation
+    import rlvr_linear.evaluation.evaluation as evaluation
 
     run, out, res = analysed
     cached = [p for p in out.rglob("*") if p.is_file() and (p.name == "parts.json" or "scores" in p.parts)]

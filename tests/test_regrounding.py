@@ -15,20 +15,11 @@ import torch
 from safetensors.torch import load_file
 
 from rlvr_linear.errors import RlvrLinearError
-from rlvr_linear.regrounding import (
-    STATE_FILE,
-    SUMMARY_FILE,
-    ReGroundingCallback,
-    find_final_checkpoint,
-    is_norm_name,
-    jump_,
-    local_params,
-    parse_spec,
-    ranks_agree,
-    reground_driver,
-    reset_optimizer_state,
-)
-from rlvr_linear.testing import make_pico_dir, make_pico_model, make_trajectory
+from rlvr_linear.extrapolation.params import is_norm_param
+from rlvr_linear.models.testing import make_pico_dir, make_pico_model, make_trajectory
+from rlvr_linear.training.distributed import local_params, ranks_agree
+from rlvr_linear.training.reground_driver import STATE_FILE, SUMMARY_FILE, find_final_checkpoint, reground_driver
+from rlvr_linear.training.regrounding import ReGroundingCallback, jump_, parse_spec, reset_optimizer_state
 
 # --------------------------------------------------------------------------------------------------
 # jump_ and small helpers
@@ -64,11 +55,11 @@ def test_jump_errors():
         jump_([], {}, alpha=2.0, norms="none")
 
 
-def test_is_norm_name():
+def test_is_norm_param():
     for n in ["model.norm.weight", "model.layers.0.input_layernorm.weight", "transformer.ln_f.weight", "RMSNorm.w"]:
-        assert is_norm_name(n)
+        assert is_norm_param(n)
     for n in ["model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.bias", "lm_head.weight"]:
-        assert not is_norm_name(n)
+        assert not is_norm_param(n)
 
 
 def test_parse_spec_and_from_spec():
@@ -188,7 +179,7 @@ def _train(tmp_path, callbacks, steps=4, seed=0, resume=None, **kw):
 def _ref_jump(anchor: dict, w: dict, alpha: float, norms: str) -> dict:
     out = {}
     for k in w:
-        if norms == "copy" and is_norm_name(k):
+        if norms == "copy" and is_norm_param(k):
             out[k] = w[k]
         else:
             out[k] = anchor[k] + alpha * (w[k] - anchor[k])
@@ -202,7 +193,7 @@ def test_callback_jump_equals_formula(tmp_path, norms):
     _train(tmp_path, [_Recorder("pre", store), cb, _Recorder("post", store)], steps=5)
     alpha = 2.5
     names = list(store[("pre", 0)])
-    assert any(is_norm_name(n) for n in names) and any(not is_norm_name(n) for n in names)
+    assert any(is_norm_param(n) for n in names) and any(not is_norm_param(n) for n in names)
     anchor = store[("post", 0)]
     for step in (2, 4):
         ref = _ref_jump(anchor, store[("pre", step)], alpha, norms)
@@ -210,7 +201,7 @@ def test_callback_jump_equals_formula(tmp_path, norms):
         for n in names:
             assert torch.equal(post[n], ref[n]), (step, n)  # same fp32 arithmetic: bit-exact
             ref64 = anchor[n].double() + alpha * (store[("pre", step)][n].double() - anchor[n].double())
-            if norms == "extrapolate" or not is_norm_name(n):
+            if norms == "extrapolate" or not is_norm_param(n):
                 assert torch.allclose(post[n].double(), ref64, rtol=0, atol=1e-6)
                 assert not torch.equal(post[n], store[("pre", step)][n])  # it actually moved
             else:
@@ -510,7 +501,7 @@ def test_driver_with_real_weight_extrapolation(tmp_path, monkeypatch):
     final = load_file(str(Path(summary["final_model"]) / "model.safetensors"))
     c, alpha = 0.001 * m, (m + n) / m  # the fake trainer adds c to every tensor per cycle
     for k, v in w0.items():
-        expect = v + (2 * c if is_norm_name(k) else 2 * alpha * c)
+        expect = v + (2 * c if is_norm_param(k) else 2 * alpha * c)
         assert torch.allclose(final[k].float(), expect, rtol=0, atol=1e-5), k
     meta = json.loads((Path(summary["final_model"]) / "extrapolation.json").read_text())
     assert (meta["alpha"], meta["base_step"], meta["second_step"], meta["target_step"]) == (1.5, 6, 10, 12)

@@ -4,9 +4,9 @@ import re
 import numpy as np
 import pytest
 
-from rlvr_linear import plots
 from rlvr_linear.errors import RlvrLinearError
-from rlvr_linear.report import RESULTS_SCHEMA, render_html, results_errors, validate_results, write_report
+from rlvr_linear.reporting import plots
+from rlvr_linear.reporting.report import RESULTS_SCHEMA, render_html, results_errors, validate_results, write_report
 
 
 def _ci(m):
@@ -118,7 +118,7 @@ def test_user_text_is_escaped_and_only_code_built_html_is_raw(tmp_path):
 def test_results_record_the_git_commit_and_dirtiness(tmp_path):
     import subprocess
 
-    from rlvr_linear.report import git_state
+    from rlvr_linear.reporting.report import git_state
 
     assert git_state(tmp_path) == {"commit": None, "dirty": None}  # not a git checkout
     run = dict(cwd=tmp_path, check=True, capture_output=True)
@@ -135,7 +135,7 @@ def test_results_record_the_git_commit_and_dirtiness(tmp_path):
     # collect_results puts this package's state into meta, and the schema accepts it (and rejects a wrong type)
     import dataclasses
 
-    from rlvr_linear.report import collect_results
+    from rlvr_linear.reporting.report import collect_results
 
     @dataclasses.dataclass
     class Cfg:
@@ -152,7 +152,7 @@ def test_results_record_the_git_commit_and_dirtiness(tmp_path):
 
 
 def test_a_stage_left_out_for_budget_shows_its_verdict_and_no_table_error(tmp_path):
-    from rlvr_linear.report import banner
+    from rlvr_linear.reporting.report import banner
 
     res = _good()
     res["meta"].update(model="smollm2-135m", banner=banner("smollm2-135m"))
@@ -170,7 +170,7 @@ def test_a_stage_left_out_for_budget_shows_its_verdict_and_no_table_error(tmp_pa
 
 
 def test_robustness_rows_compare_with_the_papers_run_of_the_same_optimizer():
-    from rlvr_linear.report import _paper_robustness_key
+    from rlvr_linear.reporting.report import _paper_robustness_key
 
     def row(setting, **ov):
         return {"setting": setting, "overrides": ov}

@@ -39,9 +39,9 @@ from rlvr_linear.io.checkpoints import (
     read_weight_map,
 )
 from rlvr_linear.io.hub import HubSource
+from rlvr_linear.io.loading import load_model
 from rlvr_linear.io.verl_shards import shard_files
-from rlvr_linear.loading import load_model
-from rlvr_linear.testing import make_pico_dir
+from rlvr_linear.models.testing import make_pico_dir
 from rlvr_linear.training.reground_driver import render_command, split_command
 
 # --------------------------------------------------------------------------------------------------
@@ -161,7 +161,7 @@ def test_pickled_weights_are_refused_by_every_command_without_the_flag(tmp_path,
         texts.append(out)
     assert texts[0] == texts[1] and "1+1=" in texts[0]
     with pytest.raises(RlvrLinearError, match="--allow-pickle"):  # training starts from the same loader
-        from rlvr_linear.loading import load_causal_lm
+        from rlvr_linear.io.loading import load_causal_lm
 
         load_causal_lm(a)
 

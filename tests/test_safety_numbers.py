@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from cli_checks import cli_err as _cli
 from cli_checks import linear_drift as _linear
 from cli_checks import one_error_line as _one_error_line
-from rlvr_linear.testing import make_pico_dir, make_trajectory
+from rlvr_linear.models.testing import make_pico_dir, make_trajectory
 from rlvr_linear.training.grpo import config_changes
 
 TENSOR = "model.layers.0.mlp.up_proj.weight"  # 32 x 16 in the pico model

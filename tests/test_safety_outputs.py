@@ -32,7 +32,7 @@ from rlvr_linear.errors import RlvrLinearError
 from rlvr_linear.io.atomic import atomic_dir
 from rlvr_linear.io.lock import lock_path, locked
 from rlvr_linear.io.outputs import MARKER
-from rlvr_linear.testing import make_pico_dir, make_trajectory
+from rlvr_linear.models.testing import make_pico_dir, make_trajectory
 
 TRAIN = ["--task", "arithmetic", "--steps", "30", "--save-every", "10", "--prompts-per-step", "2",
          "--samples-per-prompt", "2", "--max-new-tokens", "4", "--threads", "1"]  # fmt: skip

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from rlvr_linear.checkpoints import discover
 from rlvr_linear.errors import RlvrLinearError
-from rlvr_linear.sft import SFTConfig, noise_weights, signal_noise, train_sft, weighted_sft_loss
+from rlvr_linear.io.checkpoints import discover
+from rlvr_linear.training.sft import SFTConfig, noise_weights, signal_noise, train_sft, weighted_sft_loss
 
 
 def test_signal_noise_definition():
@@ -103,10 +103,10 @@ def _zero_signal_means(pico_dir, steps, batch_size=16, seed=0):
     """The per-step mean of the zero-signal weights, replayed from train_sft's seeded draws (problems, then signs)."""
     import random
 
-    from rlvr_linear.base_model import sft_batch
-    from rlvr_linear.sft import noise_weights
-    from rlvr_linear.tasks import get_task
-    from rlvr_linear.tokenizer import load_tokenizer
+    from rlvr_linear.evaluation.tasks import get_task
+    from rlvr_linear.io.tokenizer import load_tokenizer
+    from rlvr_linear.models.base_model import sft_batch
+    from rlvr_linear.training.sft import noise_weights
 
     task, tok = get_task("arithmetic:digits=1"), load_tokenizer(pico_dir)
     pool = task.problems("train", None)

@@ -19,7 +19,7 @@ from rlvr_linear.errors import RlvrLinearError
 from rlvr_linear.io.checkpoints import TensorReader
 from rlvr_linear.linearity import PAPER_FRACTION, PAPER_MIN_SAMPLES, Probe, paper_sample_size, write_probes
 from rlvr_linear.linearity.sketch import Sketch, open_run, sketch_bytes
-from rlvr_linear.testing import make_pico_dir, make_trajectory
+from rlvr_linear.models.testing import make_pico_dir, make_trajectory
 
 STEPS = [0, 10, 20, 30]
 #: no spaces: a TRL checkpoint's copy of the pico char tokenizer splits spaces differently (no rlvr-linear marker)
@@ -306,7 +306,7 @@ def _trl_run(pico: Path, out: Path, callbacks) -> None:
     from transformers import AutoModelForCausalLM
     from trl import GRPOConfig, GRPOTrainer
 
-    from rlvr_linear.tokenizer import load_tokenizer
+    from rlvr_linear.io.tokenizer import load_tokenizer
 
     rows = [{"prompt": f"{a}+{a + 1}="} for a in range(8)]
 
@@ -356,8 +356,8 @@ def test_callback_in_a_trl_run_equals_the_sketch_of_its_checkpoints(tmp_path):
 
 
 def test_train_sketch_equals_the_sketch_command(tmp_path, pico_dir, monkeypatch, capsys):
-    from rlvr_linear.tasks import TASKS, ArithmeticTask
-    from rlvr_linear.train import TrainConfig, train
+    from rlvr_linear.evaluation.tasks import TASKS, ArithmeticTask
+    from rlvr_linear.training.grpo import TrainConfig, train
 
     class HasDigitTask(ArithmeticTask):
         def score(self, completion, problem):

@@ -1,10 +1,14 @@
-"""The bare GRPO step (rlvr_linear.grpo_step) and the micro-batch rule of the TRL path, on pico Llama models."""
+"""The bare GRPO step (rlvr_linear.training.grpo_step) and the micro-batch rule of the TRL path, on pico Llama
+models."""
 
 import pytest
 import torch
 
 from rlvr_linear.errors import RlvrLinearError
-from rlvr_linear.grpo_step import (
+from rlvr_linear.evaluation.tasks import Problem, Task
+from rlvr_linear.models.testing import make_pico_model
+from rlvr_linear.training.grpo import TrainConfig, micro_batch_size
+from rlvr_linear.training.grpo_step import (
     Rollout,
     completion_mask,
     group_advantages,
@@ -14,9 +18,6 @@ from rlvr_linear.grpo_step import (
     sample_groups,
     step_flops,
 )
-from rlvr_linear.tasks import Problem, Task
-from rlvr_linear.testing import make_pico_model
-from rlvr_linear.train import TrainConfig, micro_batch_size
 
 
 def test_completion_mask_keeps_tokens_up_to_the_first_eos():
@@ -142,7 +143,7 @@ def test_compact_fused_lm_head_gives_trl_the_same_log_probs_and_entropies():
     import trl.trainer.utils as trl_utils
     from trl.trainer.utils import add_fused_lm_head
 
-    from rlvr_linear.trl_cpu import compact_fused_lm_head
+    from rlvr_linear.runtime.trl_cpu import compact_fused_lm_head
 
     model, tok = make_pico_model("llama")
     add_fused_lm_head(model, outputs=("log_probs", "entropy"))

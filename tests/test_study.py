@@ -8,7 +8,7 @@ import pytest
 
 from rlvr_linear.cli import main
 from rlvr_linear.errors import RlvrLinearError
-from rlvr_linear.report import SECTIONS, validate_results
+from rlvr_linear.reporting.report import SECTIONS, validate_results
 from rlvr_linear.study import (
     CONTRAST_SETTINGS,
     StudyConfig,
@@ -249,7 +249,7 @@ def _render_headless(page: Path, tmp_path: Path) -> None:
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed: headless rendering of the report not checked")
 def test_report_renders_headless(tmp_path):
     """The report of the shipped default-mode results renders in a headless browser without script errors."""
-    from rlvr_linear.report import write_report
+    from rlvr_linear.reporting.report import write_report
 
     res = json.loads((Path(__file__).resolve().parents[1] / "experiments/results/study/results.json").read_text())
     paths = write_report(res, tmp_path / "out")
@@ -260,7 +260,7 @@ def test_same_config_tolerates_fields_added_since_a_run_was_saved():
     from dataclasses import asdict
 
     from rlvr_linear.io import jsonable
-    from rlvr_linear.train import TrainConfig
+    from rlvr_linear.training.grpo import TrainConfig
 
     cfg = TrainConfig(model="tiny", steps=40, save_every=10, learning_rate=3e-5)
     saved = jsonable(asdict(cfg))

@@ -9,14 +9,14 @@ import pytest
 
 from rlvr_linear.cli import main
 from rlvr_linear.errors import RlvrLinearError
+from rlvr_linear.evaluation.tasks import TASKS, ArithmeticCoTChatTask
 from rlvr_linear.io import jsonable, write_json
-from rlvr_linear.report import SECTIONS, validate_results
+from rlvr_linear.models.testing import PICO_CHAT_TEMPLATE, digit_chat_task, make_pico_model, save_model
+from rlvr_linear.reporting.report import SECTIONS, validate_results
 from rlvr_linear.study import StudyConfig, run_study
 from rlvr_linear.study.common import _Ctx
 from rlvr_linear.study.run import _check_config
-from rlvr_linear.tasks import TASKS, ArithmeticCoTChatTask
-from rlvr_linear.testing import PICO_CHAT_TEMPLATE, digit_chat_task, make_pico_model, save_model
-from rlvr_linear.train import PRESETS
+from rlvr_linear.training.grpo import PRESETS
 
 SKIPPED = {"robustness", "mechanism", "regrounding"}
 

@@ -1,4 +1,4 @@
-"""README tables from results files (rlvr_linear.tables) and the README's generated blocks."""
+"""README tables from results files (rlvr_linear.study.tables) and the README's generated blocks."""
 
 import json
 import subprocess
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from rlvr_linear.errors import RlvrLinearError
-from rlvr_linear.tables import (
+from rlvr_linear.study.tables import (
     best_table,
     effects_table,
     fmt_lr,
@@ -106,7 +106,7 @@ def test_regime_table_orders_points_and_renders_best_cases():
 
 
 def test_progress_line_groups_points_by_seeds():
-    from rlvr_linear.tables import progress_line
+    from rlvr_linear.study.tables import progress_line
 
     m = {"queue": {"items": 57, "trained": 32, "analysed": 32},
          "points": {"lr3e-5_r128": {"seeds": [0, 1, 2], "reground": {"spec": "40,40"}},

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from rlvr_linear.errors import RlvrLinearError
-from rlvr_linear.tasks import ArithmeticTask, Problem, extract_boxed, get_task
+from rlvr_linear.evaluation.tasks import ArithmeticTask, Problem, extract_boxed, get_task
 
 
 def test_arithmetic_splits_are_disjoint_and_reproducible():

@@ -1,8 +1,8 @@
 import pytest
 
 from rlvr_linear.errors import RlvrLinearError
-from rlvr_linear.tasks import ArithmeticCoTTask, Problem, get_task
-from rlvr_linear.tokenizer import build_char_tokenizer
+from rlvr_linear.evaluation.tasks import ArithmeticCoTTask, Problem, get_task
+from rlvr_linear.io.tokenizer import build_char_tokenizer
 
 P = Problem("12+7+45", "12+7+45=", "64")
 
@@ -89,18 +89,18 @@ def test_bad_options_and_exhausted_spaces_raise_clear_errors():
 def test_the_tiny_cot_preset_loads_the_shipped_base_which_writes_chains(tmp_path):
     import json
 
-    from rlvr_linear.evaluation import evaluate
-    from rlvr_linear.models import (
+    from rlvr_linear.evaluation.evaluation import evaluate
+    from rlvr_linear.evaluation.tasks import COT_MARKER
+    from rlvr_linear.io.loading import load_model
+    from rlvr_linear.models.base_model import (
         ASSETS,
         BASE_PRESETS,
         TinyBaseConfig,
-        load_model,
         recipe_key,
         shipped_bases,
         verify_base_dir,
     )
-    from rlvr_linear.tasks import COT_MARKER
-    from rlvr_linear.train import PRESETS, TrainConfig, resolve_model
+    from rlvr_linear.training.grpo import PRESETS, TrainConfig, resolve_model
 
     entry = shipped_bases()["tiny-cot"]
     assert entry["recipe_key"] == recipe_key(TinyBaseConfig(**BASE_PRESETS["tiny-cot"]))

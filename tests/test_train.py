@@ -5,8 +5,8 @@ import torch
 from safetensors.torch import load_file
 
 from rlvr_linear.errors import RlvrLinearError
-from rlvr_linear.tasks import TASKS, ArithmeticTask
-from rlvr_linear.train import TrainConfig, TrajectoryCallback, train
+from rlvr_linear.evaluation.tasks import TASKS, ArithmeticTask
+from rlvr_linear.training.grpo import TrainConfig, TrajectoryCallback, train
 from rlvr_linear.training.resume import optimizer_from_tensors, optimizer_to_tensors
 
 

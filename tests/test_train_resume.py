@@ -10,8 +10,8 @@ from safetensors.torch import load_file
 
 from rlvr_linear.cli import main
 from rlvr_linear.errors import RlvrLinearError
-from rlvr_linear.tasks import TASKS, ArithmeticTask
-from rlvr_linear.train import TrainConfig, TrajectoryCallback, train
+from rlvr_linear.evaluation.tasks import TASKS, ArithmeticTask
+from rlvr_linear.training.grpo import TrainConfig, TrajectoryCallback, train
 
 
 class HasDigitTask(ArithmeticTask):
@@ -40,7 +40,7 @@ def whole(tmp_path_factory):
     """One 6-step run straight through (and its pico base)."""
     TASKS["has-digit"] = HasDigitTask
     try:
-        from rlvr_linear.testing import make_pico_dir
+        from rlvr_linear.models.testing import make_pico_dir
 
         root = tmp_path_factory.mktemp("whole")
         pico = make_pico_dir(root / "pico")

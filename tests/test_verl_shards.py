@@ -12,10 +12,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rlvr_linear.checkpoints import TensorReader, discover, find_model_dir
 from rlvr_linear.errors import RlvrLinearError
-from rlvr_linear.testing import make_trajectory
-from rlvr_linear.verl_shards import FsdpShards, load_shard, shard_files
+from rlvr_linear.io.checkpoints import TensorReader, discover, find_model_dir
+from rlvr_linear.io.verl_shards import FsdpShards, load_shard, shard_files
+from rlvr_linear.models.testing import make_trajectory
 
 STEPS = [0, 10, 20, 30]
 WORLD = 2
@@ -184,9 +184,9 @@ def test_pickle_flag_and_refusals(runs, tmp_path, capsys):
 def test_whole_model_commands_equal_those_of_the_unsharded_run(runs, tmp_path, capsys):
     """load_model / eval / generate / analyze logprobs+activations on shards only == on the merged checkpoints."""
     from rlvr_linear.cli import main
-    from rlvr_linear.evaluation import evaluate
+    from rlvr_linear.evaluation.evaluation import evaluate
+    from rlvr_linear.io.loading import load_model
     from rlvr_linear.linearity import analyze_activations
-    from rlvr_linear.models import load_model
 
     v20, l20 = runs["verl"] / "global_step_20", runs["local"] / "step_000020"
     model, tok = load_model(v20, allow_pickle=True)
@@ -261,7 +261,7 @@ def test_reground_extrapolates_a_shard_only_trained_checkpoint(runs, tmp_path, c
 
 def test_lm_eval_adapter_reads_shards_with_allow_pickle(runs):
     pytest.importorskip("lm_eval")
-    from rlvr_linear.lm_eval_adapter import ExtrapolatedLM
+    from rlvr_linear.extrapolation.lm_eval_adapter import ExtrapolatedLM
 
     pair = [str(runs["verl"] / f"global_step_{s}") for s in (10, 20)]
     with pytest.raises(RlvrLinearError, match=r"global_step_10/actor: verl FSDP shards only; .*--allow-pickle"):

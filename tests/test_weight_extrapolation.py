@@ -12,21 +12,16 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from rlvr_linear import weight_extrapolation as wx
-from rlvr_linear.checkpoints import TensorReader
 from rlvr_linear.cli import main
 from rlvr_linear.errors import RlvrLinearError
 from rlvr_linear.extrapolation import weights as engine
+from rlvr_linear.extrapolation.params import is_norm_param, parse_size
+from rlvr_linear.extrapolation.rules import alpha_from_steps, fit_line, least_squares_weights
+from rlvr_linear.extrapolation.sweep import sweep
+from rlvr_linear.extrapolation.weights import extrapolate_fit, extrapolate_two_point
 from rlvr_linear.io import read_json
-from rlvr_linear.testing import make_pico_dir, make_trajectory
-from rlvr_linear.weight_extrapolation import (
-    alpha_from_steps,
-    extrapolate_fit,
-    extrapolate_two_point,
-    is_norm_param,
-    least_squares_weights,
-    sweep,
-)
+from rlvr_linear.io.checkpoints import TensorReader, step_of_path
+from rlvr_linear.models.testing import make_pico_dir, make_trajectory
 
 
 def _noisy(name, w, step, i):
@@ -88,23 +83,23 @@ def test_least_squares_weights_closed_form():
     y = np.array([3.0, 1.0, 4.0, 1.5])
     slope, icpt = np.polyfit(steps, y, 1)
     assert w @ y == pytest.approx(icpt + slope * 70)
-    s, c = wx.fit_line(steps, y[:, None])
+    s, c = fit_line(steps, y[:, None])
     assert s[0] == pytest.approx(slope) and c[0] == pytest.approx(icpt)
 
 
-def test_step_from_path(tmp_path):
-    assert wx.step_from_path(tmp_path / "run" / "step_000400") == 400
-    assert wx.step_from_path(tmp_path / "checkpoint-40") == 40
-    assert wx.step_from_path(tmp_path / "global_step_7" / "actor" / "huggingface") == 7
-    assert wx.step_from_path(tmp_path / "step_5" / "merged") is None
+def test_step_of_path(tmp_path):
+    assert step_of_path(tmp_path / "run" / "step_000400") == 400
+    assert step_of_path(tmp_path / "checkpoint-40") == 40
+    assert step_of_path(tmp_path / "global_step_7" / "actor" / "huggingface") == 7
+    assert step_of_path(tmp_path / "step_5" / "merged") is None
 
 
 def test_parse_size():
-    assert wx.parse_size("512MB") == 512 * 1024**2
-    assert wx.parse_size("2GiB") == 2 * 1024**3
-    assert wx.parse_size("1000") == 1000
+    assert parse_size("512MB") == 512 * 1024**2
+    assert parse_size("2GiB") == 2 * 1024**3
+    assert parse_size("1000") == 1000
     with pytest.raises(RlvrLinearError, match="cannot parse size"):
-        wx.parse_size("lots")
+        parse_size("lots")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -182,7 +177,7 @@ def test_tied_embeddings_stay_tied(tmp_path):
 
 
 def test_sharded_output_loads_and_matches_unsharded(tmp_path):
-    from rlvr_linear.models import load_model
+    from rlvr_linear.io.loading import load_model
 
     a, b = _pair(tmp_path)
     one = extrapolate_two_point(a, b, tmp_path / "one", alpha=1.5, progress=False)
@@ -576,9 +571,9 @@ def test_sweep_keep_all_with_alphas_and_fit(tmp_path):
 
 def test_cli_sweep_with_injected_evaluator(tmp_path, monkeypatch, capsys):
     a, b = _pair(tmp_path)
-    fake = types.ModuleType("rlvr_linear.evaluation")
+    fake = types.ModuleType("rlvr_linear.evaluation.evaluation")
     fake.evaluate = _fake_eval([])
-    monkeypatch.setitem(sys.modules, "rlvr_linear.evaluation", fake)
+    monkeypatch.setitem(sys.modules, "rlvr_linear.evaluation.evaluation", fake)
     rc = main(
         [
             "extrapolate",

@@ -1,6 +1,6 @@
 """``advise``: is this run in the linear regime, and how far can it safely jump?
 
-From the checkpoints seen so far (any layout :func:`rlvr_linear.checkpoints.discover` reads, or a trajectory sketch:
+From the checkpoints seen so far (any layout :func:`rlvr_linear.io.checkpoints.discover` reads, or a trajectory sketch:
 :func:`~rlvr_linear.linearity.sketch.open_run`) it backtests each linear predictor (:mod:`.backtest`) in up to three
 spaces:
 
@@ -33,9 +33,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..checkpoints import Trajectory
 from ..errors import RlvrLinearError
 from ..io import write_json, write_text
+from ..io.checkpoints import Trajectory
 from ..linearity import (
     PAPER_FRACTION,
     PAPER_MIN_SAMPLES,
@@ -217,7 +217,7 @@ def plot_advice(adv: Advice, path: str | Path) -> Path:
     """Error ratio vs relative horizon, one panel per space, one line per predictor, h* marked."""
     from matplotlib.figure import Figure
 
-    from ..plots import _save
+    from ..reporting.plots import _save
 
     spaces = list(adv.spaces)
     fig = Figure(figsize=(5 * len(spaces), 4))

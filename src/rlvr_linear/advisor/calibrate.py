@@ -13,7 +13,7 @@ bin, or whose run could not be backtested, has need = inf: never safe).
 
 **Fitting** (:func:`fit_bound`): the candidates are the midpoints between consecutive distinct finite needs of the
 fitting cases (and 1.1 × the largest); the chosen ``c`` has the largest recall among the candidates whose precision
-on those cases is >= ``target_precision`` (0.8, the issue's goal), the smallest such ``c`` on ties; when no
+on those cases is >= ``target_precision`` (0.8, the advisor's goal), the smallest such ``c`` on ties; when no
 candidate reaches it, ``c = 0`` (call nothing safe) and ``feasible`` is False. ``by_predictor`` fits one ``c`` per
 predictor on that predictor's cases.
 

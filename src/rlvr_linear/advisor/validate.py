@@ -286,7 +286,7 @@ def plot_validation(
     safe when it is below the threshold, drawn at ``bound``); green: called safe, red: not; filled: labelled safe."""
     from matplotlib.figure import Figure
 
-    from ..plots import _save
+    from ..reporting.plots import _save
 
     fig = Figure(figsize=(6.5, 4.8))
     ax = fig.subplots()

@@ -2,6 +2,10 @@
 
 Each sub-command lives in its own module here and exposes ``register(subparsers)``; the handler it
 sets with ``set_defaults(func=...)`` receives the parsed ``argparse.Namespace``.
+
+May import: every package (``errors``, ``runtime``, ``io``, ``evaluation``, ``reporting``, ``models``,
+``linearity``, ``extrapolation``, ``advisor``, ``training``, ``study``, ``regime``); only ``rlvr_linear.__main__``
+imports it.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_threads(p: argparse.ArgumentParser) -> None:
-    """``--threads N`` on every leaf command that lacks one (see :mod:`rlvr_linear.threads`)."""
+    """``--threads N`` on every leaf command that lacks one (see :mod:`rlvr_linear.runtime.threads`)."""
     subs = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
     for a in subs:
         for child in set(a.choices.values()):
@@ -63,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         from ..io.validate import check_value, integer
-        from ..threads import configure
+        from ..runtime.threads import configure
 
         threads = check_value("threads", getattr(args, "threads", None), integer(1, optional=True))
         configure(threads)  # --threads, else OMP_NUM_THREADS, else 1 until a model is known

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def register(sub) -> None:
-    from ..base_model import BASE_PRESETS
+    from ..models.base_model import BASE_PRESETS
 
     p = sub.add_parser("base", help="install the shipped tiny base (or convert SmolLM2) and print its directory")
     p.add_argument(
@@ -25,8 +25,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..base_model import BASE_PRESETS, ensure_base
     from ..errors import RlvrLinearError
+    from ..models.base_model import BASE_PRESETS, ensure_base
 
     name = args.model or args.preset or "tiny"
     if args.rebuild and name not in BASE_PRESETS:
@@ -34,7 +34,7 @@ def run(args) -> int:
     out = ensure_base(name, cache_dir=args.cache_dir, rebuild=args.rebuild)
     print(out)
     if args.eval:
-        from ..evaluation import evaluate
+        from ..evaluation.evaluation import evaluate
         from ..io import read_json
 
         rec = out / "rlvr_linear_base.json"

@@ -28,8 +28,8 @@ def register(sub) -> None:
 
 
 def _targets(paths: list[str], allow_pickle: bool = False) -> list[tuple[str, Path]]:
-    from ..checkpoints import discover, find_model_dir, has_weights
     from ..errors import RlvrLinearError
+    from ..io.checkpoints import discover, find_model_dir, has_weights
 
     out = []
     for p in paths:
@@ -66,7 +66,7 @@ def run(args) -> int:
 
 def _run(args) -> int:
     from ..errors import RlvrLinearError
-    from ..evaluation import SAMPLING_RULES, evaluate, paired_bootstrap
+    from ..evaluation.evaluation import SAMPLING_RULES, evaluate, paired_bootstrap
     from ..io.validate import check_fields
 
     check_fields(args, SAMPLING_RULES)

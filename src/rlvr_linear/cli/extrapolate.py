@@ -107,12 +107,11 @@ def _check_inputs(args) -> None:
 
 
 def cmd_weights(args) -> int:
-    from ..checkpoints import discover
     from ..extrapolation.params import parse_size
     from ..extrapolation.rules import alpha_from_steps, target_from_alpha
     from ..extrapolation.weights import extrapolate_fit, extrapolate_two_point, select_checkpoints
     from ..io import read_json
-    from ..io.checkpoints import step_of_path
+    from ..io.checkpoints import discover, step_of_path
 
     _check_inputs(args)
     common = dict(

@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..evaluation import SAMPLING_RULES
+    from ..evaluation.evaluation import SAMPLING_RULES
     from ..extrapolation.logit_scoring import generate_records, resolve_weights
     from ..extrapolation.logits import ExtrapolatedGenerator
     from ..io import write_text

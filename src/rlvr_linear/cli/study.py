@@ -7,6 +7,8 @@ overrides the mode's value; the defaults shown are the quick mode's.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..errors import RlvrLinearError
 from ..study import StudyConfig
 from ._dataclass_args import add_dataclass_arguments, overrides
@@ -88,6 +90,11 @@ def _run(args) -> int:
         print(f"regime map: {reg.get('summary', 'nothing rendered yet')}")
         return 0
     cfg = config_from_args(args)
+    if "regime" in stages:  # its own protocol (rlvr_linear.regime.grid), in OUT/regime, before the other stages
+        from ..regime import run_regime
+
+        run_regime(Path(args.out) / "regime", quick=cfg.mode == "quick", progress=not args.no_progress)
+        stages = [s for s in stages if s != "regime"]
     results = run_study(cfg, args.out, stages=stages, progress=not args.no_progress)
     print("summary:")
     for name, sec in results.items():

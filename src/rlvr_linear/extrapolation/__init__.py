@@ -12,10 +12,13 @@ One concept per module:
 * :mod:`.mixing`: the logit-mixing formulas, top-k / top-p filters, the sampler, model compatibility checks.
 * :mod:`.logits`: :class:`~.logits.ExtrapolatedGenerator`, the lockstep K-model decoder (and its teacher forcing).
 * :mod:`.logit_scoring`: :func:`~.logit_scoring.score`, the command line's mixing weights, decoded records.
+* :mod:`.lm_eval_adapter`: the lm-evaluation-harness backend ``rlvr-linear-extrapolated`` (optional extra
+  ``rlvr-linear[lm-eval]``; ``python -m rlvr_linear.extrapolation.lm_eval_adapter``).
 
 Step parsing is :func:`rlvr_linear.io.checkpoints.step_of_path` everywhere. Importing this package loads only the
-registry; the engines (which load torch) are imported by name. The old modules ``rlvr_linear.weight_extrapolation``
-and ``rlvr_linear.logit_extrapolation`` re-export them.
+registry; the engines (which load torch) are imported by name.
+
+May import: ``errors``, ``runtime``, ``io``, ``evaluation``, ``reporting``.
 """
 
 from __future__ import annotations

@@ -113,7 +113,7 @@ def generate_records(
     Records hold ``prompt_index``, ``sample``, ``prompt`` and ``completion``; for a task also
     ``problem_id``, ``answer`` and ``correct`` (the task's 0/1 score).
     """
-    from ..tasks import get_task
+    from ..evaluation.tasks import get_task
 
     problems = None
     if task is not None:

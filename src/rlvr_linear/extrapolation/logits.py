@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from ..errors import RlvrLinearError
-from ..evaluation import cut_at_stop
+from ..evaluation.evaluation import cut_at_stop
 from .mixing import (
     _check_filters,
     _row_seed,
@@ -205,7 +205,7 @@ class ExtrapolatedGenerator:
         allow_pickle: bool = False,
         **kw,
     ) -> ExtrapolatedGenerator:
-        """Load two HF model directories with :func:`rlvr_linear.models.load_model` and pair them."""
+        """Load two HF model directories with :func:`rlvr_linear.io.loading.load_model` and pair them."""
         return cls.load(
             [dir_a, dir_b], pair_weights(alpha), dtype=dtype, device=device, allow_pickle=allow_pickle, **kw
         )
@@ -223,9 +223,9 @@ class ExtrapolatedGenerator:
     ) -> ExtrapolatedGenerator:
         """Load K model directories (tokenizers must match) and mix them with ``weights``.
 
-        ``allow_pickle`` lets verl FSDP shard folders load (see :func:`rlvr_linear.models.load_model`).
+        ``allow_pickle`` lets verl FSDP shard folders load (see :func:`rlvr_linear.io.loading.load_model`).
         """
-        from ..models import load_model
+        from ..io.loading import load_model
 
         if len(dirs) != len(weights):
             raise RlvrLinearError(f"got {len(dirs)} model directories but {len(weights)} weights")
@@ -285,7 +285,7 @@ class ExtrapolatedGenerator:
         """``n`` decoded completions per prompt (special tokens skipped, cut before the first stop string).
 
         ``progress`` (default: the generator's ``progress``) shows a tqdm bar over batches; it is accepted
-        because ``rlvr_linear.evaluation.evaluate`` passes it.
+        because ``rlvr_linear.evaluation.evaluation.evaluate`` passes it.
         """
         out = self.generate_ids(
             prompts,

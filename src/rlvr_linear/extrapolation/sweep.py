@@ -1,8 +1,8 @@
 """The sweep over targets (paper Fig. 5): extrapolate to several targets, score each, keep the best, plot.
 
 The candidates are built by the engine (:mod:`.weights`) and scored by an evaluator (default
-:func:`rlvr_linear.evaluation.evaluate`); only the current best candidate stays on disk while sweeping, so a sweep
-over many targets needs the disk of two models. Kept apart from the engine because it is the one part that runs
+:func:`rlvr_linear.evaluation.evaluation.evaluate`); only the current best candidate stays on disk while sweeping, so a
+sweep over many targets needs the disk of two models. Kept apart from the engine because it is the one part that runs
 models: the engine itself only streams tensors.
 """
 
@@ -151,7 +151,7 @@ def sweep(
 
     Inputs: two checkpoints (``base``/``second``, two-point rule) or a ``run`` with ``fit``/``rank``.
     Each candidate is evaluated with ``evaluate_fn(path, task, split=, n_problems=, k=, greedy=True)``
-    (default :func:`rlvr_linear.evaluation.evaluate`; it may return a number or an ``EvalResult``).
+    (default :func:`rlvr_linear.evaluation.evaluation.evaluate`; it may return a number or an ``EvalResult``).
     Writes ``out/sweep.json``, ``out/sweep.png`` and ``out/best/`` (or ``out/target_<T>/`` for every
     candidate with ``keep_all``). Only the current best candidate is kept on disk while sweeping.
     Ties go to the smaller alpha.
@@ -162,10 +162,10 @@ def sweep(
         raise RlvrLinearError("give either base and second checkpoints, or a run to fit")
     if evaluate_fn is None:
         try:
-            from ..evaluation import evaluate as evaluate_fn
+            from ..evaluation.evaluation import evaluate as evaluate_fn
         except ImportError as e:
-            raise RlvrLinearError(f"rlvr_linear.evaluation is not available ({e})") from None
-    from ..tasks import get_task
+            raise RlvrLinearError(f"rlvr_linear.evaluation.evaluation is not available ({e})") from None
+    from ..evaluation.tasks import get_task
 
     get_task(task)  # fail early on an unknown task
     eval_kwargs = dict(eval_kwargs or {})

@@ -169,7 +169,7 @@ def keep_char_tokenizer(inputs: Sequence[Path], out: Path) -> None:
     the newest input) lacks the marker but an older input (the base, the anchor) has it, every tokenizer file is
     taken from that input instead.
     """
-    from ..tokenizer import MARKER
+    from ..io.tokenizer import MARKER
 
     if (out / MARKER).exists():
         return
@@ -194,7 +194,7 @@ def _run(job: _Job, out: str | Path, overwrite: bool) -> Path:
     keys = src.keys()
     tensors: dict[str, dict] = {}
     t0 = time.time()
-    from ..threads import for_params
+    from ..runtime.threads import for_params
 
     for_params(sum(src.numel(k) for k in keys))  # all cores for a large model unless --threads / OMP_NUM_THREADS
     with atomic_dir(out, overwrite, kind="extrapolation", inputs=[r.path for r in job.readers]) as tmp:

@@ -330,7 +330,7 @@ SAFETENSORS_DTYPES = {
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """One checkpoint of a run. ``remote`` (a :class:`~rlvr_linear.hub.HubSource`) marks one not fetched yet:
+    """One checkpoint of a run. ``remote`` (a :class:`~rlvr_linear.io.hub.HubSource`) marks one not fetched yet:
     ``path`` is then its ``hf://`` label, and :meth:`Trajectory.local_path` fetches it."""
 
     step: int
@@ -529,7 +529,7 @@ def discover(source: str | Path | Sequence[str], allow_pickle: bool = False) -> 
     """Find the checkpoints of a run.
 
     ``source`` is a run directory (ours, TRL's or verl's), a Hub repository ``hf://ORG/REPO`` (steps from
-    its ``step_N``-like revisions or subfolders, see :mod:`rlvr_linear.hub`; each fetched when first read)
+    its ``step_N``-like revisions or subfolders, see :mod:`rlvr_linear.io.hub`; each fetched when first read)
     or a list of ``STEP=PATH`` strings. Checkpoints come back sorted by step.
     """
     if isinstance(source, (list, tuple)):

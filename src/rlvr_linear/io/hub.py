@@ -4,9 +4,9 @@ Syntax (as ``huggingface_hub``'s ``HfFileSystem``): ``hf://ORG/REPO[@REVISION][/
 that contains ``/`` is written URL-encoded (``refs%2Fpr%2F1``).
 
 * As a **checkpoint** (:func:`resolve_checkpoint`, used by
-  :func:`rlvr_linear.checkpoints.find_model_dir`): the revision (default ``main``) and subfolder are
+  :func:`rlvr_linear.io.checkpoints.find_model_dir`): the revision (default ``main``) and subfolder are
   downloaded into the Hub cache and the local snapshot folder is returned.
-* As a **trajectory** (:func:`list_checkpoints`, used by :func:`rlvr_linear.checkpoints.discover`): the
+* As a **trajectory** (:func:`list_checkpoints`, used by :func:`rlvr_linear.io.checkpoints.discover`): the
   steps are the repository's branches and tags named ``step_N``, ``stepN``, ``step-N``, ``global_step_N``
   or ``checkpoint-N`` (RELEX publishes ``step_N`` branches, Pythia ``stepN``); if it has none, the
   subfolders so named of the revision (default ``main``). Each step is fetched only when first read.

@@ -29,6 +29,8 @@ filters ``range > 1e-4`` in bf16 and ``≥ 4 distinct values``; log-prob positio
 A *trajectory sketch* (:mod:`.sketch`; :func:`write_sketch`, ``rlvr-linear sketch``) keeps the paper sample and the
 probes' log-probs of every checkpoint in a small folder; :func:`open_run` opens it as a trajectory that
 :func:`analyze_weights` (paper mode) and :func:`analyze_logprobs` read with the same numbers as the checkpoints.
+
+May import: ``errors``, ``runtime``, ``io``, ``evaluation``, ``reporting``.
 """
 
 

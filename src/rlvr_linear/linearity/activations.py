@@ -111,7 +111,7 @@ class ActivationLinearity(JsonResult):
         }
 
     def save(self, out_dir: str | Path) -> None:
-        from .. import plots
+        from ..reporting import plots
 
         out, s = self._save_json(out_dir, "activations")
         write_npz(

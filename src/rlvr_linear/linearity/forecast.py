@@ -75,7 +75,7 @@ class ForecastResult(JsonResult):
         }
 
     def save(self, out_dir: str | Path) -> None:
-        from .. import plots
+        from ..reporting import plots
 
         out, s = self._save_json(out_dir, "forecast")
         rows = []

@@ -76,7 +76,7 @@ class LogprobLinearity(JsonResult):
         }
 
     def save(self, out_dir: str | Path) -> None:
-        from .. import plots
+        from ..reporting import plots
 
         out, s = self._save_json(out_dir, "logprobs")
         write_probes(out / "probes.jsonl", self.probes)

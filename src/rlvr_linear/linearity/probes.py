@@ -92,8 +92,8 @@ def make_probes(
     ``model.generate(do_sample=True, temperature, top_k=0, top_p=1)`` after ``torch.manual_seed(seed)``.
     Responses are decoded with special tokens skipped; empty ones are dropped.
     """
-    from ..models import load_model
-    from ..tasks import get_task
+    from ..evaluation.tasks import get_task
+    from ..io.loading import load_model
 
     task = get_task(task)
     dev = _device(device)
@@ -185,7 +185,7 @@ def score_logprobs(
 
 
 def _load_for_scoring(path, device, dtype, allow_pickle: bool = False):
-    from ..models import load_model
+    from ..io.loading import load_model
 
     model, _ = load_model(path, dtype=dtype, device=device, allow_pickle=allow_pickle)
     return model
@@ -193,8 +193,8 @@ def _load_for_scoring(path, device, dtype, allow_pickle: bool = False):
 
 def _trajectory_tokenizer(trajectory: Trajectory):
     """The tokenizer of the first checkpoint (verl FSDP shards: the one in ``huggingface/`` next to them)."""
+    from ..io.tokenizer import load_tokenizer
     from ..io.verl_shards import config_dir
-    from ..tokenizer import load_tokenizer
 
     return load_tokenizer(config_dir(trajectory.paths[0]))
 

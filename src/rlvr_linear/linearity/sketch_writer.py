@@ -178,8 +178,8 @@ def _create(trajectory, i, out, probes, origin, fraction, min_samples, seed, bat
         model = {k: v for k, v in reader.config().items() if k in MODEL_FIELDS}
     kw: dict = {}
     if probes is not None:
+        from ..io.tokenizer import load_tokenizer
         from ..io.verl_shards import config_dir
-        from ..tokenizer import load_tokenizer
 
         probes = list(probes() if callable(probes) else probes)
         tok = load_tokenizer(config_dir(trajectory.local_path(i)))  # the tokenizer score_trajectory would use

@@ -137,7 +137,7 @@ class WeightLinearity(JsonResult):
         return mat, labels, list(MODULE_COLUMNS)
 
     def save(self, out_dir: str | Path) -> None:
-        from .. import plots
+        from ..reporting import plots
 
         out, s = self._save_json(out_dir, "weights")
         _write_csv(out / "weights_per_tensor.csv", [t.row() for t in self.tensors], TENSOR_CSV_COLUMNS)

@@ -97,7 +97,7 @@ class Scorer:
         n: int | None = None,
         batch_size: int = 256,
     ):
-        from ..tasks import get_task
+        from ..evaluation.tasks import get_task
 
         self.task = get_task(task_name)
         self.batch_size = batch_size
@@ -118,7 +118,7 @@ class Scorer:
 
     def score(self, cache: RunCache, key: str, model, avg: bool) -> dict[str, np.ndarray]:
         """Per-problem ``greedy`` (and ``avg`` when asked) of ``model`` (a directory or a generator)."""
-        from ..evaluation import evaluate
+        from ..evaluation.evaluation import evaluate
 
         have = cache.load_scores(key) or {}
         need_greedy, need_avg = "greedy" not in have, avg and "avg" not in have
@@ -174,7 +174,7 @@ def _r2(summary: dict) -> dict:
 
 def part_weights(run: Path, sample: str = "all", save_to: Path | None = None, **kwargs) -> dict:
     """Weight R² of ``run`` (``analyze_weights(sample=..., **kwargs)``); ``save_to``: also write its files there."""
-    from ..checkpoints import discover
+    from ..io.checkpoints import discover
     from ..linearity import analyze_weights
 
     res = analyze_weights(discover(run), sample=sample, **kwargs)
@@ -208,7 +208,7 @@ def part_logprobs(regime, item: Item, run: Path) -> dict:
 
 def logprob_r2(run: Path, probes, save_to: Path | None = None, **kwargs) -> dict:
     """Token log-prob R² of ``run`` on ``probes`` with its null (``analyze_logprobs``); ``save_to``: its files."""
-    from ..checkpoints import discover
+    from ..io.checkpoints import discover
     from ..linearity import analyze_logprobs
 
     res = analyze_logprobs(discover(run), probes, **kwargs)
@@ -234,7 +234,7 @@ def part_forecast(item: Item, run: Path) -> dict:
 def forecast_ratios(run: Path, fit_until: dict[str, int], curve: bool = False) -> dict:
     """:func:`part_forecast` for any fit-until steps (name -> step); ``curve``: also the ratio at every later step
     (``steps``, ``ratio``)."""
-    from ..checkpoints import discover
+    from ..io.checkpoints import discover
     from ..linearity import forecast
 
     traj = discover(run)

@@ -3,9 +3,9 @@
 Windows, with ``u = H/14`` the save interval and ``H`` the horizon: ``t1`` at 1/3, 1/2 and the end of the run
 (snapped to the save grid: 5u, 7u, 14u), ``t0`` at step 0 and at ``2u`` (skipping the early phase; windows
 shorter than 2u are skipped). Targets ``t0 + α (t1 − t0)`` for α in {1.25, 1.5, 2, 3}. Least squares and rank-1
-fit every checkpoint in ``[t0, t1]`` (``weight_extrapolation.extrapolate_fit``); two-point uses ``t0`` and ``t1``
+fit every checkpoint in ``[t0, t1]`` (``extrapolation.weights.extrapolate_fit``); two-point uses ``t0`` and ``t1``
 (``extrapolate_two_point``). Logit extrapolation mixes the logits of the ``t0`` and ``t1`` models with the same α
-(``logit_extrapolation.ExtrapolatedGenerator``).
+(``extrapolation.logits.ExtrapolatedGenerator``).
 
 Full items (seed 0 of the main grid, contrast points), 56 cases: two-point at every α, least squares and rank-1 at
 α in {1.5, 2}, on all 6 windows; logit at t1 in {7u, 14u}, α in {1.5, 2}. Reduced items (seeds 1 and 2), 16 cases:
@@ -79,9 +79,9 @@ def with_ids(cases: list[dict]) -> list[dict]:
 
 
 def _build(case: dict, run: Path, out: Path) -> Path:
-    from ..checkpoints import discover
+    from ..extrapolation.weights import extrapolate_fit, extrapolate_two_point
+    from ..io.checkpoints import discover
     from ..study.common import ckpt
-    from ..weight_extrapolation import extrapolate_fit, extrapolate_two_point
 
     shutil.rmtree(out, ignore_errors=True)
     t0, t1 = case["t0"], case["t1"]
@@ -126,8 +126,8 @@ def score_cases(
     built under ``tmp/<case id>`` and deleted after scoring. avg@k is scored where ``always_avg(case)``, and, with
     ``avg_on_gain``, where the greedy gain over ``t1`` is >= 0; ``fit_until`` names the forecast part's entries
     whose ratio each record carries. Returns whether any case ran."""
-    from ..evaluation import gain_ci
-    from ..logit_extrapolation import ExtrapolatedGenerator
+    from ..evaluation.evaluation import gain_ci
+    from ..extrapolation.logits import ExtrapolatedGenerator
     from ..study.common import ckpt, snap
 
     done = cache.parts.setdefault("cases", {})

@@ -8,7 +8,7 @@ Main grid: learning rate {1e-5, 3e-5, 1e-4, 3e-4} x responses per step {128, 512
 AdamW, short task (2-digit addition), seeds 0, 1, 2.
 
 Horizons: AdamW moves each weight by about ``lr`` per step whatever the batch, so the distance travelled scales
-with ``lr x H``. The issue asks for >= 1,400 steps at 1e-5 (lr x H = 0.014); keeping ``lr x H`` equal at every rate
+with ``lr x H``. The protocol asks for >= 1,400 steps at 1e-5 (lr x H = 0.014); keeping ``lr x H`` equal at every rate
 would leave 47 steps at 3e-4, too few for 15 checkpoints of a steady rise, so the horizon shrinks more slowly than
 1/lr: H = 1400, 560, 280, 112 steps at 1e-5, 3e-5, 1e-4, 3e-4 (``lr x H`` = 0.014, 0.017, 0.028, 0.034, within a
 factor 2.4), with a checkpoint every H/14 steps (100, 40, 20, 8), i.e. 15 checkpoints including step 0. The
@@ -106,14 +106,14 @@ class Point:
         """The run's config: :class:`TrainConfig` (RL) or, for an SFT point, :class:`SFTConfig` with one reference
         answer per prompt (``batch_size`` = the RL point's prompts per step), the same rate, optimizer and grid."""
         if self.method == "sft":
-            from ..sft import SFTConfig
+            from ..training.sft import SFTConfig
 
             return SFTConfig(
                 model=model or self.model, task=self.task, steps=self.horizon, save_every=self.save_every,
                 learning_rate=self.lr, optimizer=self.optimizer, batch_size=self.prompts, seed=seed,
                 eval_problems=eval_problems, threads=threads,
             )  # fmt: skip
-        from ..train import TrainConfig
+        from ..training.grpo import TrainConfig
 
         return TrainConfig(
             model=model or self.model,

@@ -23,7 +23,7 @@ FIGURES = ("regime_weights_r2.png", "regime_logprobs_r2.png", "regime_extrapolat
 
 
 def _ci(values) -> dict | None:
-    from ..evaluation import mean_ci
+    from ..evaluation.evaluation import mean_ci
 
     v = [x for x in values if x is not None]
     if not v:
@@ -181,7 +181,7 @@ def _pts(x):
 
 
 def figures(out: Path, points: dict, cases: list[dict], quick: bool) -> list[Path]:
-    from .. import plots
+    from ..reporting import plots
 
     paths = []
     specs = [
@@ -205,7 +205,7 @@ def figures(out: Path, points: dict, cases: list[dict], quick: bool) -> list[Pat
 def _scatter(path: Path, cases: list[dict]) -> Path:
     from matplotlib.figure import Figure
 
-    from ..plots import _save
+    from ..reporting.plots import _save
 
     fig = Figure(figsize=(6.4, 4.6))
     ax = fig.subplots()
@@ -283,60 +283,3 @@ def render(regime, results_dir: str | Path | None = None) -> dict:
 def _finished(run: Path) -> bool:
     m = run / "manifest.json"
     return m.exists() and bool(read_json(m).get("finished", False))
-
-
-def report_html(map_dir: str | Path, img) -> str:
-    """The study report's leading section when ``map_dir/regime_map.json`` exists (else ``""``); ``img(path)``
-    inlines the figure at ``path`` (the map's figures lie next to its JSON)."""
-    import html
-
-    p = Path(map_dir) / "regime_map.json"
-    if not p.exists():
-        return ""
-    m = read_json(p)
-    rows = []
-    for name, pt in sorted(m.get("points", {}).items()):
-        def f(d):
-            return "—" if not d or d.get("mean") is None else f"{d['mean']:.3f}"
-
-        b = pt.get("best_weight_extrapolation") or {}
-        g = b.get("gain_vs_t1_greedy")
-        gain = "—" if not g else f"{g['mean']:+.3f} [{g['lo']:+.3f}, {g['hi']:+.3f}] ({html.escape(b['case'])})"
-        c = (pt.get("rl_minus_sft") or {}).get("weights")
-        rows.append(f"<tr><td>{html.escape(name)}</td><td>{len(pt['seeds'])}</td><td>{f(pt['weights']['median'])}"
-                    f" (null {f(pt['weights']['null_median'])})</td><td>{f(pt['logprobs']['median'])} (null "
-                    f"{f(pt['logprobs']['null_median'])})</td><td>{f(pt['forecast_ratio']['q2'])}</td>"
-                    f"<td>{gain}</td><td>{'—' if c is None else f'{c:+.3f}'}</td></tr>")  # fmt: skip
-    best_rows = []
-    for key, what in (("weight", "weight extrapolation"), ("logit", "logit extrapolation")):
-        b = (m.get("best") or {}).get(key)
-        if b:
-            g, r = b["gain_vs_t1_greedy"], b.get("gain_vs_real_greedy")
-            real = "no real checkpoint" if not r else f"{r['mean']:+.3f} [{r['lo']:+.3f}, {r['hi']:+.3f}]"
-            gain = f"{g['mean']:+.3f} [{g['lo']:+.3f}, {g['hi']:+.3f}]"
-            best_rows.append(f"<tr><td>{what}</td><td>{html.escape(b['point'])}: {html.escape(b['case'])}</td>"
-                             f"<td>{gain}</td><td>{real}</td></tr>")  # fmt: skip
-        else:
-            best_rows.append(f"<tr><td>{what}</td><td colspan='3'>not measured yet</td></tr>")
-    r = (m.get("best") or {}).get("regrounding")
-    best_rows.append(
-        f"<tr><td>re-grounding</td><td>{html.escape(r['point'])} ({html.escape(r['spec'])})</td>"
-        f"<td>speed-up {r['speedup']:.2f}x</td><td>—</td></tr>"
-        if r
-        else "<tr><td>re-grounding</td><td colspan='3'>not measured yet</td></tr>"
-    )
-    figs = "".join(f"<div>{img(Path(map_dir) / f)}</div>" for f in m.get("figures", []))
-    return (
-        "<h2 id='regime'>Regime map</h2>"
-        f"<p class='verdict'>{html.escape(m.get('summary', ''))}. Protocol: docs/regime.md.</p>"
-        f"<div class='cols'>{figs}</div>"
-        "<p>Best measured gain over the map, whatever its sign (greedy, held-out; paired bootstrap 95% CI):</p>"
-        "<table><tr><th>effect</th><th>where</th><th>gain over t1</th><th>vs the real checkpoint</th></tr>"
-        + "".join(best_rows)
-        + "</table>"
-        "<table><tr><th>point</th><th>seeds</th><th>weight R² median</th><th>log-prob R² median</th>"
-        "<th>forecast ratio (fit 1/2)</th><th>best weight extrapolation, greedy − t1 [95% CI]</th>"
-        "<th>weight R² RL − SFT</th></tr>"
-        + "".join(rows)
-        + "</table>"
-    )

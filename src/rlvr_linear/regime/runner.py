@@ -2,7 +2,7 @@
 
 Layout of ``OUT`` (e.g. ``out/regime``)::
 
-    runs/<point>_s<seed>/            training trajectory (``train.train``; resumes from its last save)
+    runs/<point>_s<seed>/            training trajectory (``training.grpo.train``; resumes from its last save)
     runs/<point>_s<seed>_reground/   the re-grounded run of a point (seed 0)
     analysis/<run>/parts.json        cached per-run analysis (each part under its own key, written atomically;
                                      ``complete`` once every part is in)
@@ -38,8 +38,8 @@ def cot_available() -> bool:
     """Whether the long-response task exists and its base ``tiny-cot`` is shipped or cached (never built here: the
     map's one thread would spend hours warming it up)."""
     try:
-        from ..base_model import BASE_PRESETS, TinyBaseConfig, cache_root, recipe_key, shipped_bases
-        from ..tasks import get_task
+        from ..evaluation.tasks import get_task
+        from ..models.base_model import BASE_PRESETS, TinyBaseConfig, cache_root, recipe_key, shipped_bases
 
         get_task("arithmetic-cot")
         key = recipe_key(TinyBaseConfig(**BASE_PRESETS["tiny-cot"]))
@@ -64,7 +64,7 @@ class Regime:
     # models ----------------------------------------------------------------------------------------
     def base(self, name: str) -> str:
         if name not in self._bases:
-            from ..base_model import ensure_base
+            from ..models.base_model import ensure_base
 
             if self.quick:
                 from ..study.config import QUICK_BASE_RECIPE
@@ -131,8 +131,8 @@ class Regime:
     def train(self, item: Item) -> dict:
         """Train ``item`` (or reuse its finished run, or resume an unfinished one; an unfinished SFT run, minutes
         long, starts over). Returns the manifest."""
-        from ..sft import train_sft
-        from ..train import train
+        from ..training.grpo import train
+        from ..training.sft import train_sft
 
         run, cfg = self.run_dir(item), self.train_config(item)
         sft = item.point.method == "sft"

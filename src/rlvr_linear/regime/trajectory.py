@@ -1,4 +1,4 @@
-"""The analysis of one RL trajectory (issue 14 item 3): the regime map's per-run measurements on any finished run.
+"""The analysis of one RL trajectory: the regime map's per-run measurements on any finished run.
 
 :func:`analyze_trajectory` runs the map's parts (:mod:`.analysis`, :mod:`.cases`) on one run of ``rlvr-linear
 train`` (checkpoints on a regular grid ``0, u, .., H``), cached per part and per case in ``OUT`` so that a killed
@@ -162,7 +162,7 @@ def _unit_costs(man: dict):
 def measure_greedy(run: str | Path, task: str, n: int = 16, batch_size: int = EVAL_BATCH) -> float:
     """Seconds per problem of greedy evaluation of the run's step 0 on ``n`` test problems (the model loaded
     beforehand, not timed)."""
-    from ..evaluation import as_generator, evaluate
+    from ..evaluation.evaluation import as_generator, evaluate
 
     gen = as_generator(str(Path(run) / step_dir_name(0)))
     t = time.perf_counter()
@@ -250,7 +250,7 @@ def _probes(out: Path, run: Path, s: Settings):
 
 
 def _activations(run: Path, probes, save_to: Path) -> dict:
-    from ..checkpoints import discover
+    from ..io.checkpoints import discover
     from ..linearity import analyze_activations
 
     res = analyze_activations(discover(run), probes)
@@ -396,7 +396,7 @@ def analyze_trajectory(
 
 def _accuracy_ci(scores: np.ndarray) -> tuple[float, float, float]:
     """Mean and paired-bootstrap 95% CI of one model's per-problem scores (against all zeros)."""
-    from ..evaluation import paired_bootstrap
+    from ..evaluation.evaluation import paired_bootstrap
 
     r = paired_bootstrap(np.zeros_like(scores), scores)
     return r["diff"], r["ci_low"], r["ci_high"]
@@ -429,7 +429,7 @@ def plot_accuracy(path: Path, train: dict, real: dict, points: list[dict], *, n:
     problems (95% CIs), against step."""
     from matplotlib.figure import Figure
 
-    from ..plots import _save
+    from ..reporting.plots import _save
 
     fig = Figure(figsize=(8, 4.8))
     ax = fig.subplots()
@@ -464,7 +464,7 @@ def _groups(points: list[dict]) -> dict:
 
 def render(run: Path, out: Path, cache: RunCache, grid: Grid, s: Settings, cases: list[dict]) -> dict:
     """``OUT/trajectory.json``, ``OUT/cases.jsonl`` and the figures, from the cache (nothing is computed)."""
-    from ..plots import plot_curves
+    from ..reporting.plots import plot_curves
 
     p = cache.parts
     recs = [p["cases"][c["id"]] for c in cases]

@@ -10,15 +10,23 @@ done, and a rerun skips finished stages and reuses their results (sub-runs are r
     weight_extrapolation  W_0 + α (W_t1 − W_0) vs the real RL checkpoint at the target     (paper Fig. 5)
     logit_extrapolation   logit-extrapolated decoding vs the last RL checkpoint (avg@k)    (paper Table 1)
     regrounding           M RL steps + N-step jumps vs standard RL: steps to thresholds, fixed budgets (Fig. 6, Tab. 2)
-    report                OUT/report.html and OUT/results.json                             (rlvr_linear.report)
+    report                OUT/report.html and OUT/results.json                   (rlvr_linear.reporting.report)
 
 Every protocol choice (thresholds, t1 values, α, (M, N) grid, verdict rules) is fixed in code before any result is
 seen: the protocol in :mod:`.config`, the paper's numbers in :mod:`.paper`, the shared helpers and run cache in
 :mod:`.common`, one module per stage holding the stage and its verdict rule (the ``_verdict_*`` functions,
 documented in docs/study.md), the time estimate in :mod:`.plan` and the driver in :mod:`.run`.
 
-This package re-exports the names the rest of the code base (CLI, report, regime map, advisor, experiments, tests)
-imports from ``rlvr_linear.study``, so ``from rlvr_linear.study import X`` keeps working for all of them.
+Built on the same protocol and helpers, imported by name: :mod:`.tables` (the README's result tables, rendered
+from the results files), :mod:`.advisor_cases` (the weight-extrapolation stage re-scored as labelled cases for
+``rlvr-linear advise --validate``) and :mod:`.adaptive_regrounding` (``--reground M,auto`` against standard RL and
+fixed (M, N)). The regime map (``--stages regime``) sits above the study and runs from the command line.
+
+This package re-exports the names the rest of the code base (CLI, regime map, experiments, tests) imports from
+``rlvr_linear.study``, so ``from rlvr_linear.study import X`` works for all of them.
+
+May import: ``errors``, ``runtime``, ``io``, ``evaluation``, ``reporting``, ``models``, ``linearity``,
+``extrapolation``, ``advisor``, ``training``.
 """
 
 from ..io import jsonable, read_json, write_json

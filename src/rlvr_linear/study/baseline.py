@@ -27,7 +27,7 @@ def stage_baseline(ctx: _Ctx) -> dict:
     acc = np.array([[np.nan if v is None else v for v in r["val_accuracy"]] for r in runs.values()], float)
     first, last = acc[:, 0], acc[:, -1]
     gain = _ci(last - first)
-    from .. import plots
+    from ..reporting import plots
 
     fig = plots.plot_curves(
         ctx.stage_dir("baseline") / "baseline_val_accuracy.png",

@@ -2,8 +2,8 @@
 (:func:`_ci`, :func:`_num`), the run cache (:class:`_Ctx`, :func:`same_config`), weight R² summaries and greedy
 evaluation.
 
-This module imports neither the report nor the regime map, so ``regime.*`` and ``advisor`` can import these small
-helpers without an import cycle through ``study -> report -> regime.render``.
+The regime map (a floor above the study) and the study's advisor experiments (:mod:`.advisor_cases`,
+:mod:`.adaptive_regrounding`) reuse these helpers.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def first_reach(steps: list[int], acc: list[float | None], threshold: float) -> 
 
 
 def _ci(values) -> dict:
-    from ..evaluation import mean_ci
+    from ..evaluation.evaluation import mean_ci
 
     return mean_ci(values)
 
@@ -80,8 +80,8 @@ class _Ctx:
     @property
     def base(self) -> Path:
         if self._base is None:
-            from ..base_model import ensure_base
-            from ..checkpoints import find_model_dir
+            from ..io.checkpoints import find_model_dir
+            from ..models.base_model import ensure_base
 
             c = self.cfg
             if c.model == "tiny":
@@ -93,7 +93,7 @@ class _Ctx:
         return self._base
 
     def train_config(self, seed: int, **overrides):
-        from ..train import PRESETS, TrainConfig
+        from ..training.grpo import PRESETS, TrainConfig
 
         c = self.cfg
         d = dict(PRESETS[c.preset or ("tiny" if c.model == "tiny" else "smollm2")])
@@ -115,7 +115,7 @@ class _Ctx:
 
     def rl_run(self, name: str, tcfg) -> tuple[Path, dict]:
         """Train (or reuse a finished identical run) into ``OUT/runs/<name>``; returns (run dir, manifest)."""
-        from ..train import train
+        from ..training.grpo import train
 
         run = self.out / "runs" / name
         man_path = run / "manifest.json"
@@ -129,7 +129,7 @@ class _Ctx:
         return run, train(tcfg, run, overwrite=True, progress=self.progress)
 
     def sft_run(self, name: str, scfg) -> tuple[Path, dict]:
-        from ..sft import train_sft
+        from ..training.sft import train_sft
 
         run = self.out / "runs" / name
         man_path = run / "manifest.json"
@@ -140,7 +140,7 @@ class _Ctx:
         return run, train_sft(scfg, run, overwrite=True, progress=self.progress)
 
     def sft_config(self, seed: int, **kw):
-        from ..sft import SFTConfig
+        from ..training.sft import SFTConfig
 
         c = self.cfg
         return SFTConfig(
@@ -168,7 +168,7 @@ class _Ctx:
 
 def _weight_analysis(run: Path, out_dir: Path | None = None):
     """Weight R² of a run: every element for small models (< 20 M parameters), the paper's 0.1% sample otherwise."""
-    from ..checkpoints import discover
+    from ..io.checkpoints import discover
     from ..linearity import analyze_weights
 
     traj = discover(run)
@@ -215,7 +215,7 @@ def _r2_numbers(summary: dict) -> dict:
 
 
 def _eval_greedy(model, task, problems) -> np.ndarray:
-    from ..evaluation import evaluate
+    from ..evaluation.evaluation import evaluate
 
     return evaluate(model, task, problems=problems, k=0, batch_size=256).greedy_correct.astype(float)
 

@@ -35,7 +35,7 @@ QUICK_BASE_RECIPE = dict(
 #: uses (study.plan.UNIT_COSTS; 87 CPU s per RL step), so its estimate (3.0 h) is what it should take on one free
 #: core; see docs/smollm2.md, "The study on SmolLM2 (item 4)":
 #: - one seed, 90 RL steps, a checkpoint every 6 (15 after step 0, the paper's count): the RL run is 2.3 h of the 3
-#:   (the issue's 150-step trajectory alone would take 3.6 h);
+#:   (the 150-step trajectory of docs/smollm2.md alone would take 3.6 h);
 #: - 50 validation problems per save (a 16-point accuracy curve, coarse); log-prob probes 8 prompts x 4 replies
 #:   (0.27 s per probe and checkpoint, three passes: RL, SFT, forecast);
 #: - linearity in full (its SFT contrast is ~1/6 of an RL run); weight extrapolation from one window (t0 = 0,
@@ -165,11 +165,11 @@ class StudyConfig:
                 f"unknown robustness settings {unknown}; choose from {', '.join(ROBUSTNESS_SETTINGS)}"
             )
         for spec in self.reground_specs:
-            from ..regrounding import parse_spec
+            from ..training.regrounding import parse_spec
 
             parse_spec(spec)
         if self.preset is not None:
-            from ..train import PRESETS
+            from ..training.grpo import PRESETS
 
             if self.preset not in PRESETS:
                 raise RlvrLinearError(f"unknown preset {self.preset!r}; choose from {', '.join(sorted(PRESETS))}")
@@ -197,7 +197,7 @@ class StudyConfig:
             )
         d: dict[str, Any] = {"mode": mode, "model": model}
         if model != "tiny":
-            from ..train import PRESETS
+            from ..training.grpo import PRESETS
 
             d.update(REAL_MODEL_PROTOCOLS[mode])
             pre = PRESETS[d["preset"]]

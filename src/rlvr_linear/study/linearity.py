@@ -28,8 +28,8 @@ def _verdict_linearity(rl_w: dict, sft_w: dict) -> tuple[str, str]:
     return rep, (f"RL weights: median R² {m:.3f} (null {nm:.3f}) vs SFT {sm:.3f}; paper RL 0.84 vs SFT 0.42.")
 
 
-#: issue 10's bar for "the paper's regime": weight and log-prob R² medians >= these, each >= its null + PAPER_MARGIN,
-#: on every seed
+#: the bar for "the paper's regime" (set with the regime map, docs/regime.md): weight and log-prob R² medians >= these,
+#: each >= its null + PAPER_MARGIN, on every seed
 PAPER_REGIME = {"weights": 0.8, "logprobs": 0.75}
 PAPER_MARGIN = 0.3
 
@@ -47,9 +47,9 @@ def paper_regime(per_seed: list[dict]) -> bool:
 
 
 def stage_linearity(ctx: _Ctx) -> dict:
-    from .. import plots
-    from ..checkpoints import discover
+    from ..io.checkpoints import discover
     from ..linearity import analyze_logprobs, forecast
+    from ..reporting import plots
 
     c = ctx.cfg
     d = ctx.stage_dir("linearity")

@@ -22,9 +22,9 @@ def _verdict_logit(pooled: dict) -> tuple[str, str]:
 
 
 def stage_logit_extrapolation(ctx: _Ctx) -> dict:
-    from ..evaluation import evaluate, paired_bootstrap
-    from ..logit_extrapolation import ExtrapolatedGenerator
-    from ..tasks import get_task
+    from ..evaluation.evaluation import evaluate, paired_bootstrap
+    from ..evaluation.tasks import get_task
+    from ..extrapolation.logits import ExtrapolatedGenerator
 
     c = ctx.cfg
     task = get_task(c.task)

@@ -35,7 +35,7 @@ def _verdict_mechanism(curve: list[dict], sft: float | None) -> tuple[str, str]:
 
 
 def stage_mechanism(ctx: _Ctx) -> dict:
-    from .. import plots
+    from ..reporting import plots
 
     c = ctx.cfg
     d = ctx.stage_dir("mechanism")

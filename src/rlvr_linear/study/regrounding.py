@@ -36,9 +36,9 @@ def _verdict_regrounding(speed: list[dict], budgets: list[dict]) -> tuple[str, s
 
 
 def stage_regrounding(ctx: _Ctx) -> dict:
-    from .. import plots
-    from ..evaluation import paired_bootstrap
-    from ..tasks import get_task
+    from ..evaluation.evaluation import paired_bootstrap
+    from ..evaluation.tasks import get_task
+    from ..reporting import plots
 
     c = ctx.cfg
     T = c.rl_steps

@@ -26,9 +26,9 @@ def _verdict_robustness(rows: list[dict]) -> tuple[str, str]:
 
 
 def stage_robustness(ctx: _Ctx) -> dict:
-    from .. import plots
-    from ..checkpoints import discover
+    from ..io.checkpoints import discover
     from ..linearity import analyze_logprobs
+    from ..reporting import plots
 
     c = ctx.cfg
     d = ctx.stage_dir("robustness")

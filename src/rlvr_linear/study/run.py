@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..errors import RlvrLinearError
 from ..io import jsonable, read_json, write_json
-from ..report import SECTIONS
+from ..reporting.report import SECTIONS
 from .baseline import stage_baseline
 from .common import _Ctx, same_config
 from .config import StudyConfig
@@ -27,7 +27,8 @@ from .weight_extrapolation import stage_weight_extrapolation
 
 #: one stage per report section, then the report itself
 STAGES = [*SECTIONS, "report"]
-#: stages that run only when named (``--stages regime``: the regime map, hours of compute; rlvr_linear.regime)
+#: stages that run only when named (``--stages regime``: the regime map, hours of compute; the command line runs it
+#: with :func:`rlvr_linear.regime.run_regime`, :func:`run_study` refuses it)
 OPT_IN_STAGES = ["regime"]
 #: stages whose inputs are the baseline RL runs
 NEEDS_BASELINE = {"linearity", "robustness", "weight_extrapolation", "logit_extrapolation", "regrounding"}
@@ -122,14 +123,11 @@ def run_study(cfg: StudyConfig, out: str | Path, stages: list[str] | None = None
 
     out = Path(out)
     stages = list(stages or STAGES)
-    if "regime" in stages:  # its own protocol (rlvr_linear.regime.grid): OUT itself, or OUT/regime with others
-        from ..regime import run_regime
-
-        rest = [s for s in stages if s != "regime"]
-        reg = run_regime(out if not rest else out / "regime", quick=cfg.mode == "quick", progress=progress)
-        if not rest:
-            return {"regime": reg}
-        stages = rest
+    if "regime" in stages:  # the map sits above the study (it reuses the study's helpers): the command line runs it
+        raise RlvrLinearError(
+            "run_study does not run the regime map: call rlvr_linear.regime.run_regime (what `rlvr-linear study "
+            "--stages regime` does; beside other stages it writes OUT/regime)"
+        )
     out.mkdir(parents=True, exist_ok=True)
     _check_config(out, cfg)
     skips = cfg.budget_skips()
@@ -169,7 +167,7 @@ def run_study(cfg: StudyConfig, out: str | Path, stages: list[str] | None = None
             print(f"[{st}] {res['verdict']}")
         else:
             print(f"[{st}] done in {res['wall_s']:.0f} s: {res['reproduced']} - {res['verdict']}")
-    from ..report import collect_results, write_report
+    from ..reporting.report import collect_results, write_report
 
     results = collect_results(out, cfg, machine=machine_info(), timings=timings)
     if "report" in stages:

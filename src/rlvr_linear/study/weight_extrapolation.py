@@ -40,9 +40,9 @@ def _verdict_wx(rows: list[dict]) -> tuple[str, str]:
 
 
 def stage_weight_extrapolation(ctx: _Ctx) -> dict:
-    from .. import plots
-    from ..tasks import get_task
-    from ..weight_extrapolation import extrapolate_two_point
+    from ..evaluation.tasks import get_task
+    from ..extrapolation.weights import extrapolate_two_point
+    from ..reporting import plots
 
     c = ctx.cfg
     d = ctx.stage_dir("weight_extrapolation")

@@ -29,16 +29,16 @@ import torch
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
-from ..base_model import ensure_base
 from ..errors import RlvrLinearError
-from ..evaluation import SAMPLING_RULES, evaluate
+from ..evaluation.evaluation import SAMPLING_RULES, evaluate
+from ..evaluation.tasks import get_task
 from ..io import atomic_dir, locked, mark_output, outputs, read_json, write_json, write_text
 from ..io.checkpoints import find_model_dir, step_dir_name
+from ..io.tokenizer import MARKER, load_tokenizer
 from ..io.validate import Rule, check_fields, choice, flag, integer, mapping, number, read_yaml_mapping, show, text
-from ..tasks import get_task
-from ..threads import SMALL_MODEL_PARAMS, for_model
-from ..tokenizer import MARKER, load_tokenizer
-from ..trl_cpu import compact_fused_lm_head
+from ..models.base_model import ensure_base
+from ..runtime.threads import SMALL_MODEL_PARAMS, for_model
+from ..runtime.trl_cpu import compact_fused_lm_head
 from .optimizers import check_optimizer
 from .resume import read_resume, set_rng_state, write_resume
 
@@ -100,7 +100,7 @@ class TrainConfig:
     """Every knob of an RLVR run. Load from YAML with :meth:`from_yaml`; CLI flags override fields."""
 
     model: str = "tiny"  #: ``tiny`` (embedded default), ``tiny-cot``, ``smollm2-135m``, or an HF model directory
-    task: str = "arithmetic"  #: task name (see ``rlvr_linear.tasks.get_task``)
+    task: str = "arithmetic"  #: task name (see ``rlvr_linear.evaluation.tasks.get_task``)
     steps: int = 200  #: optimizer steps
     save_every: int = 20  #: save a weights-only checkpoint every K steps (step 0 is always saved)
     algorithm: str = "grpo"  #: grpo | dapo | dr_grpo | gspo (sequence-level importance sampling) | bnpo
@@ -203,7 +203,7 @@ PRESETS: dict[str, dict] = {
         max_new_tokens=16,
         eval_problems=100,
     ),
-    # the real model on a task with headroom and long replies (issue 14): arithmetic-cot-chat (base greedy 0.20 on
+    # the real model on a task with headroom and long replies: arithmetic-cot-chat (base greedy 0.20 on
     # 200 validation problems, ~27-token replies, up to 48), 150 steps and 15 checkpoints; docs/smollm2.md.
     # Sampling at T = 0.7, top-p 0.95: at T = 1 the base's sampled accuracy is 0.023 (64 validation problems x 4),
     # so most groups of 8 carry no learning signal; at T = 0.7 it is 0.102. lr x steps = 1.5e-3, the paper's
@@ -503,7 +503,7 @@ def _train_in(cfg: TrainConfig, run: Path, manifest: dict | None, offset: int, p
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    from ..loading import load_causal_lm
+    from ..io.loading import load_causal_lm
 
     task = get_task(cfg.task)
     base_dir = resolve_model(cfg.model, progress=progress)

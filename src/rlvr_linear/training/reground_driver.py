@@ -233,7 +233,7 @@ def _reground(
     from tqdm.auto import tqdm
 
     from ..io.checkpoints import find_model_dir
-    from ..procgroup import run_group
+    from ..runtime.procgroup import run_group
 
     log = log or (lambda s: tqdm.write(s, file=sys.stderr))
     _check_mn(m, n)

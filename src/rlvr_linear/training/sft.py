@@ -1,7 +1,7 @@
 """Supervised fine-tuning on a task's reference answers, saving the same run layout as :mod:`.grpo`.
 
 The run directory (``RUN/step_000000`` .. ``RUN/step_N``, ``manifest.json``, ``metrics.jsonl``, ``config.yaml``) is
-what :func:`rlvr_linear.checkpoints.discover` and every analysis read, so an SFT trajectory can be analysed exactly
+what :func:`rlvr_linear.io.checkpoints.discover` and every analysis read, so an SFT trajectory can be analysed exactly
 like an RL one (paper §2, Figure 2 row a: SFT is far less linear than RL).
 
 **Token-level random-sign noise** (the paper's Figure 3 mechanism experiment; the paper does not print its formula,
@@ -60,7 +60,7 @@ class SFTConfig:
     """Every knob of a supervised run (same run layout as :class:`.grpo.TrainConfig`)."""
 
     model: str = "tiny"  #: ``tiny``, ``smollm2-135m`` or an HF model directory (the starting point, step 0)
-    task: str = "arithmetic"  #: task name (see ``rlvr_linear.tasks.get_task``); targets are ``Problem.answer``
+    task: str = "arithmetic"  #: task name (``rlvr_linear.evaluation.tasks.get_task``); targets are ``Problem.answer``
     steps: int = 200  #: optimizer steps
     save_every: int = 20  #: save a checkpoint every K steps (step 0 is always saved)
     learning_rate: float = 3e-4  #: constant learning rate, no warm-up
@@ -148,7 +148,7 @@ def train_sft(cfg: SFTConfig, run: str | Path, overwrite: bool = False, progress
     """Supervised training with optional token-level random-sign noise; writes the RL run layout. Returns the manifest.
 
     Each step draws ``batch_size`` training problems (``random.Random(seed)``, with replacement), builds
-    ``models.sft_batch(task.render(p), p.answer)`` (loss on answer + EOS only), weights every answer token with
+    ``base_model.sft_batch(task.render(p), p.answer)`` (loss on answer + EOS only), weights every answer token with
     :func:`noise_weights` and takes one optimizer step on :func:`weighted_sft_loss` (grad-norm clipped). Checkpoints
     ``step_N`` are saved every ``save_every`` steps with their validation greedy accuracy in ``manifest.json``;
     ``metrics.jsonl`` has one line per step (loss, plain CE, mean weight). The run directory is locked meanwhile.
@@ -158,9 +158,9 @@ def train_sft(cfg: SFTConfig, run: str | Path, overwrite: bool = False, progress
 
 
 def _train_sft(cfg: SFTConfig, run: Path, overwrite: bool, progress: bool) -> dict:
-    from ..evaluation import evaluate
-    from ..tasks import get_task
-    from ..tokenizer import load_tokenizer
+    from ..evaluation.evaluation import evaluate
+    from ..evaluation.tasks import get_task
+    from ..io.tokenizer import load_tokenizer
     from .grpo import BASE_NAMES, resolve_model, save_checkpoint
 
     if cfg.threads:
@@ -168,7 +168,7 @@ def _train_sft(cfg: SFTConfig, run: Path, overwrite: bool, progress: bool) -> di
     _prepare_run(run, overwrite, [] if cfg.model in BASE_NAMES else [cfg.model])
     task = get_task(cfg.task)
     base_dir = resolve_model(cfg.model, progress=progress)
-    from ..loading import load_causal_lm
+    from ..io.loading import load_causal_lm
 
     tok = load_tokenizer(base_dir)
     torch.manual_seed(cfg.seed)
@@ -221,7 +221,7 @@ def _train_sft(cfg: SFTConfig, run: Path, overwrite: bool, progress: bool) -> di
     model.train()
     desc = f"SFT ({cfg.noise_label} noise)"
     bar = tqdm(range(1, cfg.steps + 1), desc=desc, disable=None if progress else True, dynamic_ncols=True)
-    from ..base_model import sft_batch
+    from ..models.base_model import sft_batch
 
     with open(run / "metrics.jsonl", "a") as metrics:
         for step in bar:

@@ -22,10 +22,10 @@ import torch
 from scipy import stats
 from tqdm.auto import tqdm
 
-from .errors import RlvrLinearError
-from .io import write_json, write_npz
-from .io.validate import integer, number
-from .loading import load_model
+from ..errors import RlvrLinearError
+from ..io import write_json, write_npz
+from ..io.loading import load_model
+from ..io.validate import integer, number
 from .tasks import Problem, Task, get_task
 
 #: the decoding options, checked where a command's flags or a config become values (eval, generate, train)
@@ -256,7 +256,7 @@ def evaluate(
 ) -> EvalResult:
     """Evaluate ``model`` (directory, ``(model, tokenizer)`` or Generator) on ``n_problems`` of ``task``.
 
-    ``allow_pickle`` lets a directory of verl FSDP shards load (see :func:`rlvr_linear.models.load_model`).
+    ``allow_pickle`` lets a directory of verl FSDP shards load (see :func:`rlvr_linear.io.loading.load_model`).
     """
     if k < 0:
         raise RlvrLinearError(f"k must be >= 1 (or 0 for greedy only), got {k}")

@@ -26,8 +26,8 @@ from typing import Any
 
 import jinja2
 
-from .errors import RlvrLinearError
-from .io import read_json, write_json, write_text
+from ..errors import RlvrLinearError
+from ..io import read_json, write_json, write_text
 
 SECTIONS = [
     "baseline",
@@ -168,7 +168,7 @@ def git_state(path: str | Path | None = None) -> dict:
     """``{"commit", "dirty"}`` of the git checkout holding ``path`` (default: this package's source): the HEAD
     commit and whether tracked files differ from it (untracked files do not count); both None outside a git
     checkout (an installed wheel) or without git."""
-    where = Path(path) if path is not None else Path(__file__).resolve().parent
+    where = Path(path) if path is not None else Path(__file__).resolve().parents[1]
 
     def git(*args: str) -> str | None:
         try:
@@ -188,7 +188,7 @@ def collect_results(out: str | Path, cfg, machine: dict | None = None, timings: 
     """Assemble the results object from ``OUT/<stage>/result.json`` files and the study config."""
     from dataclasses import asdict
 
-    from . import __version__
+    from .. import __version__
 
     out = Path(out)
     res: dict = {}
@@ -476,7 +476,8 @@ _BODIES = {
 }
 
 
-_TEMPLATES = Path(__file__).parent / "templates"
+#: ``rlvr_linear/templates``: package data (pyproject.toml), one level above this module
+_TEMPLATES = Path(__file__).parent.parent / "templates"
 
 
 def _environment() -> jinja2.Environment:
@@ -487,6 +488,62 @@ def _environment() -> jinja2.Environment:
     return env
 
 
+def regime_html(map_dir: str | Path, img) -> str:
+    """The study report's leading section when ``map_dir/regime_map.json`` exists (else ``""``); ``img(path)``
+    inlines the figure at ``path`` (the map's figures lie next to its JSON). Reads only the map's files (written by
+    :mod:`rlvr_linear.regime.render`), so the report imports nothing from the regime map."""
+    p = Path(map_dir) / "regime_map.json"
+    if not p.exists():
+        return ""
+    m = read_json(p)
+    rows = []
+    for name, pt in sorted(m.get("points", {}).items()):
+        def f(d):
+            return "—" if not d or d.get("mean") is None else f"{d['mean']:.3f}"
+
+        b = pt.get("best_weight_extrapolation") or {}
+        g = b.get("gain_vs_t1_greedy")
+        gain = "—" if not g else f"{g['mean']:+.3f} [{g['lo']:+.3f}, {g['hi']:+.3f}] ({html.escape(b['case'])})"
+        c = (pt.get("rl_minus_sft") or {}).get("weights")
+        rows.append(f"<tr><td>{html.escape(name)}</td><td>{len(pt['seeds'])}</td><td>{f(pt['weights']['median'])}"
+                    f" (null {f(pt['weights']['null_median'])})</td><td>{f(pt['logprobs']['median'])} (null "
+                    f"{f(pt['logprobs']['null_median'])})</td><td>{f(pt['forecast_ratio']['q2'])}</td>"
+                    f"<td>{gain}</td><td>{'—' if c is None else f'{c:+.3f}'}</td></tr>")  # fmt: skip
+    best_rows = []
+    for key, what in (("weight", "weight extrapolation"), ("logit", "logit extrapolation")):
+        b = (m.get("best") or {}).get(key)
+        if b:
+            g, r = b["gain_vs_t1_greedy"], b.get("gain_vs_real_greedy")
+            real = "no real checkpoint" if not r else f"{r['mean']:+.3f} [{r['lo']:+.3f}, {r['hi']:+.3f}]"
+            gain = f"{g['mean']:+.3f} [{g['lo']:+.3f}, {g['hi']:+.3f}]"
+            best_rows.append(f"<tr><td>{what}</td><td>{html.escape(b['point'])}: {html.escape(b['case'])}</td>"
+                             f"<td>{gain}</td><td>{real}</td></tr>")  # fmt: skip
+        else:
+            best_rows.append(f"<tr><td>{what}</td><td colspan='3'>not measured yet</td></tr>")
+    r = (m.get("best") or {}).get("regrounding")
+    best_rows.append(
+        f"<tr><td>re-grounding</td><td>{html.escape(r['point'])} ({html.escape(r['spec'])})</td>"
+        f"<td>speed-up {r['speedup']:.2f}x</td><td>—</td></tr>"
+        if r
+        else "<tr><td>re-grounding</td><td colspan='3'>not measured yet</td></tr>"
+    )
+    figs = "".join(f"<div>{img(Path(map_dir) / f)}</div>" for f in m.get("figures", []))
+    return (
+        "<h2 id='regime'>Regime map</h2>"
+        f"<p class='verdict'>{html.escape(m.get('summary', ''))}. Protocol: docs/regime.md.</p>"
+        f"<div class='cols'>{figs}</div>"
+        "<p>Best measured gain over the map, whatever its sign (greedy, held-out; paired bootstrap 95% CI):</p>"
+        "<table><tr><th>effect</th><th>where</th><th>gain over t1</th><th>vs the real checkpoint</th></tr>"
+        + "".join(best_rows)
+        + "</table>"
+        "<table><tr><th>point</th><th>seeds</th><th>weight R² median</th><th>log-prob R² median</th>"
+        "<th>forecast ratio (fit 1/2)</th><th>best weight extrapolation, greedy − t1 [95% CI]</th>"
+        "<th>weight R² RL − SFT</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
+
+
 def render_html(results: dict, out: str | Path, regime_dir: str | Path | None = None) -> str:
     """The report as one HTML string; figures (paths relative to ``out``) are inlined as base64 PNG. The regime map
     leads it when ``regime_dir`` (default ``out/regime``) holds one (``regime_map.json`` and its figures).
@@ -495,8 +552,6 @@ def render_html(results: dict, out: str | Path, regime_dir: str | Path | None = 
     JSON dumps are escaped there; only HTML this module builds itself (the section tables, whose text cells go
     through :func:`html.escape`, the regime map and the inlined figures) is passed through ``|safe``.
     """
-    from .regime.render import report_html as regime_html
-
     out = Path(out)
     regime_dir = out / "regime" if regime_dir is None else Path(regime_dir)
     summary = []

@@ -1,4 +1,5 @@
-"""The study's weight-extrapolation stage as labelled cases for :mod:`.validate` (the regime map's case format).
+"""The study's weight-extrapolation stage as labelled cases for :mod:`rlvr_linear.advisor.validate` (the regime map's
+case format).
 
 The stage (:mod:`rlvr_linear.study.weight_extrapolation`) stores only seed means, not per-problem scores, so each
 of its (seed, t0, t1, target) extrapolations is rebuilt (``extrapolate_two_point`` with α = (target − t0) /
@@ -39,10 +40,10 @@ def study_cases(study: str | Path, *, scorer: Scorer | None = None, progress: bo
 
     ``scorer(model_dir, task, problems) -> per-problem 0/1 scores`` (default: the stage's greedy evaluation).
     """
-    from ..evaluation import gain_ci
-    from ..study.common import _eval_greedy, ckpt
-    from ..tasks import get_task
-    from ..weight_extrapolation import extrapolate_two_point
+    from ..evaluation.evaluation import gain_ci
+    from ..evaluation.tasks import get_task
+    from ..extrapolation.weights import extrapolate_two_point
+    from .common import _eval_greedy, ckpt
 
     study = Path(study)
     cfg, res = _read(study)

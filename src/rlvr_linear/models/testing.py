@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from .io.checkpoints import step_dir_name
-from .tokenizer import build_char_tokenizer, save_char_tokenizer
+from ..io.checkpoints import step_dir_name
+from ..io.tokenizer import build_char_tokenizer, save_char_tokenizer
 
 
 def pico_config(arch: str = "qwen2", vocab_size: int = 100, hidden: int = 16, layers: int = 2, tie: bool = True):
@@ -100,7 +100,7 @@ PICO_CHAT_TEMPLATE = (
 def digit_chat_task():
     """``arithmetic-cot-chat`` with a reward a random pico model can earn (any digit in the reply), so that GRPO has
     a signal to follow on the chat path (register it under a test name with ``monkeypatch.setitem(TASKS, ...)``)."""
-    from .tasks import ArithmeticCoTChatTask
+    from ..evaluation.tasks import ArithmeticCoTChatTask
 
     class DigitChatTask(ArithmeticCoTChatTask):
         def score(self, completion, problem):

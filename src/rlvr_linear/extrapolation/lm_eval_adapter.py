@@ -3,7 +3,7 @@
 lm-eval finds the model once this module is imported; from the command line, run lm-eval through it::
 
     pip install 'rlvr-linear[lm-eval]'
-    python -m rlvr_linear.lm_eval_adapter --model rlvr-linear-extrapolated \\
+    python -m rlvr_linear.extrapolation.lm_eval_adapter --model rlvr-linear-extrapolated \\
         --model_args model_a=run/step_000200,model_b=run/step_001400,target_step=2000 --tasks gsm8k
 
 (every ``lm_eval`` option works; a model path may also be a Hub checkpoint ``hf://ORG/REPO@REV``).
@@ -33,7 +33,7 @@ try:
     from lm_eval.api.registry import register_model
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError(
-        "rlvr_linear.lm_eval_adapter needs lm-evaluation-harness: pip install 'rlvr-linear[lm-eval]'"
+        "rlvr_linear.extrapolation.lm_eval_adapter needs lm-evaluation-harness: pip install 'rlvr-linear[lm-eval]'"
     ) from e
 
 import sys
@@ -41,9 +41,9 @@ from collections import defaultdict
 
 import torch
 
-from .errors import RlvrLinearError
-from .extrapolation.logit_scoring import resolve_weights
-from .extrapolation.logits import ExtrapolatedGenerator
+from ..errors import RlvrLinearError
+from .logit_scoring import resolve_weights
+from .logits import ExtrapolatedGenerator
 
 
 def _split(value, conv=str) -> list | None:
@@ -179,7 +179,8 @@ class ExtrapolatedLM(LM):
 
 
 def main(argv: list[str] | None = None) -> None:
-    """lm-eval's command line with our model registered: ``python -m rlvr_linear.lm_eval_adapter ARGS``."""
+    """lm-eval's command line with our model registered:
+    ``python -m rlvr_linear.extrapolation.lm_eval_adapter ARGS``."""
     from lm_eval.__main__ import cli_evaluate
 
     if argv is not None:

@@ -1,7 +1,7 @@
 """The tiny base models (recipe, SFT warm-up, the shipped copies and their digests) and the SmolLM2 preset.
 
-Apart from :mod:`rlvr_linear.loading` (``load_model``): the warm-up evaluates with :mod:`rlvr_linear.evaluation`,
-which loads models through ``loading``, so nothing cycles.
+Apart from :mod:`rlvr_linear.io.loading` (``load_model``): the warm-up evaluates with
+:mod:`rlvr_linear.evaluation.evaluation`, which loads models through ``io.loading``, so nothing cycles.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .errors import RlvrLinearError
-from .evaluation import evaluate
-from .io import atomic_dir, read_json, write_json
-from .tasks import get_task
-from .tokenizer import build_char_tokenizer, save_char_tokenizer
+from ..errors import RlvrLinearError
+from ..evaluation.evaluation import evaluate
+from ..evaluation.tasks import get_task
+from ..io import atomic_dir, read_json, write_json
+from ..io.tokenizer import build_char_tokenizer, save_char_tokenizer
 
 # --------------------------------------------------------------------------------------------------
 # The tiny embedded default: a small Qwen2 built from a config, char tokenizer, SFT warm-up
@@ -161,7 +161,8 @@ BASE_PRESETS: dict[str, dict] = {
     # steps, validation greedy 0.30, 36.6 greedy response tokens on average (assets/tiny-cot/rlvr_linear_base.json)
     "tiny-cot": dict(task="arithmetic-cot", max_steps=2500, eval_every=250, target_accuracy=0.25),
 }
-ASSETS = Path(__file__).parent / "assets"
+#: ``rlvr_linear/assets``: package data (pyproject.toml), one level above this module
+ASSETS = Path(__file__).parent.parent / "assets"
 #: ``{preset: {"recipe_key", "sha256": {file: digest}}}`` of the shipped base models
 SHIPPED_MANIFEST = ASSETS / "shipped.json"
 

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import RlvrLinearError
+from ..errors import RlvrLinearError
 
 SPLITS = ("train", "validation", "test")
 #: share of the problem space given to each split (by a stable hash of the problem text)

@@ -2,7 +2,7 @@
 
 The README holds generated blocks between ``<!-- BEGIN name -->`` and ``<!-- END name -->`` markers;
 :func:`update_blocks` replaces them and ``experiments/render_readme.py`` writes (or ``--check`` s) the README. The
-same files feed the HTML report (``report.py``), so the README and the report have one source of truth:
+same files feed the HTML report (``reporting/report.py``), so the README and the report have one source of truth:
 
 * ``study``: the study's ``results.json`` (``rlvr-linear study``), one row per stage, and the linearity per seed;
 * ``regime``: the regime map's ``regime_map.json`` (``rlvr-linear study --stages regime``), one row per point.
@@ -13,8 +13,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .errors import RlvrLinearError
-from .study.linearity import PAPER_MARGIN, PAPER_REGIME, SFT_MARGIN
+from ..errors import RlvrLinearError
+from .linearity import PAPER_MARGIN, PAPER_REGIME, SFT_MARGIN
 
 #: the study's sections in README order (the report's order)
 STUDY_ROWS = ("baseline", "linearity", "robustness", "mechanism", "weight_extrapolation", "logit_extrapolation",

@@ -9,10 +9,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import RlvrLinearError
+from ..runtime.threads import for_model
 from . import verl_shards
 from .checkpoints import TensorReader, find_model_dir
-from .errors import RlvrLinearError
-from .threads import for_model
 from .tokenizer import load_tokenizer
 
 

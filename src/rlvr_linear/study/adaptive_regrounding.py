@@ -2,7 +2,7 @@
 
 The protocol of the study's re-grounding stage (paper Figure 6 / Table 2), reusing its pieces
 (:func:`rlvr_linear.study.common.first_reach`, ``snap``, ``_ci``, ``_eval_greedy``,
-:func:`rlvr_linear.evaluation.paired_bootstrap`):
+:func:`rlvr_linear.evaluation.evaluation.paired_bootstrap`):
 
 * **thresholds** are fixed from the standard runs only: their mean validation greedy accuracy at
   ``threshold_fractions`` of training (snapped to the save grid);
@@ -49,8 +49,8 @@ def summarize_comparison(
 
     ``budget_scores[(config, seed, step)]``: per-problem greedy scores of that checkpoint (optional).
     """
-    from ..evaluation import paired_bootstrap
-    from ..study.common import _ci, first_reach, snap
+    from ..evaluation.evaluation import paired_bootstrap
+    from .common import _ci, first_reach, snap
 
     seeds = sorted(manifests["standard"])
     std_curves = [_curve(manifests["standard"][s]) for s in seeds]
@@ -136,7 +136,7 @@ def _unused_as_saved(cfg, saved: dict | None):
 def check_reusable(run: Path, saved: dict, cfg, what: str) -> None:
     """Refuse (one :class:`~rlvr_linear.errors.RlvrLinearError` line) a run whose saved config is not ``cfg``
     (``study.common.same_config``: fields added since take their defaults)."""
-    from ..study.common import same_config
+    from .common import same_config
 
     old = saved.get("config")
     if same_config(old, cfg):
@@ -169,11 +169,11 @@ def compare_adaptive(
     progress: bool = True,
 ) -> dict:
     """Train standard RL, every fixed ``"M,N"`` and ``"m,auto"`` for each seed (``base_cfg``: a
-    :class:`~rlvr_linear.train.TrainConfig`; runs in ``OUT/runs/<config>_seed<s>``, resumed if present), score the
-    budgets and write ``OUT/comparison.json``."""
-    from ..study.common import _eval_greedy, ckpt, snap
-    from ..tasks import get_task
-    from ..train import train
+    :class:`~rlvr_linear.training.grpo.TrainConfig`; runs in ``OUT/runs/<config>_seed<s>``, resumed if present), score
+    the budgets and write ``OUT/comparison.json``."""
+    from ..evaluation.tasks import get_task
+    from ..training.grpo import train
+    from .common import _eval_greedy, ckpt, snap
 
     out = Path(out)
     configs = {"standard": None, **{f"({s})": s for s in fixed}, AUTO: f"{m},auto"}

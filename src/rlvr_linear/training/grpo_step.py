@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .tasks import Problem, Task
+from ..evaluation.tasks import Problem, Task
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 The re-grounding driver launches trainers that may run for hours. If the driver were killed, a trainer left
 running would keep writing into a cycle folder that the re-run retrains in. So each command runs under a
-small supervisor (``python -m rlvr_linear.procgroup PARENT_PID GRACE ARGV...``) that
+small supervisor (``python -m rlvr_linear.runtime.procgroup PARENT_PID GRACE ARGV...``) that
 
 * leads a new session and process group, holding the command and everything it starts;
 * asks Linux to send it SIGTERM when its parent dies (``prctl(PR_SET_PDEATHSIG)``, also after ``kill -9`` of
@@ -59,7 +59,7 @@ def run_group(argv: Sequence[str], env: dict | None = None, grace: float = GRACE
     default SIGTERM action); if we are killed outright, the supervisor ends the group itself.
     """
     proc = subprocess.Popen(
-        [sys.executable, "-m", "rlvr_linear.procgroup", str(os.getpid()), str(grace), *argv],
+        [sys.executable, "-m", "rlvr_linear.runtime.procgroup", str(os.getpid()), str(grace), *argv],
         env=env,
         start_new_session=True,  # (no preexec_fn: unsafe with threads; the supervisor sets its own death signal)
     )

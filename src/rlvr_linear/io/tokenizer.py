@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import RlvrLinearError
+from ..errors import RlvrLinearError
 
 MARKER = "rlvr_linear_tokenizer.json"
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
