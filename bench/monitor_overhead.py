@@ -65,6 +65,25 @@ def one_run(preset: str, steps: int, save_every: int, every: int | None, monitor
     }
 
 
+def alternate(repeats: int, run) -> list[dict]:
+    """``repeats`` off/on pairs of ``run(flag)``, alternating the order (off, on, on, off, ...), each printed."""
+    runs = []
+    for r in range(repeats):
+        for flag in (False, True) if r % 2 == 0 else (True, False):
+            runs.append(run(flag))
+            print(json.dumps(runs[-1]), flush=True)
+    return runs
+
+
+def overhead(runs: list[dict], flag: str, seconds: str) -> tuple[float, float, float]:
+    """Median s/step without and with ``flag``, and the median in-run share (``seconds`` / training wall time)."""
+    on = [x for x in runs if x[flag]]
+    off = [x for x in runs if not x[flag]]
+    med_on = statistics.median(x["per_step_s"] for x in on)
+    med_off = statistics.median(x["per_step_s"] for x in off)
+    return med_off, med_on, statistics.median(x[seconds] / x["train_wall_s"] for x in on)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="tiny", choices=["tiny", "smollm2-135m"], help="preset (tiny | smollm2)")
@@ -79,16 +98,9 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     preset = "tiny" if args.model == "tiny" else "smollm2"
-    runs = []
-    for r in range(args.repeats):
-        for monitor in (False, True) if r % 2 == 0 else (True, False):
-            runs.append(one_run(preset, args.steps, args.save_every, args.every, monitor, args.threads))
-            print(json.dumps(runs[-1]), flush=True)
-    on = [x for x in runs if x["monitor"]]
-    off = [x for x in runs if not x["monitor"]]
-    med_on = statistics.median(x["per_step_s"] for x in on)
-    med_off = statistics.median(x["per_step_s"] for x in off)
-    in_run = statistics.median(x["monitor_s"] / x["train_wall_s"] for x in on)
+    runs = alternate(args.repeats, lambda on: one_run(preset, args.steps, args.save_every, args.every, on,
+                                                      args.threads))  # fmt: skip
+    med_off, med_on, in_run = overhead(runs, "monitor", "monitor_s")
     res = {
         "benchmark": "monitor_overhead",
         "command": "python bench/monitor_overhead.py " + " ".join(

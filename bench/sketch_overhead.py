@@ -21,10 +21,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from pathlib import Path
 
-from monitor_overhead import HERE, machine, timed_train
+from monitor_overhead import HERE, alternate, machine, overhead, timed_train
 
 
 def sketch_size(run: Path) -> dict:
@@ -61,16 +60,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     preset = "tiny" if args.model == "tiny" else "smollm2"
-    runs = []
-    for r in range(args.repeats):
-        for sketch in (False, True) if r % 2 == 0 else (True, False):
-            runs.append(one_run(preset, args.steps, args.save_every, sketch, args.threads))
-            print(json.dumps(runs[-1]), flush=True)
-    on = [x for x in runs if x["sketch"]]
-    off = [x for x in runs if not x["sketch"]]
-    med_on = statistics.median(x["per_step_s"] for x in on)
-    med_off = statistics.median(x["per_step_s"] for x in off)
-    in_run = statistics.median(x["sketch_s"] / x["train_wall_s"] for x in on)
+    runs = alternate(args.repeats, lambda on: one_run(preset, args.steps, args.save_every, on, args.threads))
+    med_off, med_on, in_run = overhead(runs, "sketch", "sketch_s")
     res = {
         "benchmark": "sketch_overhead",
         "command": "python bench/sketch_overhead.py " + " ".join(
@@ -84,7 +75,7 @@ def main() -> None:
         "per_step_s": {"without": med_off, "with": med_on},
         "overhead_in_run": in_run,
         "overhead_ab": (med_on - med_off) / med_off,
-        "sketch_size": on[-1]["size"],
+        "sketch_size": [x for x in runs if x["sketch"]][-1]["size"],
         "target": 0.02,
         "meets_target_in_run": in_run <= 0.02,
     }  # fmt: skip
