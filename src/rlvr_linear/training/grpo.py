@@ -220,6 +220,24 @@ PRESETS: dict[str, dict] = {
         top_p=0.95,
         eval_problems=100,
     ),
+    # the 100-minute real-model experiment (docs/smollm2.md, setting S4): arithmetic with an empty system message
+    # (prompts ~27 tokens instead of ~67), replies <= 16 tokens, 8 prompts x 4 samples at T 0.7, AdamW at 1e-6 (the
+    # setting rule's rate: 1e-5 and 3e-6 learn the format in 30 steps), 150 steps, 15 checkpoints, a sketch at each
+    "smollm2-arith": dict(
+        model="smollm2-135m",
+        task="arithmetic:system=",
+        steps=150,
+        save_every=10,
+        learning_rate=1e-6,
+        optimizer="adamw",
+        prompts_per_step=8,
+        samples_per_prompt=4,
+        max_new_tokens=16,
+        temperature=0.7,
+        top_p=0.95,
+        eval_problems=200,
+        sketch=True,
+    ),
 }
 
 
@@ -528,6 +546,10 @@ def _train_in(cfg: TrainConfig, run: Path, manifest: dict | None, offset: int, p
     # TRL's default recomputes every forward inside the backward (about 1/3 more compute); a large model's memory is
     # bounded by the micro-batches instead (docs/smollm2.md). Small models keep TRL's default, as before.
     extra.setdefault("gradient_checkpointing", n_params < SMALL_MODEL_PARAMS)
+    # transformers >= 5.2x added FSDP's ``activation_checkpointing`` (default on for some setups); older releases in
+    # our range (>= 4.56) do not know the field
+    if "activation_checkpointing" in {f.name for f in fields(GRPOConfig)}:
+        extra["activation_checkpointing"] = False
     gcfg = GRPOConfig(
         output_dir=str(run / ".trainer"),
         per_device_train_batch_size=mb,
@@ -561,7 +583,6 @@ def _train_in(cfg: TrainConfig, run: Path, manifest: dict | None, offset: int, p
         shuffle_dataset=False,
         disable_tqdm=True,
         dataloader_num_workers=0,
-        activation_checkpointing=False,
         **extra,
     )
     cb = TrajectoryCallback(run, cfg, task, tok, step_offset=offset, manifest=manifest, progress=progress)
@@ -574,7 +595,7 @@ def _train_in(cfg: TrainConfig, run: Path, manifest: dict | None, offset: int, p
     if cfg.sketch:
         from .sketch_callback import train_sketch
 
-        cb.sketch = train_sketch(run / "sketch", run / step_dir_name(0), cfg.task)
+        cb.sketch = train_sketch(run / "sketch", run / step_dir_name(0), cfg.task, max_new_tokens=cfg.max_new_tokens)
     if cfg.reground:
         from .regrounding import ReGroundingCallback
 
