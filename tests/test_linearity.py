@@ -778,3 +778,48 @@ def test_cli_weights_logprobs_forecast(runs, tmp_path, capsys):
     ref = L.analyze_activations(discover(run), PROBES)
     assert act == json.loads(json.dumps(ref.to_json()))
     assert imread(tmp_path / "act" / "activations_per_layer.png").shape[0] > 200
+
+
+def test_cluster_median_ci_resamples_whole_groups():
+    from rlvr_linear.linearity.stats import cluster_median_ci
+
+    # two equal groups, all 0 and all 1: a resample holds both (median 0.5) or one twice (0 or 1)
+    v, g = np.r_[np.zeros(50), np.ones(50)], np.r_[np.zeros(50, int), np.ones(50, int)]
+    r = cluster_median_ci(v, g, n_boot=400)
+    assert (r["median"], r["lo"], r["hi"], r["groups"]) == (0.5, 0.0, 1.0, 2)
+    # one group: the CI is its median; NaN values are dropped first
+    one = cluster_median_ci(np.array([1.0, 2.0, 3.0, np.nan]), np.zeros(4), n_boot=50)
+    assert (one["median"], one["lo"], one["hi"], one["groups"]) == (2.0, 2.0, 2.0, 1)
+    # many independent groups: the CI brackets the median and shrinks with more groups
+    rng = np.random.default_rng(0)
+    few, many = (cluster_median_ci(rng.normal(size=n * 10), np.repeat(np.arange(n), 10)) for n in (10, 400))
+    assert few["lo"] <= few["median"] <= few["hi"] and many["lo"] <= many["median"] <= many["hi"]
+    assert many["hi"] - many["lo"] < (few["hi"] - few["lo"]) / 3
+    assert cluster_median_ci(np.array([np.nan]), np.zeros(1))["median"] is None
+    with pytest.raises(RlvrLinearError, match="cluster_median_ci: 3 values but 2 group labels"):
+        cluster_median_ci(np.ones(3), np.zeros(2))
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+def test_shared_prompt_scoring_equals_scoring_each_probe_alone(arch):
+    """Probes sharing a prompt run it once (its cache repeated per reply): the same log-probs as scoring every probe
+    in full, to float rounding, in input order; replies of 0, 1 and many tokens; prompts of several lengths."""
+    from rlvr_linear.linearity.probes import _score_shared, score_logprobs
+    from rlvr_linear.models.testing import make_pico_model
+
+    model, tok = make_pico_model(arch, seed=3)
+    model.eval()
+    enc = [([5, 6, 7], [8, 9, 10, 11]), ([5, 6, 7], [12]), ([3, 4], [9, 9, 9]), ([5, 6, 7], []),
+           ([3, 4], [7, 8]), ([9, 10, 11, 12, 13], [4, 5, 6, 7, 8, 9]), ([5, 6, 7], [10, 11, 12])]  # fmt: skip
+    alone = score_logprobs(model, enc, batch_size=3, share_prompts=False)
+    for bs in (1, 2, 3, 16):
+        shared = _score_shared(model, enc, bs, 0)
+        assert [len(x) for x in shared] == [len(r) for _, r in enc]
+        for a, b in zip(alone, shared):
+            np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+    default = score_logprobs(model, enc, batch_size=3)  # shared prompts: the shared path by default
+    assert all(np.array_equal(a, b) for a, b in zip(default, _score_shared(model, enc, 3, 0)))
+    # distinct prompts take the unshared path, unchanged
+    uniq = [enc[0], enc[2], enc[5]]
+    plain = score_logprobs(model, uniq, share_prompts=False)
+    assert all(np.array_equal(a, b) for a, b in zip(score_logprobs(model, uniq), plain))

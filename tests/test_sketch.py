@@ -373,9 +373,11 @@ def test_train_sketch_equals_the_sketch_command(tmp_path, pico_dir, monkeypatch,
     live = Sketch(run / "sketch")
     assert live.steps == [0, 2, 4] and live.has_probes and live.meta["probes"]["origin"]["task"] == task
     capsys.readouterr()
-    assert main(["sketch", str(run), "--task", task]) == 0  # the same probe settings: kept, nothing to add
+    assert len(live.probes) <= 16 * 4 and all(len(e[1]) <= 8 for e in live.encoded())  # the run's reply cap
+    same = ["--task", task, "--n-prompts", "16", "--max-new-tokens", "8"]  # the in-run sketch's probe settings
+    assert main(["sketch", str(run), *same]) == 0  # kept, nothing to add
     assert "sketched 0 new checkpoint(s) (weights and log-probs), 3 already there" in capsys.readouterr().out
-    assert main(["sketch", str(run), "-o", str(tmp_path / "cmd"), "--task", task]) == 0
+    assert main(["sketch", str(run), "-o", str(tmp_path / "cmd"), *same]) == 0
     cmd = Sketch(tmp_path / "cmd")
     assert cmd.probes == live.probes and cmd.meta["probes"]["origin"] == live.meta["probes"]["origin"]
     _step_files_equal(live.path, cmd.path, [0, 2, 4])

@@ -421,3 +421,27 @@ def _summary_line(what: str, r2: dict, null: dict, kept: int, total: int) -> str
         f"{what}: {kept}/{total} kept; median R² {f(r2['median'])}, share > 0.7 {f(r2['share_gt_0.7'])}; "
         f"null median {f(null['median'])}, null share > 0.7 {f(null['share_gt_0.7'])}"
     )
+
+
+def cluster_median_ci(values: np.ndarray, groups: np.ndarray, n_boot: int = 2000, seed: int = 0,
+                      level: float = 0.95) -> dict:  # fmt: skip
+    """Median of ``values`` with a cluster-bootstrap CI: whole groups (tensors of a weight sample, probes of the
+    log-prob positions) are resampled with replacement, since values inside a group are not independent. NaN values
+    are dropped first. Returns ``{"median", "lo", "hi", "groups", "level"}``."""
+    v, g = np.asarray(values, float).ravel(), np.asarray(groups).ravel()
+    if v.shape != g.shape:
+        raise RlvrLinearError(f"cluster_median_ci: {v.shape[0]} values but {g.shape[0]} group labels")
+    keep = np.isfinite(v)
+    v, g = v[keep], g[keep]
+    if len(v) == 0:
+        return {"median": None, "lo": None, "hi": None, "groups": 0, "level": level}
+    labels, inv = np.unique(g, return_inverse=True)
+    order = np.argsort(inv, kind="stable")
+    members = np.split(v[order], np.cumsum(np.bincount(inv))[:-1])
+    rng = np.random.default_rng(seed)
+    boots = np.empty(n_boot)
+    for i in range(n_boot):
+        pick = rng.integers(0, len(members), size=len(members))
+        boots[i] = np.median(np.concatenate([members[j] for j in pick]))
+    lo, hi = np.quantile(boots, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return {"median": float(np.median(v)), "lo": float(lo), "hi": float(hi), "groups": len(labels), "level": level}

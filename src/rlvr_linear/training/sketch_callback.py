@@ -202,11 +202,19 @@ class SketchCallback(TrainerCallback):
         self._hook(args, state, model, processing_class, "save")
 
 
-def train_sketch(out: str | Path, first_checkpoint: str | Path, task: str) -> SketchCallback:
+#: prompts of the in-run sketch's probes (x 4 replies): half of ``sketch --task``'s 32, and replies capped at the
+#: run's own length, so that scoring them adds ~2% to a SmolLM2 step (bench/results/sketch_record_smollm2.json)
+TRAIN_PROBE_PROMPTS = 16
+
+
+def train_sketch(out: str | Path, first_checkpoint: str | Path, task: str,
+                 max_new_tokens: int | None = None) -> SketchCallback:  # fmt: skip
     """The callback of ``rlvr-linear train --sketch``: probes sampled on ``task`` from ``first_checkpoint`` (read when
-    the sketch is created, after step 0 is saved) as ``rlvr-linear sketch RUN --task TASK`` samples them (its
-    defaults), without touching the training's random state; an existing sketch (a resumed run) keeps its own."""
-    settings = {"batch_size": BATCH_SIZE}  # what `rlvr-linear sketch --task` passes: analyze logprobs' default
+    the sketch is created, after step 0 is saved) as ``rlvr-linear sketch RUN --task TASK --n-prompts 16
+    --max-new-tokens N`` samples them (:data:`TRAIN_PROBE_PROMPTS`; ``N`` the run's reply cap, ``max_new_tokens``,
+    else the task's), without touching the training's random state; an existing sketch (a resumed run) keeps its
+    own."""
+    settings = {"batch_size": BATCH_SIZE, "n_prompts": TRAIN_PROBE_PROMPTS, "max_new_tokens": max_new_tokens}
 
     def probes() -> list[Probe]:
         with torch.random.fork_rng():  # make_probes seeds torch
