@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from rlvr_linear.advisor import advise
-from rlvr_linear.advisor.advise import NOT_LINEAR, read_curve
+from rlvr_linear.advisor.advise import CLAIM, NOT_LINEAR, NOT_SAFE, read_curve
 from rlvr_linear.advisor.backtest import Block, backtest, coefficients
+from rlvr_linear.advisor.calibrate import SAFE_BOUND
 from rlvr_linear.errors import RlvrLinearError
 from rlvr_linear.extrapolation.rules import least_squares_weights
 from rlvr_linear.models.testing import make_pico_dir, make_trajectory
@@ -43,21 +44,43 @@ def runs(tmp_path_factory):
             [("line", line_plus_noise), ("walk", random_walk), ("bend", bends)]}  # fmt: skip
 
 
-def test_h_star_long_zero_short(runs):
+def _safe_h(adv, p):
+    return adv.spaces["weights"][p].h_star_below(SAFE_BOUND)
+
+
+def test_one_decision_on_a_line_a_walk_and_a_bend(runs):
     line, walk, bend = (advise(runs[k]) for k in ("line", "walk", "bend"))
-    # the exact line: every predictor beats "no change" at every backtested horizon
-    assert line.recommendation["extrapolate"]
-    assert line.h_star("two_point") >= 800 and line.recommendation["h_star_steps"] >= 800
+    # the exact line: every predictor beats "no change" at every backtested horizon, and the jump is calibrated safe
+    rec = line.recommendation
+    assert rec["extrapolate"] and rec["decision"] == "extrapolate" and rec["claim"] == CLAIM
+    best = max(("two_point", "lsq_last_k", "rank1"), key=lambda p: _safe_h(line, p))
+    assert rec["h_steps"] == _safe_h(line, best) >= 800 and rec["target_step"] == 200 + int(rec["h_steps"])
+    assert rec["verdict"] == f"extrapolate with {rec['predictor']} to step {rec['target_step']}"
+    assert line.h_star("two_point") >= 800 and rec["evidence"]["linear"] and rec["evidence"]["h_star_steps"] >= 800
     assert all(r["upper"] < 0.2 for r in line.spaces["weights"]["two_point"].rows)
     # the random walk: "no change" is the best forecast, so no horizon is safe
-    assert not walk.recommendation["extrapolate"] and walk.recommendation["verdict"] == NOT_LINEAR
+    w = walk.recommendation
+    assert (w["extrapolate"], w["decision"], w["verdict"]) == (False, "do not extrapolate", NOT_LINEAR)
+    assert not w["evidence"]["linear"] and w["evidence"]["why"].startswith("no predictor beats 'no change'")
     assert all(walk.h_star(p) == 0 for p in ("two_point", "lsq_last_k", "rank1"))
     assert all(r["ratio"] > 1 for bt in walk.spaces["weights"].values() for r in bt.rows)
-    # the bend: only the local line (last 4 checkpoints) wins, and only over short jumps
-    assert bend.h_star("two_point") == 0
-    assert 0 < bend.recommendation["h_star_steps"] <= 80 and bend.recommendation["predictor"] == "lsq_last_k"
+    # the bend: only the local line (last 4 checkpoints) wins, and only over short jumps; the decision follows the
+    # calibrated horizon (a jump only if one passes the bound)
+    b = bend.recommendation
+    assert bend.h_star("two_point") == 0 and 0 < b["evidence"]["h_star_steps"] <= 80 and b["evidence"]["linear"]
+    hc = {p: _safe_h(bend, p) for p in ("two_point", "lsq_last_k", "rank1")}
+    assert b["evidence"]["safe_h_by_predictor"] == hc
+    if max(hc.values()) > 0:
+        assert b["extrapolate"] and b["h_steps"] == max(hc.values()) <= 80
+    else:
+        assert (b["extrapolate"], b["verdict"]) == (False, NOT_SAFE)
     rows = bend.spaces["weights"]["lsq_last_k"].rows
     assert rows[0]["ratio"] < 1 < rows[-1]["ratio"]
+    # one decision in the text too: no second verdict
+    for adv in (line, walk, bend):
+        text = adv.summary_text()
+        assert text.count("decision: ") == 1 and "recommendation" not in text and "safe horizon" not in text
+        assert f"decision: {adv.recommendation['verdict']}" in text
 
 
 def test_bend_error_ratio_matches_closed_form(runs):
@@ -81,11 +104,11 @@ def test_outputs_json_png_text(runs, tmp_path):
     out = adv.save(tmp_path / "o")
     data = json.loads((out / "advice.json").read_text())
     assert data["recommendation"]["predictor"] in ("two_point", "lsq_last_k", "rank1")
-    assert data["recommendation"]["target_step"] == int(200 + data["recommendation"]["h_star_steps"])
+    assert data["recommendation"]["target_step"] == int(200 + data["recommendation"]["h_steps"])
     assert set(data["spaces"]) == {"weights", "curve"} and data["stats"]["curve"]["metric"] == "val_accuracy"
     assert data["stats"]["curve"]["values"][-1] == pytest.approx(0.4)
     assert (out / "advice.png").stat().st_size > 1000
-    assert "recommendation: extrapolate" in (out / "advice.txt").read_text()
+    assert f"decision: {data['recommendation']['verdict']}" in (out / "advice.txt").read_text()
 
 
 def test_until_does_not_peek(runs):
@@ -187,7 +210,7 @@ def test_cli_advise_and_validate(runs, tmp_path, capsys):
 
     assert main(["advise", str(runs["walk"]), "-o", str(tmp_path / "a")]) == 0
     out = capsys.readouterr().out
-    assert f"recommendation: {NOT_LINEAR}" in out
+    assert f"decision: {NOT_LINEAR}" in out
     assert json.loads((tmp_path / "a" / "advice.json").read_text())["recommendation"]["extrapolate"] is False
     path = tmp_path / "cases.jsonl"
     path.write_text(json.dumps(_case(runs["line"], 100, 200, 0.05, 0.01, 0.09)) + "\n")
@@ -283,7 +306,7 @@ def test_logprob_space_with_probe_file(runs, tmp_path):
     for p in ("two_point", "lsq_last_k"):
         w, lp = adv.spaces["weights"][p].h_star, adv.spaces["logprobs"][p].h_star
         assert adv.h_star(p) == min(w, lp)  # both spaces must agree
-    assert adv.recommendation["h_star_steps"] == max(adv.h_star(p) for p in ("two_point", "lsq_last_k"))
+    assert adv.recommendation["evidence"]["h_star_steps"] == max(adv.h_star(p) for p in ("two_point", "lsq_last_k"))
 
 
 def test_bf16_checkpoints(tmp_path):

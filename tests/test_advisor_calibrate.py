@@ -179,5 +179,8 @@ def test_advise_reports_the_calibrated_safe_horizon(runs):
     clean = advise(runs["clean_a"])
     s = clean.recommendation["safe"]
     assert s["extrapolate"] and s["h_steps"] >= 800 and s["target_step"] == 200 + math.floor(s["h_steps"])
-    assert "calibrated safe horizon (weight bound < 0.601" in clean.summary_text()
+    assert "calibrated safe h*_c (weight bound < 0.601" in clean.summary_text()
+    rec = clean.recommendation  # the one decision is the calibrated jump
+    assert (rec["target_step"], rec["predictor"]) == (s["target_step"], s["predictor"])
+    assert "75% of the jumps called safe" in clean.summary_text()  # the confidence, from the calibration
     assert clean.to_json()["recommendation"]["safe"]["bound"] == calibrate.SAFE_BOUND

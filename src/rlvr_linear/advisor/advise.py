@@ -12,13 +12,21 @@ spaces:
   the ``reward`` entries of TRL's ``trainer_state.json`` ``log_history``; steps after the newest checkpoint are
   ignored (no peeking).
 
-The decision uses weights and log-probs (a predictor's h* is the smaller of the two); the curve is reported next
-to them. Recommendation: the predictor with the largest h*, the target step ``newest + h*`` and its α, or
-"do not extrapolate: not in the linear regime" when every h* is 0. h* says where the line still beats "no change";
-next to it (``recommendation["safe"]``) the **calibrated safe horizon** h*_c: the same walk over the weight-space
-bins with the bound threshold :data:`~.calibrate.SAFE_BOUND` instead of 1, fitted on measured cases for "the jumped
-model scores at least as well as the newest checkpoint" (:mod:`.calibrate`, where its provenance and held-out
-precision / recall are stated).
+h* (weights and log-probs; a predictor's h* is the smaller of the two, the curve is reported next to them) says how
+far the line still beats "no change": it is the evidence that the run is in the linear regime. The **decision** is
+one: the calibrated safe horizon h*_c, the same walk over the weight-space bins with the bound threshold
+:data:`~.calibrate.SAFE_BOUND` instead of 1, fitted on measured cases for "the jumped model scores at least as well
+as the newest checkpoint" (:mod:`.calibrate`, where its provenance and held-out precision / recall are stated), the
+rule that validation supports. So ``recommendation`` says one of:
+
+* "extrapolate with P to step T": the predictor with the largest h*_c, ``T = newest + h*_c``, its α; claimed: at
+  least as accurate as the newest checkpoint, with the calibration's held-out precision as confidence (a gain is not
+  claimed: it was not measured);
+* "do not extrapolate: not in the linear regime" when every h* is 0;
+* "do not extrapolate: no jump passes the calibrated bound" when the line beats "no change" (h* > 0) but no jump is
+  calibrated safe.
+
+``recommendation["evidence"]`` holds h* and h*_c per predictor; the JSON, the text and the plot say the same.
 """
 
 from __future__ import annotations
@@ -51,11 +59,14 @@ from ..linearity import (
 )
 from ..linearity.sketch import PROBES, SketchTrajectory, open_run
 from .backtest import CONFIDENCE_TEXT, PREDICTORS, Backtest, Block, backtest, canonical
-from .calibrate import SAFE_BOUND, SAFE_BOUND_PROVENANCE
+from .calibrate import SAFE_BOUND, SAFE_BOUND_CONFIDENCE, SAFE_BOUND_PROVENANCE
 
 MIN_CHECKPOINTS = 4
 DECISION_SPACES = ("weights", "logprobs")
 NOT_LINEAR = "do not extrapolate: not in the linear regime"
+NOT_SAFE = "do not extrapolate: no jump passes the calibrated bound"
+CLAIM = ("at least as accurate as the newest checkpoint (the calibrated rule's label); a gain is not claimed, it was "
+         "not measured")  # fmt: skip
 
 
 def sample_weights(
@@ -186,22 +197,13 @@ class Advice:
             for p, bt in d.items():
                 cells = " ".join(f"{r['rho_hi']:g}:{r['ratio']:.2f}[{r['upper']:.2f}]" for r in bt.rows[:6]) or bt.note
                 lines.append(f"  {label:<9} {p:<10} h*={bt.h_star:7.1f} steps (rho*={bt.rho_star:.2f})  {cells}")
+        ev = rec["evidence"]
+        lines.append(f"decision: {rec['verdict']}")
         if rec["extrapolate"]:
-            lines.append(
-                f"recommendation: extrapolate with {rec['predictor']} to step {rec['target_step']} "
-                f"(+{rec['h_star_steps']:.0f} steps, alpha {rec['alpha']:.3g} from step {rec['fit_from']}); "
-                + rec["why"]
-            )
-        else:
-            lines.append(f"recommendation: {NOT_LINEAR} ({rec['why']})")
-        safe = rec.get("safe")
-        if safe:
-            head = f"calibrated safe horizon (weight bound < {safe['bound']:.3g}, fitted for 'at least as accurate')"
-            if safe["extrapolate"]:
-                lines.append(f"{head}: {safe['predictor']} to step {safe['target_step']} (+{safe['h_steps']:.0f} "
-                             f"steps, alpha {safe['alpha']:.3g} from step {safe['fit_from']})")  # fmt: skip
-            else:
-                lines.append(f"{head}: none (" + ", ".join(f"{p} 0" for p in safe["h_steps_by_predictor"]) + ")")
+            lines.append(f"  jump +{rec['h_steps']:.0f} steps, alpha {rec['alpha']:.3g} from step {rec['fit_from']}; "
+                         f"expected: {CLAIM}")  # fmt: skip
+        lines.append(f"  confidence: {rec['confidence']}")
+        lines.append(f"  evidence: {ev['why']}")
         return "\n".join(lines)
 
     def save(self, out_dir: str | Path) -> Path:
@@ -240,7 +242,7 @@ def plot_advice(adv: Advice, path: str | Path) -> Path:
         ax.set_ylabel("error ratio vs 'no change' (dotted: 95% bound)")
         ax.set_title(space, fontsize=9)
         ax.legend(fontsize=7)
-    fig.suptitle(f"Backtest up to step {adv.steps[-1]}: {adv.recommendation['verdict']}", fontsize=9)
+    fig.suptitle(f"Backtest up to step {adv.steps[-1]}. Decision: {adv.recommendation['verdict']}", fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -269,38 +271,39 @@ def safe_recommendation(adv: Advice, base: int = 0, k: int = 4, bound: float | N
 
 
 def recommend(adv: Advice, base: int = 0, k: int = 4) -> dict:
+    """The one decision (see the module docstring): the calibrated safe jump, or why there is none."""
     steps = adv.steps
     h = {p: adv.h_star(p) for p in next(iter(adv.spaces.values()))}
-    best = max(h, key=lambda p: (h[p], -list(h).index(p)))
     numbers = {
         p: {s: {"h_star": d[p].h_star, "first_bin": d[p].rows[0] if d[p].rows else None}
             for s, d in adv.spaces.items() if p in d}
         for p in h
     }  # fmt: skip
-    target = int(math.floor(steps[-1] + h[best]))
-    if h[best] <= 0 or target <= steps[-1]:
+    safe = safe_recommendation(adv, base, k)
+    spaces = [s for s in DECISION_SPACES if s in adv.spaces]
+    best = max(h, key=lambda p: (h[p], -list(h).index(p)))
+    linear = h[best] > 0 and math.floor(steps[-1] + h[best]) > steps[-1]
+    if linear:
+        why = (f"the line beats 'no change' up to h* = {h[best]:.0f} steps (smallest over {', '.join(spaces)}; "
+               + ", ".join(f"{p} {v:.0f}" for p, v in h.items()) + "); calibrated safe h*_c (weight bound < "
+               f"{safe['bound']:.3g}): " + ", ".join(f"{p} {v:.0f}" for p, v in safe["h_steps_by_predictor"].items()))
+    else:
         firsts = []
         for p in h:
             r = adv.spaces["weights"][p].rows
             firsts.append(f"{p}: ratio {r[0]['ratio']:.2f} (bound {r[0]['upper']:.2f})" if r else f"{p}: no backtest")
-        return {"extrapolate": False, "verdict": NOT_LINEAR, "why": "shortest horizon: " + "; ".join(firsts),
-                "h_star_steps": 0.0, "numbers": numbers, "safe": safe_recommendation(adv, base, k)}  # fmt: skip
-    fit_from = _fit_from(steps, best, base, k)
-    alpha = (target - fit_from) / (steps[-1] - fit_from)
-    spaces = [s for s in DECISION_SPACES if s in adv.spaces]
-    return {
-        "extrapolate": True,
-        "verdict": f"extrapolate with {best} to step {target}",
-        "predictor": best,
-        "target_step": target,
-        "h_star_steps": h[best],
-        "alpha": alpha,
-        "fit_from": fit_from,
-        "why": f"h* {h[best]:.0f} steps (smallest over {', '.join(spaces)}); "
-        + ", ".join(f"{p} {v:.0f}" for p, v in h.items()),
-        "numbers": numbers,
-        "safe": safe_recommendation(adv, base, k),
-    }
+        why = "no predictor beats 'no change' at the shortest horizon: " + "; ".join(firsts)
+    evidence = {"linear": linear, "h_star_steps": h[best] if linear else 0.0, "h_star_by_predictor": h,
+                "safe_h_by_predictor": safe["h_steps_by_predictor"], "bound": safe["bound"], "why": why,
+                "numbers": numbers}  # fmt: skip
+    out = {"extrapolate": False, "evidence": evidence, "safe": safe, "confidence": SAFE_BOUND_CONFIDENCE}
+    if linear and safe["extrapolate"]:
+        p = safe["predictor"]
+        return {**out, "extrapolate": True, "decision": "extrapolate",
+                "verdict": f"extrapolate with {p} to step {safe['target_step']}", "predictor": p,
+                "target_step": safe["target_step"], "h_steps": safe["h_steps"], "alpha": safe["alpha"],
+                "fit_from": safe["fit_from"], "claim": CLAIM}  # fmt: skip
+    return {**out, "decision": "do not extrapolate", "verdict": NOT_SAFE if linear else NOT_LINEAR}
 
 
 def advise(

@@ -46,6 +46,11 @@ SAFE_BOUND_PROVENANCE = (
     "out, 13 runs): 40 safe calls, precision 0.75, recall 0.19 (experiments/results/advisor/calibrated_mean/"
     "validation.json); the goal (precision >= 0.8 at recall >= 0.5) is not reached on this label"
 )
+#: the decision's confidence in one line (from the provenance above)
+SAFE_BOUND_CONFIDENCE = (
+    "calibrated on 552 measured jumps of the tiny model: held out, 75% of the jumps called safe scored at least as "
+    "well as the newest checkpoint (40 calls, recall 0.19)"
+)
 
 
 def need(bins: Sequence[Sequence[float]] | None, rho: float | None) -> float:
