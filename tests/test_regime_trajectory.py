@@ -50,8 +50,18 @@ def test_plan_on_the_smollm2_grid():
     assert "weight_two_point_0_70_a2" in {c["id"] for c in cases}
     # t1 = 70 and the save steps nearest the targets (82.5 -> 80, 87.5 -> 90, 95 and 105 -> 100)
     assert tj.real_steps(grid, cases) == [70, 80, 90, 100, 120, 140]
+    # skipping the early phase: only the window from 2u, every predictor and logit at every alpha
+    skip = tj.plan(grid, tj.Settings(task="arithmetic", logit_alphas=tj.ALPHAS, from_start=False))
+    assert {c["t0"] for c in skip} == {20} and len(skip) == 3 * 3 and tj.real_steps(grid, skip) == [70, 80, 100, 120]
+    assert tj.windows(grid, tj.ALPHAS, from_start=False) == [(20, 70)]
+    with pytest.raises(RlvrLinearError, match="no window from step 4 reaches alpha 2"):
+        tj.windows(tj.Grid(8, 2), tj.ALPHAS, from_start=False)
     with pytest.raises(RlvrLinearError, match="no window reaches alpha 2"):
         tj.windows(tj.Grid(6, 2), tj.ALPHAS)
+    with pytest.raises(RlvrLinearError, match="avg@k needs k >= 1"):
+        tj.Settings(task="arithmetic", k=0)
+    with pytest.raises(RlvrLinearError, match="max_new_tokens must be >= 1, got 0"):
+        tj.Settings(task="arithmetic", max_new_tokens=0)
     with pytest.raises(RlvrLinearError, match="alphas must be > 1"):
         tj.Settings(task="arithmetic", alphas=(1.0, 2.0))
 
@@ -139,6 +149,15 @@ def test_trajectory_results(analysed):
         assert 0 <= v["median"] <= 1 and 0 <= v["null_median"] <= 1 and v["n"] > 0, k
         assert v["median_minus_null"] == pytest.approx(v["median"] - v["null_median"], abs=2e-4)
     assert lin["weights"]["n"] > lin["weights_paper"]["n"]  # every parameter vs the 0.1% sample
+    from rlvr_linear.linearity.stats import cluster_median_ci
+
+    with np.load(out / "weights_paper" / "weights_r2.npz") as z:  # the CIs: clusters of tensors, probes
+        ref = cluster_median_ci(z["null_r2"], z["tensor_id"])
+    assert lin["weights_paper"]["null_median_ci"] == [round(ref["lo"], 4), round(ref["hi"], 4)]
+    with np.load(out / "logprobs" / "logprobs.npz") as z:
+        ref = cluster_median_ci(z["r2"], z["probe_index"][z["sampled"]])
+    assert lin["logprobs"]["median_ci"] == [round(ref["lo"], 4), round(ref["hi"], 4)]
+    assert lin["logprobs"]["ci_groups"] == ref["groups"] and lin["weights_paper"]["ci_unit"] == "tensor"
     assert lin["weights_paper"]["drift_to_noise_median"] > 0
     assert (lin["logprobs"]["probes"], lin["activations"]["probes"]) == (8, 2)
     assert [x["label"] for x in lin["activations"]["layers"]] == ["embeddings", "layer 0", "layer 1"]
@@ -165,7 +184,11 @@ def test_trajectory_results(analysed):
     assert (adv["last"]["until"], adv["last"]["checkpoints"]) == (16, 9)
     assert (adv["at_t1"]["until"], adv["at_t1"]["checkpoints"]) == (8, 5)
     for a in (adv["last"], adv["at_t1"]):
-        assert a["extrapolate"] == (a["h_star_steps"] > 0) and a["safe"]["bound"] == pytest.approx(0.6014)
+        # one decision: a jump only where the line beats "no change" and the calibrated bound passes
+        assert a["linear"] == (a["h_star_steps"] > 0) and a["safe"]["bound"] == pytest.approx(0.6014)
+        assert a["extrapolate"] == (a["linear"] and a["safe"]["extrapolate"])
+        if a["extrapolate"]:
+            assert (a["predictor"], a["target_step"]) == (a["safe"]["predictor"], a["safe"]["target_step"])
     calls = adv["at_t1_vs_cases"]
     assert [c["target"] for c in calls] == [10.0, 12.0, 16.0]
     for c in calls:
@@ -176,6 +199,9 @@ def test_trajectory_results(analysed):
     for d in ("weights_paper", "weights_all", "logprobs", "activations", "advice_last", "advice_t1"):
         assert any((out / d).iterdir()), d
     assert not any((out / "tmp").rglob("*.safetensors"))  # extrapolated models deleted after scoring
+    with np.load(out / "scores.npz") as z:  # the per-problem arrays behind every accuracy
+        assert len(z.files) == len(ex["cases"]) + len(ex["real_accuracy"])
+        assert float(z["step_000008__greedy"].mean()) == pytest.approx(ex["real_accuracy"]["8"]["mean"], abs=1e-4)
 
 
 @pytest.mark.slow
@@ -261,7 +287,7 @@ def test_other_settings_are_refused_and_the_script_copies_results(analysed, tmp_
     assert printed.startswith("estimate: 24 model evaluations (4 real checkpoints, 12 weight-extrapolated")
     assert "measured now on step 0 (16 test problems)" in printed
     names = sorted(p.name for p in dest.iterdir())
-    assert names == sorted(["trajectory.json", "trajectory_cases.jsonl", *tj.FIGURES])
+    assert names == sorted(["trajectory.json", "trajectory_cases.jsonl", "scores.npz", *tj.FIGURES])
     assert read_json(dest / "trajectory.json") == res
     assert np.array_equal(np.frombuffer((dest / "accuracy.png").read_bytes(), np.uint8),
                           np.frombuffer((out / "accuracy.png").read_bytes(), np.uint8))  # fmt: skip

@@ -45,8 +45,10 @@ def test_unit_costs_are_the_committed_measurements():
 def test_cost_keys():
     assert unit_costs(StudyConfig.for_mode("quick"))[0] == "tiny-quick"
     assert unit_costs(StudyConfig.for_mode("default"))[0] == "tiny"
-    assert unit_costs(StudyConfig.for_mode("default", model="smollm2-135m"))[0] == "smollm2-135m"
-    assert unit_costs(StudyConfig.for_mode("quick", model="/some/hf/dir"))[0] == "smollm2-135m"
+    assert unit_costs(StudyConfig.for_mode("default", model="smollm2-135m"))[0] == "smollm2-arith"
+    assert unit_costs(StudyConfig.for_mode("quick", model="/some/hf/dir"))[0] == "smollm2-arith"
+    # another preset on SmolLM2 prices its steps with the measurements of the long-reply setting
+    assert unit_costs(StudyConfig.for_mode("default", model="smollm2-135m", preset="smollm2-cot"))[0] == "smollm2-135m"
 
 
 def test_tiny_default_plan_fits_its_30_minutes():
@@ -65,35 +67,43 @@ def test_tiny_default_plan_fits_its_30_minutes():
 def test_wx_counts_follow_the_stage_plan():
     # tiny default: windows (0, 160/280/400) and (80, 160/280/400), 4 targets each; 9 distinct real checkpoints
     assert _wx_counts(StudyConfig.for_mode("default")) == (9, 24)
-    # SmolLM2: one window (0, 30), targets 36 and 60 (alpha 1.2 and 2.0); real checkpoints 30, 36, 60
-    assert _wx_counts(StudyConfig.for_mode("default", model="smollm2-135m")) == (3, 2)
+    # SmolLM2 with the stage's former protocol: one window (0, 30), targets 36 and 60; real checkpoints 30, 36, 60
+    old = StudyConfig.for_mode("default", model="smollm2-135m", rl_steps=90, save_every=6, wx_t1_fractions=[1 / 3],
+                               wx_max_alpha=2.0, wx_max_targets=2)  # fmt: skip
+    assert _wx_counts(old) == (3, 2)
 
 
 def test_baseline_estimate_counts_steps_evaluations_and_saves():
-    u = UNIT_COSTS["smollm2-135m"]
+    u = UNIT_COSTS["smollm2-arith"]
     cfg = StudyConfig.for_mode("default", model="smollm2-135m")
     row = next(r for r in plan(cfg, ["baseline"]))
-    saves = 16  # steps 0, 6, ..., 90
-    expect = 90 * u.rl_step + u.load + saves * (u.save + 50 * u.greedy)
+    saves = 16  # steps 0, 10, ..., 150
+    expect = 150 * u.rl_step + u.load + saves * (u.save + 200 * u.greedy)
     assert row["estimate_s"] == round(expect + 3)
     twice = StudyConfig.for_mode("default", model="smollm2-135m", seeds=[0, 1])
     assert next(r for r in plan(twice, ["baseline"]))["estimate_s"] == round(2 * expect + 3)
 
 
-def test_smollm2_default_plan_is_about_three_hours():
+def test_smollm2_default_plan_is_one_run_and_its_trajectory_analysis():
     cfg = StudyConfig.for_mode("default", model="smollm2-135m")
-    rows = {r["stage"]: r for r in plan(cfg, STAGES)}
-    total = _total(cfg)
-    assert 2.8 * 3600 <= total <= 3.3 * 3600
+    stages = cfg.default_stages()
+    rows = {r["stage"]: r for r in plan(cfg, stages)}
+    total = sum(r["estimate_s"] for r in rows.values())
+    u = UNIT_COSTS["smollm2-arith"]
     assert {s for s, r in rows.items() if r["skipped"]} == {"robustness", "mechanism", "regrounding"}
     assert all(rows[s]["estimate_s"] == 0 and rows[s]["what"].startswith("not run (budget): ") for s in
                ("robustness", "mechanism", "regrounding"))  # fmt: skip
-    assert rows["baseline"]["estimate_s"] > 0.75 * total  # the one RL run is the study's cost
-    # what a skipped stage would cost: another RL run (2.3 h) or an SFT run (~22 min)
+    # the RL run: 150 steps of 20.6 CPU s and 16 evaluations on 200 problems; the analysis: 16 greedy evaluations on
+    # 500 problems and avg@4 of 3 models, the probes on 16 checkpoints and 4 weight passes
+    assert 55 * 60 <= rows["baseline"]["estimate_s"] <= 62 * 60
+    expect = 16 * 500 * u.greedy + 3 * 4 * 500 * u.sample + 16 * (u.load + 64 * u.probe + 4 * u.weights) + 6 * u.save
+    assert rows["trajectory"]["estimate_s"] == round(expect + 3)
+    assert 95 * 60 <= total <= 115 * 60  # about the 100 minutes of docs/smollm2.md
+    # what a skipped stage would cost: another RL run or an SFT run
     assert skipped_cost(cfg, "regrounding") == pytest.approx(rows["baseline"]["estimate_s"] - 3, abs=1)
-    assert 15 * 60 <= skipped_cost(cfg, "mechanism") <= 30 * 60
     quick = StudyConfig.for_mode("quick", model="smollm2-135m")
-    assert 3 * 60 <= _total(quick) <= 15 * 60  # a smoke test: 3 RL steps at ~87 s
+    quick_total = sum(r["estimate_s"] for r in plan(quick, quick.default_stages()))
+    assert 3 * 60 <= quick_total <= 10 * 60  # a smoke test: 10 RL steps at ~21 s
 
 
 def test_print_plan_states_thread_count_source_and_total(capsys):
@@ -101,9 +111,9 @@ def test_print_plan_states_thread_count_source_and_total(capsys):
     total = print_plan(cfg, STAGES, done=set())
     out = capsys.readouterr().out
     assert f"estimated total: {duration(total)} ({total:.0f} s) on a free core" in out
-    assert duration(total) == "~3.0 h"
-    assert "unit costs (smollm2-135m): measured with 1 thread(s); this study uses 1;" in out
-    assert "docs/smollm2.md (greedy)" in out and "study_units_smollm2-135m.json" in out
+    assert duration(total) == duration(sum(r["estimate_s"] for r in plan(cfg, STAGES) if not r["skipped"]))
+    assert "unit costs (smollm2-arith): measured with 1 thread(s); this study uses 1;" in out
+    assert "eval_units_smollm2-arith.json (greedy, sample)" in out and "study_units_smollm2-135m.json" in out
     assert out.count("not run (budget): ") == 3
     # a finished stage is reused: not counted again
     left = print_plan(cfg, STAGES, done={"baseline"})

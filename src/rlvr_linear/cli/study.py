@@ -42,9 +42,11 @@ def register(sub) -> None:
     g.add_argument("--full", dest="mode", action="store_const", const="full", help="more seeds and steps")
     p.set_defaults(mode="default")
     p.add_argument("-o", "--out", required=True, help="output folder (a rerun skips finished stages)")
-    p.add_argument("--stages", default=None, help="comma-separated subset of: baseline,linearity,robustness,"
-                   "mechanism,weight_extrapolation,logit_extrapolation,regrounding,report (default: all); regime: the "
-                   "regime map (opt-in, hours; docs/regime.md)")  # fmt: skip
+    p.add_argument("--stages", default=None, help="comma-separated subset of: baseline,trajectory,linearity,"
+                   "robustness,mechanism,weight_extrapolation,logit_extrapolation,regrounding,report (default: the "
+                   "protocol's: all but trajectory for the tiny model; baseline,trajectory,report and the "
+                   "budget-skipped stages for a real model); regime: the regime map (opt-in, hours; "
+                   "docs/regime.md)")  # fmt: skip
     p.add_argument(
         "--render-only",
         action="store_true",
@@ -79,7 +81,7 @@ def run(args) -> int:
 def _run(args) -> int:
     from ..study import parse_stages, run_study
 
-    stages = parse_stages(args.stages)
+    stages = parse_stages(args.stages) if args.stages else None
     if args.render_only and stages != ["regime"]:
         raise RlvrLinearError("--render-only goes with --stages regime")
     if stages == ["regime"]:
@@ -90,12 +92,26 @@ def _run(args) -> int:
         print(f"regime map: {reg.get('summary', 'nothing rendered yet')}")
         return 0
     cfg = config_from_args(args)
+    stages = stages or cfg.default_stages()
     if "regime" in stages:  # its own protocol (rlvr_linear.regime.grid), in OUT/regime, before the other stages
         from ..regime import run_regime
 
         run_regime(Path(args.out) / "regime", quick=cfg.mode == "quick", progress=not args.no_progress)
         stages = [s for s in stages if s != "regime"]
-    results = run_study(cfg, args.out, stages=stages, progress=not args.no_progress)
+    if "trajectory" in stages:  # sits above the study: after the study's stages that feed it, before the report
+        from ..regime import run_trajectory_stage
+
+        if not cfg.trajectory_problems:
+            raise RlvrLinearError("the trajectory stage needs test problems: --trajectory-problems N (e.g. 500)")
+        before = [s for s in stages if s not in ("trajectory", "report")] or ["baseline"]
+        run_study(cfg, args.out, stages=before, progress=not args.no_progress)
+        print("[trajectory] running")
+        res = run_trajectory_stage(cfg, args.out, progress=not args.no_progress)
+        print(f"[trajectory] done in {res['wall_s']:.0f} s: {res['reproduced']} - {res['verdict']}")
+        stages = [s for s in stages if s == "report"]
+    results = run_study(cfg, args.out, stages=stages, progress=not args.no_progress) if stages else None
+    if results is None:
+        return 0
     print("summary:")
     for name, sec in results.items():
         if name != "meta":

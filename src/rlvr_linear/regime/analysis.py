@@ -86,7 +86,9 @@ class Scorer:
     """Scores models on the held-out problems (greedy; avg@k at T = 0.6, top-p 0.95), cached per key.
 
     The map's held-out set by default; ``splits`` and ``n`` (the first ``n`` problems of those splits, in order)
-    choose another one, and ``batch_size`` the generation batch (a real model may want a smaller one)."""
+    choose another one, and ``batch_size`` the generation batch (a real model may want a smaller one). ``k``,
+    ``temperature`` and ``top_p`` set avg@k's sampling (a trajectory scores at its training temperature), and
+    ``max_new_tokens`` both decodings' length (default: the task's)."""
 
     def __init__(
         self,
@@ -96,11 +98,16 @@ class Scorer:
         splits: tuple[str, ...] = ("validation", "test"),
         n: int | None = None,
         batch_size: int = 256,
+        k: int = K,
+        temperature: float = TEMPERATURE,
+        top_p: float = TOP_P,
+        max_new_tokens: int | None = None,
     ):
         from ..evaluation.tasks import get_task
 
         self.task = get_task(task_name)
         self.batch_size = batch_size
+        self.k, self.temperature, self.top_p, self.max_new_tokens = k, temperature, top_p, max_new_tokens
         probs = []
         for split in splits:
             try:
@@ -127,8 +134,9 @@ class Scorer:
         if not isinstance(model, (str, Path)):  # a zero-argument factory (e.g. of a logit-extrapolated generator)
             model = model()
         r = evaluate(
-            model, self.task, problems=self.problems, k=K if need_avg else 0, greedy=need_greedy,
-            temperature=TEMPERATURE, top_p=TOP_P, seed=0, batch_size=self.batch_size,
+            model, self.task, problems=self.problems, k=self.k if need_avg else 0, greedy=need_greedy,
+            temperature=self.temperature, top_p=self.top_p, seed=0, batch_size=self.batch_size,
+            max_new_tokens=self.max_new_tokens,
         )  # fmt: skip
         if need_greedy:
             have["greedy"] = r.greedy_correct.astype(np.float32)

@@ -17,8 +17,13 @@ analysis resumes where it stopped:
 Extrapolation windows: ``t1`` is the largest save step with ``max(alphas) * t1 <= H`` (H/2 for α up to 2), ``t0``
 in {0, 2u} (windows shorter than 2u skipped), so every target ``t0 + α (t1 - t0)`` lies within the run and is
 compared with the real checkpoint nearest to it (``real_step``) as well as with ``t1``: paired bootstrap 95% CIs over
-``problems`` test problems (never trained on). The case records are the map's (``cases.jsonl``, readable by
-``rlvr-linear advise --validate``), with ``kind`` "trajectory", ``k`` None and no avg@k (greedy only).
+``problems`` test problems (never trained on). With ``from_start=False`` only the window that skips the early phase
+(``t0 = 2u``) is scored, and ``advice_t1`` backtests from that ``t0`` too (the advisor's two-point base is the
+window's). The case records are the map's (``cases.jsonl``, readable by ``rlvr-linear advise --validate``), with
+``kind`` "trajectory". avg@k (``k`` samples at ``temperature``/``top_p``, the run's own sampling when the study calls
+it) is scored for the two-point α = 1.5 case of the last window, its ``t1`` and its real target (each avg@k costs
+about ``k`` greedy evaluations); ``k=None``: greedy only. Weight and log-prob R² medians carry a cluster-bootstrap
+95% CI (tensors, probes: ``linearity.stats.cluster_median_ci``).
 
 ``OUT`` layout: ``parts.json`` and ``scores/`` (the map's :class:`.analysis.RunCache`), ``probes.jsonl``, one folder
 per linearity part and advice with its own files and figures, ``cases.jsonl``, ``trajectory.json`` (the results) and
@@ -39,14 +44,14 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import RlvrLinearError
-from ..io import copy_file, jsonable, read_json, write_json, write_text
+from ..io import copy_file, jsonable, read_json, write_json, write_npz, write_text
 from ..io.checkpoints import step_dir_name
 from .analysis import RunCache, Scorer, _num, _r2, forecast_ratios, forecast_steps, logprob_r2, part_train, part_weights
 from .cases import score_cases, with_ids
 
 #: this analysis's part versions (bump one to recompute it; the regime map's table is not touched)
-VERSIONS = {"train": 1, "weights_paper": 1, "weights": 1, "logprobs": 1, "activations": 1, "forecast": 1,
-            "advice_last": 1, "advice_t1": 1}  # fmt: skip
+VERSIONS = {"train": 1, "weights_paper": 2, "weights": 1, "logprobs": 2, "activations": 1, "forecast": 1,
+            "advice_last": 2, "advice_t1": 2}  # fmt: skip
 ALPHAS = (1.25, 1.5, 2.0)
 LOGIT_ALPHAS = (1.5, 2.0)
 PREDICTORS = ("two_point", "lsq")
@@ -73,12 +78,21 @@ class Settings:
     probe_samples: int = PROBE_SAMPLES
     activation_probes: int = ACTIVATION_PROBES
     split: str = "test"
+    from_start: bool = True  #: also the window from step 0 (False: only the one that skips the early phase)
+    k: int | None = None  #: avg@k samples per problem (None: greedy only)
+    temperature: float = 0.6  #: avg@k sampling
+    top_p: float = 0.95
+    max_new_tokens: int | None = None  #: both decodings (None: the task's default)
 
     def __post_init__(self):
         if self.problems < 1 or self.probe_prompts < 1 or self.probe_samples < 1 or self.activation_probes < 1:
             raise RlvrLinearError(f"problems, probe counts must be >= 1: {self}")
         if not self.alphas or min(self.alphas + self.logit_alphas) <= 1:
             raise RlvrLinearError(f"extrapolation alphas must be > 1, got {self.alphas} and {self.logit_alphas}")
+        if (self.k is not None and self.k < 1) or not self.temperature > 0 or not 0 < self.top_p <= 1:
+            raise RlvrLinearError(f"avg@k needs k >= 1, temperature > 0 and 0 < top_p <= 1: {self}")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise RlvrLinearError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
 
 
 @dataclass(frozen=True)
@@ -116,25 +130,30 @@ def read_run(run: str | Path) -> tuple[dict, Grid]:
     return man, Grid(steps[-1], u)
 
 
-def windows(grid: Grid, alphas) -> list[tuple[int, int]]:
+def windows(grid: Grid, alphas, from_start: bool = True) -> list[tuple[int, int]]:
     """``(t0, t1)``: ``t1`` the largest save step with ``max(alphas) * t1 <= H`` (at least 2u), ``t0`` in {0, 2u}
-    with ``t1 - t0 >= 2u``."""
+    (``from_start=False``: 2u only) with ``t1 - t0 >= 2u``."""
     H, u = grid.horizon, grid.save_every
     t1 = int(H / max(alphas) // u) * u
     if t1 < 2 * u:
         raise RlvrLinearError(f"horizon {H} with saves every {u}: no window reaches alpha {max(alphas)} in the run")
-    return [(t0, t1) for t0 in (0, 2 * u) if t1 - t0 >= 2 * u]
+    out = [(t0, t1) for t0 in ((0, 2 * u) if from_start else (2 * u,)) if t1 - t0 >= 2 * u]
+    if not out:
+        raise RlvrLinearError(f"horizon {H} with saves every {u}: no window from step {2 * u} reaches alpha "
+                              f"{max(alphas)} in the run")  # fmt: skip
+    return out
 
 
 def plan(grid: Grid, s: Settings) -> list[dict]:
     """Every case, in scoring order: two-point and least squares at every α of ``s.alphas``, logit (two-point
-    mix) at ``s.logit_alphas``, on every window; targets beyond the run dropped."""
+    mix) at ``s.logit_alphas``, on every window (:func:`windows` with ``s.from_start``); targets beyond the run
+    dropped."""
     cases = []
-    for t0, t1 in windows(grid, s.alphas):
+    for t0, t1 in windows(grid, s.alphas, s.from_start):
         for predictor in PREDICTORS:
             for a in s.alphas:
                 cases.append(dict(space="weight", predictor=predictor, t0=t0, t1=t1, alpha=float(a)))
-    for t0, t1 in windows(grid, s.alphas):
+    for t0, t1 in windows(grid, s.alphas, s.from_start):
         for a in s.logit_alphas:
             cases.append(dict(space="logit", predictor="two_point", t0=t0, t1=t1, alpha=float(a)))
     return [c for c in with_ids(cases) if c["target"] <= grid.horizon]
@@ -237,16 +256,31 @@ def estimate_line(e: dict) -> str:
 # Parts
 
 
-def _probes(out: Path, run: Path, s: Settings):
+def _probes(out: Path, run: Path, s: Settings, cache: RunCache):
     from ..linearity import make_probes, read_probes, write_probes
 
     p = out / "probes.jsonl"
     if p.exists():
         return read_probes(p)
+    t = time.perf_counter()
     probes = make_probes(run / step_dir_name(0), s.task, n_prompts=s.probe_prompts, k=s.probe_samples,
                          split="validation", seed=0)  # fmt: skip
     write_probes(p, probes)
+    cache.parts.setdefault("timing", {})["probes_s"] = round(time.perf_counter() - t, 1)
+    cache.save()
     return probes
+
+
+def r2_cis(npz: Path, groups: str) -> dict:
+    """Cluster-bootstrap 95% CIs of the R² median and of its null's median from a saved analysis
+    (``weights_r2.npz``: groups ``tensor_id``; ``logprobs.npz``: ``probe_index`` of the sampled positions)."""
+    from ..linearity.stats import cluster_median_ci
+
+    with np.load(npz) as z:
+        g = z[groups] if groups != "probe_index" else z["probe_index"][z["sampled"]]
+        r, n = cluster_median_ci(z["r2"], g), cluster_median_ci(z["null_r2"], g)
+    return {"median_ci": [_num(r["lo"]), _num(r["hi"])], "null_median_ci": [_num(n["lo"]), _num(n["hi"])],
+            "ci_groups": r["groups"], "ci_unit": "tensor" if groups == "tensor_id" else "probe"}  # fmt: skip
 
 
 def _activations(run: Path, probes, save_to: Path) -> dict:
@@ -263,23 +297,26 @@ def _activations(run: Path, probes, save_to: Path) -> dict:
     return out
 
 
-def _advice(run: Path, task: str, until: int | None, save_to: Path, progress: bool) -> dict:
+def _advice(run: Path, task: str, until: int | None, save_to: Path, progress: bool,
+            base_step: int | None = None) -> dict:  # fmt: skip
     from ..advisor import advise
 
-    adv = advise(run, task=task, until=until, progress=progress)
+    adv = advise(run, task=task, until=until, base_step=base_step, progress=progress)
     adv.save(save_to)
     rec = adv.recommendation
     safe = rec.get("safe") or {}
     w = adv.stats.get("weights", {})
     return {
         "until": adv.steps[-1],
+        "base_step": adv.steps[0],
         "checkpoints": len(adv.steps),
         "verdict": rec["verdict"],
         "extrapolate": rec["extrapolate"],
         "predictor": rec.get("predictor"),
         "target_step": rec.get("target_step"),
         "alpha": _num(rec.get("alpha")),
-        "h_star_steps": _num(rec.get("h_star_steps"), 2),
+        "linear": rec["evidence"]["linear"],
+        "h_star_steps": _num(rec["evidence"]["h_star_steps"], 2),
         "h_star_by_predictor": {p: _num(adv.h_star(p), 2) for p in adv.spaces.get("weights", {})},
         "safe": {
             "bound": _num(safe.get("bound")),
@@ -319,14 +356,19 @@ def analyze_trajectory(
     probe_prompts: int = PROBE_PROMPTS,
     probe_samples: int = PROBE_SAMPLES,
     activation_probes: int = ACTIVATION_PROBES,
+    from_start: bool = True,
+    k: int | None = None,
+    temperature: float = 0.6,
+    top_p: float = 0.95,
+    max_new_tokens: int | None = None,
     threads: int | None = None,
     progress: bool = True,
 ) -> dict:
     """Analyse the finished run ``run`` into ``out`` (see the module docstring) and return ``trajectory.json``.
 
-    ``task``: default the run's (manifest). ``threads``: torch threads (``torch.set_num_threads``; 1 also keeps the
-    all-parameter weight pass in one process). Every part and case is cached in ``out``: a rerun computes only what
-    is missing.
+    ``task``: default the run's (manifest). ``from_start``, ``k``, ``temperature``, ``top_p``, ``max_new_tokens``:
+    :class:`Settings`. ``threads``: torch threads (``torch.set_num_threads``; 1 also keeps the all-parameter weight
+    pass in one process). Every part and case is cached in ``out``: a rerun computes only what is missing.
     """
     import torch
 
@@ -334,7 +376,8 @@ def analyze_trajectory(
     man, grid = read_run(run)
     s = Settings(task=task or man["task"], problems=problems, alphas=tuple(float(a) for a in alphas),
                  logit_alphas=tuple(float(a) for a in logit_alphas), probe_prompts=probe_prompts,
-                 probe_samples=probe_samples, activation_probes=activation_probes)  # fmt: skip
+                 probe_samples=probe_samples, activation_probes=activation_probes, from_start=from_start, k=k,
+                 temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)  # fmt: skip
     if threads is not None:
         torch.set_num_threads(threads)
     out.mkdir(parents=True, exist_ok=True)
@@ -359,16 +402,19 @@ def analyze_trajectory(
 
     workers = 1 if threads == 1 else None
     part("train", lambda: part_train(man))
-    part("weights_paper", lambda: part_weights(run, "paper", out / "weights_paper", progress=progress))
+    part("weights_paper", lambda: {**part_weights(run, "paper", out / "weights_paper", progress=progress),
+                                   **r2_cis(out / "weights_paper" / "weights_r2.npz", "tensor_id")})  # fmt: skip
     part("weights", lambda: part_weights(run, "all", out / "weights_all", workers=workers, progress=progress))
     probes = None
     if not (cache.has("logprobs") and cache.has("activations")):
-        probes = _probes(out, run, s)
+        probes = _probes(out, run, s, cache)
     part("logprobs", lambda: {**logprob_r2(run, probes, out / "logprobs", progress=progress), "probes": len(probes),
-                              "prompts": s.probe_prompts, "samples": s.probe_samples})  # fmt: skip
+                              "prompts": s.probe_prompts, "samples": s.probe_samples,
+                              **r2_cis(out / "logprobs" / "logprobs.npz", "probe_index")})  # fmt: skip
     part("activations", lambda: _activations(run, probes[: s.activation_probes], out / "activations"))
     part("forecast", lambda: forecast_ratios(run, forecast_steps(grid), curve=True))
-    scorer = Scorer(s.task, quick=False, splits=(s.split,), n=s.problems, batch_size=EVAL_BATCH)
+    scorer = Scorer(s.task, quick=False, splits=(s.split,), n=s.problems, batch_size=EVAL_BATCH, k=s.k or 1,
+                    temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens)  # fmt: skip
     responses = int(man["config"]["prompts_per_step"]) * int(man["config"]["samples_per_prompt"])
     info = {"point": run.name, "run": str(run), "seed": man["config"].get("seed"), "kind": "trajectory",
             "lr": man["config"].get("learning_rate"), "responses": responses}  # fmt: skip
@@ -376,8 +422,15 @@ def analyze_trajectory(
     if todo:
         log(f"cases: {len(todo)} of {len(cases)} to score on {s.problems} {s.split} problems ...")
         t = time.perf_counter()
+        last = windows(grid, s.alphas, s.from_start)[-1][0]
+
+        def always_avg(c: dict) -> bool:  # one avg@k comparison: two-point at alpha 1.5 from the last window
+            return s.k is not None and c["space"] == "weight" and c["predictor"] == "two_point" and c["alpha"] == 1.5 \
+                and c["t0"] == last
+
         score_cases(cases, run, cache, scorer, tmp=out / "tmp", info=info, horizon=grid.horizon,
-                    save_every=grid.save_every, fit_until=forecast_steps(grid), avg_on_gain=False, k=None)  # fmt: skip
+                    save_every=grid.save_every, fit_until=forecast_steps(grid), always_avg=always_avg,
+                    avg_on_gain=False, k=s.k)  # fmt: skip
         timing = cache.parts.setdefault("timing", {})
         # kept to the millisecond: one rescored case (tens of ms on a fast machine) must show in the total
         timing["cases_s"] = round(timing.get("cases_s", 0.0) + time.perf_counter() - t, 3)
@@ -386,7 +439,8 @@ def analyze_trajectory(
     for r in real_steps(grid, cases):  # (every one is scored by its cases; cached)
         scorer.score(cache, step_dir_name(r), str(run / step_dir_name(r)), avg=False)
     part("advice_last", lambda: _advice(run, s.task, None, out / "advice_last", progress))
-    part("advice_t1", lambda: _advice(run, s.task, t1, out / "advice_t1", progress))
+    base = 0 if s.from_start else cases[0]["t0"]  # the advisor's two-point base: the scored window's
+    part("advice_t1", lambda: _advice(run, s.task, t1, out / "advice_t1", progress, base_step=base))
     return render(run, out, cache, grid, s, cases)
 
 
@@ -408,14 +462,15 @@ def _best(cases: list[dict], space: str) -> dict | None:
 
 
 def advisor_calls(advice: dict, recs: list[dict]) -> list[dict]:
-    """The advice at ``t1`` against the measured two-point cases from step 0 (the advisor's own base): called safe
-    when the jump ``target - t1`` is at most h* (``h_star``) or the calibrated h*_c (``calibrated``); the label is
-    the greedy gain over ``t1`` >= 0 (the validation's "mean" label)."""
+    """The advice at ``t1`` against the measured two-point cases from its own base (``base_step``, step 0 unless
+    said): called safe when the jump ``target - t1`` is at most h* (``h_star``) or the calibrated h*_c
+    (``calibrated``); the label is the greedy gain over ``t1`` >= 0 (the validation's "mean" label)."""
     h = advice["h_star_by_predictor"].get("two_point")
     hc = (advice["safe"]["h_steps_by_predictor"] or {}).get("two_point")
+    base = advice.get("base_step", 0)
     out = []
     for c in recs:
-        if c["space"] != "weight" or c["predictor"] != "two_point" or c["t0"] != 0 or c["t1"] != advice["until"]:
+        if c["space"] != "weight" or c["predictor"] != "two_point" or c["t0"] != base or c["t1"] != advice["until"]:
             continue
         jump, gain = c["target"] - c["t1"], c["gain_vs_t1"]["greedy"]
         out.append({"alpha": c["alpha"], "target": c["target"], "jump": jump,
@@ -469,13 +524,19 @@ def render(run: Path, out: Path, cache: RunCache, grid: Grid, s: Settings, cases
     p = cache.parts
     recs = [p["cases"][c["id"]] for c in cases]
     write_text(out / "cases.jsonl", "".join(json.dumps(c) + "\n" for c in recs))
-    real = {}
+    real, real_avg, arrays = {}, {}, {}
     for r in real_steps(grid, cases):
         sc = cache.load_scores(step_dir_name(r))
         real[r] = _accuracy_ci(sc["greedy"])
+        if "avg" in sc:
+            real_avg[r] = _accuracy_ci(sc["avg"])
+        arrays.update({f"{step_dir_name(r)}__{k}": v for k, v in sc.items()})
     points = []
     for c, rec in zip(cases, recs):
-        points.append({**rec, "ci": _accuracy_ci(cache.load_scores(f"case_{c['id']}")["greedy"])})
+        sc = cache.load_scores(f"case_{c['id']}")
+        arrays.update({f"case_{c['id']}__{k}": v for k, v in sc.items()})
+        points.append({**rec, "ci": _accuracy_ci(sc["greedy"])})
+    write_npz(out / "scores.npz", **arrays)
     plot_accuracy(out / "accuracy.png", p["train"], real, points, n=s.problems, split=s.split)
     fc = {q: v for q, v in p["forecast"].items() if isinstance(v, dict) and "curve" in v}
     plot_curves(
@@ -506,10 +567,14 @@ def render(run: Path, out: Path, cache: RunCache, grid: Grid, s: Settings, cases
         "extrapolation": {
             "n_problems": s.problems,
             "split": s.split,
-            "windows": [list(w) for w in windows(grid, s.alphas)],
+            "windows": [list(w) for w in windows(grid, s.alphas, s.from_start)],
             "real_accuracy": {
                 str(k): {"mean": _num(v[0]), "lo": _num(v[1]), "hi": _num(v[2])} for k, v in real.items()
             },  # fmt: skip
+            "real_avg_k": {
+                str(k): {"mean": _num(v[0]), "lo": _num(v[1]), "hi": _num(v[2])} for k, v in real_avg.items()
+            },  # fmt: skip
+            "per_problem_scores": "scores.npz (0/1 greedy and avg@k per test problem: <model>__greedy, <model>__avg)",
             "best_weight": _best(recs, "weight"),
             "best_logit": _best(recs, "logit"),
             "cases": recs,
@@ -531,7 +596,8 @@ def copy_results(out: str | Path, dest: str | Path) -> list[Path]:
     """Copy ``trajectory.json``, ``cases.jsonl`` (as ``trajectory_cases.jsonl``) and the figures of ``out`` into
     ``dest`` (atomic copies); returns the written paths."""
     out, dest = Path(out), Path(dest)
-    names = [("trajectory.json", "trajectory.json"), ("cases.jsonl", "trajectory_cases.jsonl")]
+    names = [("trajectory.json", "trajectory.json"), ("cases.jsonl", "trajectory_cases.jsonl"),
+             ("scores.npz", "scores.npz")]
     names += [(f, f) for f in FIGURES]
     missing = [a for a, _ in names if not (out / a).is_file()]
     if missing:

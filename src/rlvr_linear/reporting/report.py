@@ -31,6 +31,7 @@ from ..io import read_json, write_json, write_text
 
 SECTIONS = [
     "baseline",
+    "trajectory",
     "linearity",
     "robustness",
     "mechanism",

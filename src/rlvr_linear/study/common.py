@@ -97,8 +97,11 @@ class _Ctx:
 
         c = self.cfg
         d = dict(PRESETS[c.preset or ("tiny" if c.model == "tiny" else "smollm2")])
+        # SmolLM2 by its name (what `rlvr-linear train --model smollm2-135m` records), so a run trained by hand with
+        # the protocol's settings is the study's run; other bases by their folder
+        model = "smollm2-135m" if c.model in ("smollm2-135m", "smollm2") else str(self.base)
         d.update(
-            model=str(self.base),
+            model=model,
             task=c.task,
             steps=c.rl_steps,
             save_every=c.save_every,

@@ -29,39 +29,30 @@ QUICK_BASE_RECIPE = dict(
     target_accuracy=0.2,
 )
 
-#: the real model's protocols (``--model smollm2-135m`` or an HF directory), on the task with headroom and long
-#: replies of preset ``smollm2-cot`` (arithmetic-cot-chat, <= 48 new tokens, 8 prompts x 8 samples, lr 1e-5). The
-#: default must fit ~3 hours on 2 free cores. It runs in one thread, the thread count of every unit cost the plan
-#: uses (study.plan.UNIT_COSTS; 87 CPU s per RL step), so its estimate (3.0 h) is what it should take on one free
-#: core; see docs/smollm2.md, "The study on SmolLM2 (item 4)":
-#: - one seed, 90 RL steps, a checkpoint every 6 (15 after step 0, the paper's count): the RL run is 2.3 h of the 3
-#:   (the 150-step trajectory of docs/smollm2.md alone would take 3.6 h);
-#: - 50 validation problems per save (a 16-point accuracy curve, coarse); log-prob probes 8 prompts x 4 replies
-#:   (0.27 s per probe and checkpoint, three passes: RL, SFT, forecast);
-#: - linearity in full (its SFT contrast is ~1/6 of an RL run); weight extrapolation from one window (t0 = 0,
-#:   t1 = 30) to 2 targets, alpha 1.2 and 2.0, on 100 problems; logit extrapolation avg@4 on 50 test problems;
-#: - not run (budget): robustness (each setting is another 2.3-hour RL run), mechanism (its curve needs >= 3 noisy
-#:   SFT runs, 1.1 h together) and re-grounding (another RL run per (M, N)); their results say "not run (budget)".
-#: ``--quick`` is a smoke test of the same path: 3 RL steps, every checkpoint saved, a few problems (~7 min).
+#: the real model's protocols (``--model smollm2-135m`` or an HF directory): the 100-minute experiment of
+#: docs/smollm2.md, chosen there by a rule written before measuring. One RL run per seed of preset ``smollm2-arith``
+#: (arithmetic with an empty system message, 8 prompts x 4 replies of <= 16 tokens at T 0.7, AdamW 1e-6), 150 steps
+#: and a checkpoint every 10 (15 after step 0) with its trajectory sketch, then the ``trajectory`` stage: weight R²
+#: (paper sample and every parameter), log-prob R² on 16 x 4 probes, the forecast, weight and logit extrapolation
+#: from the window that skips the early phase at alpha 1.25, 1.5 and 2 (greedy on 500 test problems, avg@4 at the
+#: run's sampling where it matters) and advise at the midpoint. One thread, as measured (20.6 CPU s per RL step). The
+#: study's own linearity and extrapolation stages are not in its default list (the trajectory stage measures them on
+#: the same runs); robustness, mechanism and re-grounding are not run (budget). ``--quick`` is a smoke test of the
+#: same path: 10 RL steps, every checkpoint saved, a few problems.
 _REAL_MODEL_DEFAULT: dict[str, Any] = dict(
-    preset="smollm2-cot",
+    preset="smollm2-arith",
     seeds=[0],
-    rl_steps=90,
-    save_every=6,
-    eval_problems=50,
-    probe_prompts=8,
+    rl_steps=150,
+    save_every=10,
+    eval_problems=200,
+    probe_prompts=16,
     probe_samples=4,
     robustness=[],
     mechanism_snrs=[],
     mechanism_zero_signal=False,
-    wx_base_fractions=[0.0],
-    wx_t1_fractions=[1 / 3],
-    wx_max_alpha=2.0,
-    wx_max_targets=2,
-    wx_eval_problems=100,
-    logit_k=4,
-    logit_problems=50,
     reground_specs=[],
+    trajectory_problems=500,
+    trajectory_k=4,
     threads=1,
 )
 REAL_MODEL_PROTOCOLS: dict[str, dict[str, Any]] = {
@@ -69,15 +60,13 @@ REAL_MODEL_PROTOCOLS: dict[str, dict[str, Any]] = {
     "quick": {
         **_REAL_MODEL_DEFAULT,
         **dict(
-            rl_steps=3,
+            rl_steps=10,
             save_every=1,
             eval_problems=8,
             probe_prompts=2,
             probe_samples=2,
-            wx_max_targets=1,
-            wx_eval_problems=8,
-            logit_k=1,
-            logit_problems=4,
+            trajectory_problems=8,
+            trajectory_k=2,
         ),
     },
 }
@@ -104,6 +93,7 @@ STUDY_FIELD_RULES = {
     "logit_problems": integer(1), "reground_specs": list_of(text()), "reground_optimizer": choice(["keep", "reset"]),
     "reground_eval_problems": integer(1), "threshold_fractions": list_of(_FRACTION),
     "budget_fractions": list_of(_FRACTION), "base_recipe": mapping(optional=True), "preset": text(optional=True),
+    "trajectory_problems": integer(0), "trajectory_k": integer(1),
     "threads": integer(1, optional=True),
 }  # fmt: skip
 
@@ -148,6 +138,8 @@ class StudyConfig:
     budget_fractions: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0])  #: fixed budgets
     base_recipe: dict | None = None  #: TinyBaseConfig overrides for ``model="tiny"`` (quick: QUICK_BASE_RECIPE)
     preset: str | None = None  #: TrainConfig preset of every RL run (None: tiny, or smollm2 for other models)
+    trajectory_problems: int = 0  #: test problems of the trajectory stage (0: not in the default stages)
+    trajectory_k: int = 4  #: its avg@k samples per problem
     threads: int | None = None  #: torch CPU threads (default: torch's)
 
     def __post_init__(self):
@@ -174,6 +166,16 @@ class StudyConfig:
             if self.preset not in PRESETS:
                 raise RlvrLinearError(f"unknown preset {self.preset!r}; choose from {', '.join(sorted(PRESETS))}")
 
+    def default_stages(self) -> list[str]:
+        """The stages a study runs when none are named: every stage but ``trajectory``; with
+        ``trajectory_problems`` (the real-model protocol) ``trajectory`` instead of ``linearity``,
+        ``weight_extrapolation`` and ``logit_extrapolation``, which it measures on the same runs."""
+        from ..reporting.report import SECTIONS
+
+        drop = {"linearity", "weight_extrapolation", "logit_extrapolation"} if self.trajectory_problems else {
+            "trajectory"}  # fmt: skip
+        return [s for s in [*SECTIONS, "report"] if s not in drop]
+
     def budget_skips(self) -> dict[str, str]:
         """Stages this protocol leaves out, stage -> why: an empty setting list (:data:`BUDGET_SKIPS`; mechanism
         also without its zero-signal run). They are not run; their result says "not run (budget)"."""
@@ -186,14 +188,15 @@ class StudyConfig:
     @classmethod
     def for_mode(cls, mode: str = "quick", model: str = "tiny", **overrides) -> StudyConfig:
         """The protocol of a mode: tiny model ``quick`` <= 5 min, ``default`` <= 30 min, ``full`` longer; any other
-        model (SmolLM2-135M, an HF directory) :data:`REAL_MODEL_PROTOCOLS`: ``default`` ~3 h, ``quick`` a smoke test,
+        model (SmolLM2-135M, an HF directory) :data:`REAL_MODEL_PROTOCOLS`: ``default`` the 100-minute experiment per
+        seed, ``quick`` a smoke test,
         no ``full``."""
         if mode not in MODES:
             raise RlvrLinearError(f"unknown study mode {mode!r}; choose quick, default or full")
         if model != "tiny" and mode not in REAL_MODEL_PROTOCOLS:
             raise RlvrLinearError(
                 f"study --{mode} has no protocol for {model} (days on a CPU); the default mode is the budgeted "
-                "~3-hour study: override its fields (e.g. --rl-steps 150 --save-every 10) to run more"
+                "100-minute experiment (docs/smollm2.md): override its fields (e.g. --rl-steps 300) to run more"
             )
         d: dict[str, Any] = {"mode": mode, "model": model}
         if model != "tiny":

@@ -78,6 +78,25 @@ UNIT_COSTS = {
             "bench/results/study_units_smollm2-135m.json (the rest)"
         ),
     ),
+    # the real-model protocol's setting (preset smollm2-arith, docs/smollm2.md S4: 8 x 4, <= 16 new tokens): RL step =
+    # TRL's CPU seconds per step in bench/results/train_step_smollm2_S4.json; greedy and sample (16 new tokens, T 0.7)
+    # bench/results/eval_units_smollm2-arith.json (python bench/eval_units.py, step 70 of seed 0); the rest as SmolLM2
+    # on arithmetic-cot-chat (the same model: loads, saves, probe scoring, weight passes)
+    "smollm2-arith": UnitCosts(
+        rl_step=20.58,
+        sft_step=8.221,
+        greedy=0.1443,
+        sample=0.2318,
+        load=0.3055,
+        save=0.4956,
+        probe=0.2671,
+        weights=0.8635,
+        threads=1,
+        source=(
+            "bench/results/train_step_smollm2_S4.json (RL step), bench/results/eval_units_smollm2-arith.json (greedy, "
+            "sample), bench/results/study_units_smollm2-135m.json (the rest)"
+        ),
+    ),
 }
 
 
@@ -92,7 +111,7 @@ def unit_costs(cfg: StudyConfig) -> tuple[str, UnitCosts]:
     if cfg.model == "tiny":
         key = "tiny-quick" if cfg.base_recipe else "tiny"
     else:
-        key = "smollm2-135m"
+        key = "smollm2-arith" if cfg.preset == "smollm2-arith" else "smollm2-135m"
     return key, UNIT_COSTS[key]
 
 
@@ -150,6 +169,14 @@ def _stage(cfg: StudyConfig, u: UnitCosts, st: str) -> tuple[str, float]:
     probes = cfg.probe_prompts * cfg.probe_samples
     if st == "baseline":
         return f"{S} RL run(s) x {T} steps (save every {cfg.save_every})", S * rl_run_s(cfg, u)
+    if st == "trajectory":
+        # 16 greedy evaluations per run (4 real checkpoints, 6 weight-extrapolated, 3 logit-extrapolated x 2), avg@k
+        # of 3 models (t1, the two-point alpha 1.5 case, its real target), every checkpoint scored on the probes, the
+        # weight passes (paper, all, 2 forecasts) and the extrapolated models written
+        n = _saves(cfg)
+        sec = 16 * cfg.trajectory_problems * u.greedy + 3 * cfg.trajectory_k * cfg.trajectory_problems * u.sample
+        sec += n * (u.load + probes * u.probe + 4 * u.weights) + 6 * u.save
+        return f"{S} run(s): linearity, forecast, extrapolation on {cfg.trajectory_problems} test problems", S * sec
     if st == "linearity":
         sec = u.load + probes * u.sample  # the probes: base-model replies
         sec += S * (_analysis_s(cfg, u) + sft_run_s(cfg, u) + _analysis_s(cfg, u))

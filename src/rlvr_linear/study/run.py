@@ -115,18 +115,27 @@ def not_run_result(cfg: StudyConfig, stage: str, reason: str) -> dict:
 
 
 def run_study(cfg: StudyConfig, out: str | Path, stages: list[str] | None = None, progress: bool = True) -> dict:
-    """Run ``stages`` (default: all) into ``out``; finished stages are skipped. Returns the results object.
+    """Run ``stages`` (default: the protocol's, ``cfg.default_stages()``) into ``out``; finished stages are skipped.
+    Returns the results object.
 
-    Stages that need the baseline runs trigger the ``baseline`` stage first if it has not finished.
+    Stages that need the baseline runs trigger the ``baseline`` stage first if it has not finished. The regime map
+    and the ``trajectory`` stage sit above the study (they reuse its helpers): the command line runs them
+    (:func:`rlvr_linear.regime.run_regime`, :func:`rlvr_linear.regime.run_trajectory_stage`) and the report reads
+    their results.
     """
     import torch
 
     out = Path(out)
-    stages = list(stages or STAGES)
-    if "regime" in stages:  # the map sits above the study (it reuses the study's helpers): the command line runs it
+    stages = list(stages or cfg.default_stages())
+    if "regime" in stages:
         raise RlvrLinearError(
             "run_study does not run the regime map: call rlvr_linear.regime.run_regime (what `rlvr-linear study "
             "--stages regime` does; beside other stages it writes OUT/regime)"
+        )
+    if "trajectory" in stages:
+        raise RlvrLinearError(
+            "run_study does not run the trajectory stage: call rlvr_linear.regime.run_trajectory_stage after the "
+            "baseline (what `rlvr-linear study` does)"
         )
     out.mkdir(parents=True, exist_ok=True)
     _check_config(out, cfg)

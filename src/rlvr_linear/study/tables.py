@@ -340,3 +340,67 @@ def update_blocks(text: str, blocks: dict[str, str]) -> str:
             raise RlvrLinearError(f"README: expected one block '<!-- BEGIN {name} -->' ... '<!-- END {name} -->'")
         text = pat.sub(lambda m, body=body: m[1] + body + m[3], text)
     return text
+
+
+def _ci2(v: Any, ci: list | None) -> str:
+    return _f(v) + (f" [{_f(ci[0])}, {_f(ci[1])}]" if ci and None not in ci else "")
+
+
+def _gain_cell(c: dict | None, vs: str, key: str = "greedy") -> str:
+    """``two-point α 1.5 → 95: +0.012 [-0.010, +0.034]`` (the gain of a case over t1 or its real target)."""
+    if not c or not c.get(vs) or not c[vs].get(key):
+        return "-"
+    g, what = c[vs][key], {"two_point": "two-point", "lsq": "least squares"}.get(c["predictor"], c["predictor"])
+    return (f"{c['space']} {what} α {c['alpha']:g} → {c['target']:g}: {_f(g['mean'], sign=True)} "
+            f"[{_f(g['lo'], sign=True)}, {_f(g['hi'], sign=True)}]")  # fmt: skip
+
+
+def smollm2_table(summary: dict) -> str:
+    """The real-model experiment per seed (``experiments/results/smollm2/summary.json``, from
+    :func:`rlvr_linear.regime.summarize`): every measured number next to its null or baseline, with its CI."""
+    rows = summary["numbers"]["per_seed"]
+
+    def row(label: str, fn) -> list[str]:
+        return [label, *[fn(r) for r in rows]]
+
+    def r2(name: str):
+        return lambda r: (f"{_ci2(r[name]['median'], r[name].get('median_ci'))} (null "
+                          f"{_ci2(r[name]['null_median'], r[name].get('null_median_ci'))})")  # fmt: skip
+
+    def fc(q: str):
+        return lambda r: (f"{_f((r['forecast_ratio'].get(q) or {}).get('ratio_at_horizon'), 2)} (fit ≤ "
+                          f"{(r['forecast_ratio'].get(q) or {}).get('fit_until')})")  # fmt: skip
+
+    def advice(r: dict) -> str:
+        a = r["advisor_at_t1"]
+        calls = r["advisor_at_t1_vs_cases"]
+        measured = ", ".join(f"α {c['alpha']:g}: {_f(c['gain_vs_t1']['mean'], sign=True)}" for c in calls)
+        return f"{a['verdict']} (h* {_f(a['h_star_steps'], 0)}); measured two-point gain over t1: {measured or '-'}"
+
+    def minutes(v: Any) -> str:
+        return "-" if v is None else f"{v / 60:.0f} min"
+
+    body = [
+        row("validation greedy (200 problems), step 0 → end", lambda r: f"{_f(r['val_accuracy_start'])} → "
+            f"{_f(r['val_accuracy_end'])}"),  # fmt: skip
+        row("weight R², paper sample [95% CI]", r2("weights_paper_r2")),
+        row("weight R², every parameter", r2("weights_r2")),
+        row("log-prob R² [95% CI]", r2("logprobs_r2")),
+        row("activation R²", r2("activations_r2")),
+        row("forecast error ratio at the horizon, fit to 1/4", fc("q1")),
+        row("forecast error ratio at the horizon, fit to 1/2", fc("q2")),
+        row("best weight extrapolation vs t1 (greedy gain)",
+            lambda r: _gain_cell(r["best_weight_vs_t1"], "gain_vs_t1")),
+        row("best weight extrapolation vs the real checkpoint at its target",
+            lambda r: _gain_cell(r["best_weight_vs_real"], "gain_vs_real")),
+        row("best logit extrapolation vs t1", lambda r: _gain_cell(r["best_logit_vs_t1"], "gain_vs_t1")),
+        row("cases beating t1 / the real target (CI above 0)", lambda r: f"{r['cases_beating_t1']} / "
+            f"{r['cases_beating_real']} of {r['cases']}"),  # fmt: skip
+        row("avg@4 at T 0.7: two-point vs t1", lambda r: _gain_cell(r["avg_k_case"], "gain_vs_t1", "avg_k")),
+        row("avg@4 at T 0.7: two-point vs the real target", lambda r: _gain_cell(r["avg_k_case"], "gain_vs_real",
+                                                                                "avg_k")),  # fmt: skip
+        row("advise at t1 (the run's midpoint)", advice),
+        row("wall time: training + analysis = end to end", lambda r: f"{minutes(r['train_wall_s'])} + "
+            f"{minutes(r['analysis_s_total'])} = {minutes(r.get('end_to_end_s'))}"),  # fmt: skip
+    ]
+    return table(["measure", *[f"seed {r['seed']}" for r in rows]], body)
