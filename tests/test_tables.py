@@ -173,26 +173,82 @@ def test_update_blocks():
         update_blocks(text, {"u": "x"})
 
 
-def test_readme_blocks_are_rendered_from_the_committed_results():
-    """The README quotes exactly what the results files hold (run experiments/render_readme.py after new results)."""
+def test_pages_blocks_are_rendered_from_the_committed_results():
+    """README.md and docs/*.md quote exactly what the results files hold (run experiments/render_readme.py after new
+    results); each generated block lives in exactly one page."""
     proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "render_readme.py"), "--check"],
                           capture_output=True, text=True, check=False)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
     m = json.loads((ROOT / "experiments" / "results" / "regime_map.json").read_text())
-    assert regime_table(m) in (ROOT / "README.md").read_text()
+    assert sum(regime_table(m) in p.read_text() for p in pages) == 1
+    res = json.loads((ROOT / "experiments" / "results" / "study" / "results.json").read_text())
+    assert sum(study_table(res) in p.read_text() for p in pages) == 1
 
 
-def test_render_readme_reports_a_missing_block_in_one_line(tmp_path, monkeypatch, capsys):
+def _render_module():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("render_readme", ROOT / "experiments" / "render_readme.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    readme = tmp_path / "README.md"
-    readme.write_text("# no generated blocks here\n")
-    monkeypatch.setattr(mod, "README", readme)
+    return mod
+
+
+def _repo_with_pages(tmp_path, mod, monkeypatch, pages: dict[str, str]) -> dict[str, Path]:
+    """A repository in tmp_path holding ``pages`` (path relative to the root: text), the render module pointed at it
+    (its blocks still come from the committed results files)."""
+    (tmp_path / "docs").mkdir()
+    for name, text in pages.items():
+        (tmp_path / name).write_text(text)
+    monkeypatch.setattr(mod, "REPO", tmp_path)
+    return {name: tmp_path / name for name in pages}
+
+
+def _blocks_text(blocks: dict[str, str], names, body=None) -> str:
+    return "".join(f"<!-- BEGIN {n} -->\n{blocks[n] if body is None else body}<!-- END {n} -->\n" for n in names)
+
+
+def test_render_readme_reports_a_missing_block_in_one_line(tmp_path, monkeypatch, capsys):
+    mod = _render_module()
+    pages = _repo_with_pages(tmp_path, mod, monkeypatch,
+                             {"README.md": "# no generated blocks here\n", "docs/a.md": "# nor here\n"})  # fmt: skip
     monkeypatch.setattr(sys, "argv", ["render_readme.py"])
     assert mod.main() == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: README: expected one block '<!-- BEGIN ") and err.count("\n") == 1
-    assert readme.read_text() == "# no generated blocks here\n"
+    assert err.startswith("error: expected block '<!-- BEGIN ") and err.count("\n") == 1
+    assert "in exactly one page (README.md, docs/*.md), found in none of them" in err
+    assert pages["README.md"].read_text() == "# no generated blocks here\n"
+
+
+def test_render_readme_refuses_a_block_in_two_pages(tmp_path, monkeypatch, capsys):
+    mod = _render_module()
+    blocks = mod.blocks()
+    twice = {"README.md": _blocks_text(blocks, blocks), "docs/results.md": _blocks_text(blocks, ["regime"], "x\n")}
+    _repo_with_pages(tmp_path, mod, monkeypatch, twice)
+    monkeypatch.setattr(sys, "argv", ["render_readme.py", "--check"])
+    assert mod.main() == 2
+    assert capsys.readouterr().err == (
+        "error: expected block '<!-- BEGIN regime -->' ... '<!-- END regime -->' in exactly one page "
+        "(README.md, docs/*.md), found in README.md, docs/results.md\n"
+    )
+
+
+def test_render_readme_checks_every_page_and_leaves_unknown_blocks(tmp_path, monkeypatch, capsys):
+    mod = _render_module()
+    blocks = mod.blocks()
+    names = list(blocks)
+    readme = "# r\n<!-- BEGIN headline -->\nby hand\n<!-- END headline -->\n" + _blocks_text(blocks, names[:4])
+    pages = _repo_with_pages(tmp_path, mod, monkeypatch, {
+        "README.md": readme, "docs/results.md": "# results\n" + _blocks_text(blocks, names[4:], "old\n"),
+        "docs/other.md": "# other\n"})  # fmt: skip
+    monkeypatch.setattr(sys, "argv", ["render_readme.py", "--check"])
+    assert mod.main() == 1
+    assert capsys.readouterr().err == "docs/results.md is out of date: run python experiments/render_readme.py\n"
+    assert "old\n<!-- END " in pages["docs/results.md"].read_text()  # --check writes nothing
+    monkeypatch.setattr(sys, "argv", ["render_readme.py"])
+    assert mod.main() == 0
+    assert pages["README.md"].read_text() == readme  # the hand-written headline block is left as it is
+    assert pages["docs/results.md"].read_text() == "# results\n" + _blocks_text(blocks, names[4:])
+    monkeypatch.setattr(sys, "argv", ["render_readme.py", "--check"])
+    assert mod.main() == 0
