@@ -128,6 +128,8 @@ def test_real_model_study_runs_baseline_trajectory_and_report_and_resumes(tmp_pa
         torch.set_num_threads(threads)
     printed = capsys.readouterr().out
     assert "[trajectory] running" in printed and "[trajectory] done in " in printed and "[report] " in printed
+    plan = printed.split("estimated total")[0]  # the plan names the trajectory stage the command runs after
+    assert "trajectory            1 run(s): linearity, forecast, extrapolation on 8 test problems" in plan
     for skipped in ("linearity", "weight_extrapolation", "logit_extrapolation"):
         assert not (out / skipped).exists()
     man = read_json(out / "runs" / "rl_seed0" / "manifest.json")

@@ -104,7 +104,7 @@ def _run(args) -> int:
         if not cfg.trajectory_problems:
             raise RlvrLinearError("the trajectory stage needs test problems: --trajectory-problems N (e.g. 500)")
         before = [s for s in stages if s not in ("trajectory", "report")] or ["baseline"]
-        run_study(cfg, args.out, stages=before, progress=not args.no_progress)
+        run_study(cfg, args.out, stages=before, progress=not args.no_progress, plan_stages=stages)
         print("[trajectory] running")
         res = run_trajectory_stage(cfg, args.out, progress=not args.no_progress)
         print(f"[trajectory] done in {res['wall_s']:.0f} s: {res['reproduced']} - {res['verdict']}")

@@ -114,11 +114,14 @@ def not_run_result(cfg: StudyConfig, stage: str, reason: str) -> dict:
     }
 
 
-def run_study(cfg: StudyConfig, out: str | Path, stages: list[str] | None = None, progress: bool = True) -> dict:
+def run_study(cfg: StudyConfig, out: str | Path, stages: list[str] | None = None, progress: bool = True,
+              plan_stages: list[str] | None = None) -> dict:  # fmt: skip
     """Run ``stages`` (default: the protocol's, ``cfg.default_stages()``) into ``out``; finished stages are skipped.
     Returns the results object.
 
-    Stages that need the baseline runs trigger the ``baseline`` stage first if it has not finished. The regime map
+    Stages that need the baseline runs trigger the ``baseline`` stage first if it has not finished. ``plan_stages``:
+    the stages the printed plan shows (default: those run here; the command line adds the ``trajectory`` stage it
+    runs after them). The regime map
     and the ``trajectory`` stage sit above the study (they reuse its helpers): the command line runs them
     (:func:`rlvr_linear.regime.run_regime`, :func:`rlvr_linear.regime.run_trajectory_stage`) and the report reads
     their results.
@@ -152,8 +155,9 @@ def run_study(cfg: StudyConfig, out: str | Path, stages: list[str] | None = None
         hf_logging.disable_progress_bar()
     except ImportError:  # pragma: no cover
         pass
+    shown = [s for s in STAGES if s in (plan_stages or stages)]
+    print_plan(cfg, shown, {s for s in shown if s != "report" and stage_done(out, s)})
     done = {s for s in stages if s != "report" and stage_done(out, s)}
-    print_plan(cfg, stages, done)
     ctx = _Ctx(cfg, out, progress)
     timings = read_json(out / "timings.json") if (out / "timings.json").exists() else {}
     for st in stages:
