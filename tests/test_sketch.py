@@ -168,15 +168,17 @@ def test_incremental_rerun_reads_only_new_checkpoints_of_a_trl_tree(run, tmp_pat
         opened.append(Path(path).name)
         orig_init(self, path, *a, **k)
 
-    import rlvr_linear.linearity.probes as probes_mod
+    import rlvr_linear.linearity.sketch_writer as writer_mod
 
-    orig_load = probes_mod._load_for_scoring
+    orig_load, orig_get, got = writer_mod.load_for_scoring, TensorReader.get, []
     monkeypatch.setattr(TensorReader, "__init__", spy_init)
-    monkeypatch.setattr(probes_mod, "_load_for_scoring", lambda p, *a: loaded.append(Path(p).name) or orig_load(p, *a))
+    monkeypatch.setattr(TensorReader, "get", lambda self, name: got.append(name) or orig_get(self, name))
+    monkeypatch.setattr(writer_mod, "load_for_scoring", lambda p, *a: loaded.append(Path(p).name) or orig_load(p, *a))
     before = {f.name: f.stat().st_mtime_ns for f in (tmp_path / "sk").glob("step_*.safetensors")}
     assert main(["sketch", str(trl), "-o", str(tmp_path / "sk")]) == 0  # (keeps its probes)
     assert "sketched 1 new checkpoint(s) (weights and log-probs), 3 already there: 4 in" in capsys.readouterr().out
-    assert set(opened) == {"checkpoint-30"} and loaded == ["checkpoint-30"]  # read (weights, model) and scored once
+    assert set(opened) == {"checkpoint-30"} and loaded == ["checkpoint-30"]  # its header, and the model scored
+    assert got == []  # the weight sample came from the loaded model: the weights were read once
     assert {f: (tmp_path / "sk" / f).stat().st_mtime_ns for f in before} == before
     monkeypatch.undo()
     # the sketch of checkpoints that no longer exist together still gives the numbers of the whole run
@@ -279,6 +281,30 @@ def test_bytes_per_checkpoint(tmp_path, dtype, itemsize):
     header = 8 + int.from_bytes(f.read_bytes()[:8], "little")
     assert f.stat().st_size - header == sum(ks) * itemsize == sketch_bytes(numels, itemsize, 0.001, 50)
     assert all(v.dtype == (dtype or torch.float32) for v in load_file(f).values())
+
+
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_with_probes_the_weights_are_read_once_and_sampled_from_the_scored_model(tmp_path, dtype, monkeypatch):
+    """Scoring probes loads each checkpoint as a model (fp32); the weight sample is taken from it, cast back to the
+    stored dtype: bit for bit the file's values (bf16 too), and no tensor is read from the file a second time."""
+    from rlvr_linear.io.checkpoints import TensorReader
+    from rlvr_linear.linearity import Probe, write_probes
+
+    run = make_trajectory(tmp_path / "run", [0, 1, 2], lambda n, w, s, i: w + 1e-2 * s, dtype=dtype)
+    probes = tmp_path / "p.jsonl"
+    write_probes(probes, [Probe("1+2=", "3"), Probe("1+2=", "4 5"), Probe("7+1=", "8")])
+    orig_get, got = TensorReader.get, []
+    monkeypatch.setattr(TensorReader, "get", lambda self, name: got.append(name) or orig_get(self, name))
+    assert main(["sketch", str(run), "--probes", str(probes)]) == 0
+    assert got == []
+    monkeypatch.undo()
+    sk = Sketch(run / "sketch")
+    for s in (0, 1, 2):
+        vals = load_file(sk.path / f"step_{s:06d}.safetensors")
+        with TensorReader(run / f"step_{s:06d}") as reader:
+            for t in sk.tensors:
+                want = reader.get(t.name).reshape(-1)[torch.from_numpy(sk.indices(t.name))]
+                assert want.dtype == (dtype or torch.float32) and torch.equal(vals[t.name], want), (s, t.name)
 
 
 def test_smollm2_135m_sketch_fits_the_budget():

@@ -19,9 +19,9 @@ from .probes import (
     _batches,
     _device,
     _left_pad,
-    _load_for_scoring,
     _trajectory_tokenizer,
     encode_probes,
+    load_for_scoring,
 )
 from .reader import _check_finite
 from .sampling import sample_indices
@@ -172,7 +172,7 @@ def analyze_activations(
         raise RlvrLinearError("the probes have no response tokens")
     vals, token, channel = [], None, None
     for path in tqdm(trajectory.paths, desc="activations", disable=None if progress else True):
-        model = _load_for_scoring(path, dev, dtype, trajectory.allow_pickle)
+        model = load_for_scoring(path, dev, dtype, trajectory.allow_pickle)
         if token is None:
             hidden = int(model.config.hidden_size)
             flat = sample_indices(n_tok * hidden, min(pairs_per_layer, n_tok * hidden), seed)

@@ -251,10 +251,11 @@ def _score_shared(model, encoded, batch_size: int, pad_id: int) -> list[np.ndarr
     return out  # type: ignore[return-value]
 
 
-def _load_for_scoring(path, device, dtype, allow_pickle: bool = False):
+def load_for_scoring(path, device=None, dtype: torch.dtype = torch.float32, allow_pickle: bool = False):
+    """The model at ``path`` as :func:`score_checkpoint` scores it (``device`` None: CUDA if available)."""
     from ..io.loading import load_model
 
-    model, _ = load_model(path, dtype=dtype, device=device, allow_pickle=allow_pickle)
+    model, _ = load_model(path, dtype=dtype, device=_device(device), allow_pickle=allow_pickle)
     return model
 
 
@@ -301,7 +302,7 @@ def score_checkpoint(
     allow_pickle: bool = False,
 ) -> np.ndarray:
     """The (N,) float32 log-probs of every response token of ``encoded`` under the checkpoint at ``path``."""
-    model = _load_for_scoring(path, _device(device), dtype, allow_pickle)
+    model = load_for_scoring(path, device, dtype, allow_pickle)
     lp = score_logprobs(model, encoded, batch_size=batch_size, pad_id=pad_id)
     del model
     return np.concatenate(lp) if lp else np.zeros(0, np.float32)

@@ -12,6 +12,7 @@ import inspect
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -20,7 +21,7 @@ from ..io import atomic_dir
 from ..io.checkpoints import TensorReader, Trajectory
 from ..io.lock import locked
 from .logprobs import analyze_logprobs
-from .probes import Probe, encode_probes, make_probes, score_checkpoint
+from .probes import Probe, encode_probes, load_for_scoring, make_probes, score_logprobs
 from .reader import has_nonfinite
 from .sketch import MODEL_FIELDS, Sketch, check_model_config, dtype_name, is_sketch
 from .stats import PAPER_FRACTION, PAPER_MIN_SAMPLES, PAPER_SEED
@@ -59,8 +60,22 @@ def token_texts(tokenizer, encoded: Sequence[tuple[Sequence[int], Sequence[int]]
     return {i: tokenizer.decode([i]) for i in ids}
 
 
-def sample_checkpoint(reader, sketch: Sketch, label: str) -> dict[str, torch.Tensor]:
-    """The sketch's sample of every tensor of one checkpoint, in its stored dtype (NaN / Inf anywhere: refused)."""
+def _from_model(state: Mapping[str, torch.Tensor] | None, name: str, stored: torch.dtype) -> torch.Tensor | None:
+    """A loaded model's copy of a saved tensor, when it holds the stored values exactly (the same dtype, or a wider
+    float the stored one converts to and back without loss); else None (read the file)."""
+    t = None if state is None else state.get(name)
+    if t is None or not (t.dtype == stored or (t.dtype == torch.float32 and stored in (torch.bfloat16, torch.float16))):
+        return None
+    return t.detach().cpu()
+
+
+def sample_checkpoint(reader, sketch: Sketch, label: str,
+                      state: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+    """The sketch's sample of every tensor of one checkpoint, in its stored dtype (NaN / Inf anywhere: refused).
+
+    ``state``: the checkpoint already loaded as a model (its ``state_dict``), whose tensors are used instead of reading
+    the file again where they hold the stored values exactly (:func:`_from_model`); the reader then gives only the
+    header (names, shapes, dtypes, config)."""
     have = set(weight_names(reader))
     want = {t.name for t in sketch.tensors}
     if have != want:
@@ -73,7 +88,9 @@ def sample_checkpoint(reader, sketch: Sketch, label: str) -> dict[str, torch.Ten
         if tuple(reader.shape(t.name)) != t.shape:
             raise RlvrLinearError(f"{label}: tensor {t.name!r} has shape {tuple(reader.shape(t.name))}, the sketch "
                                   f"{t.shape}")  # fmt: skip
-        flat = reader.get(t.name).reshape(-1)
+        stored = reader.dtype(t.name)
+        loaded = _from_model(state, t.name, stored)
+        flat = (reader.get(t.name) if loaded is None else loaded.to(stored)).reshape(-1)
         if has_nonfinite(flat):
             raise RlvrLinearError(f"{label}: tensor {t.name!r} contains NaN or Inf values")
         out[t.name] = flat[torch.from_numpy(sketch.indices(t.name))].clone()
@@ -159,12 +176,16 @@ def write_sketch(
         added = []
         for i in tqdm(new, desc="sketching checkpoints", disable=None if progress else True):
             step, label = trajectory.steps[i], labels[i]
-            with TensorReader(trajectory.local_path(i), allow_pickle=trajectory.allow_pickle) as reader:
-                values = sample_checkpoint(reader, sketch, f"checkpoint step {step} ({label})")
-            logp = None
-            if enc is not None:
-                logp = score_checkpoint(trajectory.local_path(i), enc, sc["batch_size"], sc["pad_id"], device,
-                                        getattr(torch, sc["dtype"]), trajectory.allow_pickle)  # fmt: skip
+            logp, path, what = None, trajectory.local_path(i), f"checkpoint step {step} ({label})"
+            with TensorReader(path, allow_pickle=trajectory.allow_pickle) as reader:
+                if enc is None:
+                    values = sample_checkpoint(reader, sketch, what)
+                else:  # one read of the weights: the model scored is also where the sample comes from
+                    model = load_for_scoring(path, device, getattr(torch, sc["dtype"]), trajectory.allow_pickle)
+                    values = sample_checkpoint(reader, sketch, what, state=model.state_dict())
+                    lp = score_logprobs(model, enc, batch_size=sc["batch_size"], pad_id=sc["pad_id"])
+                    logp = np.concatenate(lp) if lp else np.zeros(0, np.float32)
+                    del model
             sketch.add(step, label, values, logp)
             added.append(step)
         return sketch, added
