@@ -77,7 +77,7 @@ def test_summary_over_seeds_reads_only_results_files(tmp_path):
 
     md = smollm2_table(res)
     lines = md.splitlines()
-    assert lines[0] == "| measure | seed 0 | seed 1 |" and len(lines) == 2 + 15
+    assert lines[0] == "| measure | seed 0 | seed 1 |" and len(lines) == 2 + 16
     assert "| weight R², paper sample [95% CI] | 0.790 [0.780, 0.800] (null 0.430 [0.420, 0.440]) |" in md
     assert "weight two-point α 1.5 → 95: +0.040 [+0.010, +0.070]" in md  # the best weight case vs t1
     assert "| cases beating t1 / the real target (CI above 0) | 1 / 0 of 2 | 1 / 0 of 2 |" in md

@@ -101,6 +101,7 @@ def _seed_row(r: dict) -> dict:
         "best_weight_vs_t1": case_view(best("weight", "gain_vs_t1")),
         "best_weight_vs_real": case_view(best("weight", "gain_vs_real")),
         "best_logit_vs_t1": case_view(best("logit", "gain_vs_t1")),
+        "best_logit_vs_real": case_view(best("logit", "gain_vs_real")),
         "avg_k_case": case_view(next((c for c in cases if (c["gain_vs_t1"] or {}).get("avg_k")), None)),
         "cases_beating_t1": sum((c["gain_vs_t1"]["greedy"]["lo"] or 0) > 0 for c in cases),
         "cases_beating_real": sum(bool(c.get("gain_vs_real")) and (c["gain_vs_real"]["greedy"]["lo"] or 0) > 0

@@ -358,7 +358,7 @@ def _gain_cell(c: dict | None, vs: str, key: str = "greedy") -> str:
 def smollm2_table(summary: dict) -> str:
     """The real-model experiment per seed (``experiments/results/smollm2/summary.json``, from
     :func:`rlvr_linear.regime.summarize`): every measured number next to its null or baseline, with its CI."""
-    rows = summary["numbers"]["per_seed"]
+    rows = summary["numbers"]["per_seed"]  # (a row without a field, from an older summary, shows "-")
 
     def row(label: str, fn) -> list[str]:
         return [label, *[fn(r) for r in rows]]
@@ -394,6 +394,8 @@ def smollm2_table(summary: dict) -> str:
         row("best weight extrapolation vs the real checkpoint at its target",
             lambda r: _gain_cell(r["best_weight_vs_real"], "gain_vs_real")),
         row("best logit extrapolation vs t1", lambda r: _gain_cell(r["best_logit_vs_t1"], "gain_vs_t1")),
+        row("best logit extrapolation vs the real checkpoint at its target",
+            lambda r: _gain_cell(r.get("best_logit_vs_real"), "gain_vs_real")),
         row("cases beating t1 / the real target (CI above 0)", lambda r: f"{r['cases_beating_t1']} / "
             f"{r['cases_beating_real']} of {r['cases']}"),  # fmt: skip
         row("avg@4 at T 0.7: two-point vs t1", lambda r: _gain_cell(r["avg_k_case"], "gain_vs_t1", "avg_k")),
