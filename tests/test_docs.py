@@ -134,3 +134,23 @@ def test_readme_links_to_the_docs_pages():
     linked = {m[1].split("#")[0] for m in re.finditer(r"\]\((docs/[^)\s]+)\)", text)}
     pages = {"guide", "results", "smollm2", "benchmarks", "reliability"}
     assert {f"docs/{name}.md" for name in pages} <= linked
+
+
+def _block(text: str, name: str) -> str:
+    return text.split(f"<!-- BEGIN {name} -->", 1)[1].split(f"<!-- END {name} -->", 1)[0]
+
+
+def _numbers(text: str) -> set[str]:
+    return set(re.findall(r"[-+]?\d+\.\d+", text.replace("−", "-")))
+
+
+def test_headline_real_model_cells_quote_the_rendered_results():
+    """Every number in the headline table's real-model column is one of the real-model results table's (which
+    render_readme.py renders from experiments/results/smollm2/summary.json), so the front door quotes only measured
+    numbers."""
+    rows = [r for r in _block((ROOT / "README.md").read_text(), "headline").strip().splitlines()[2:]]
+    cells = [r.strip().strip("|").split("|")[-1] for r in rows]
+    assert len(cells) >= 5
+    rendered = _numbers(_block((ROOT / "docs" / "smollm2.md").read_text(), "smollm2"))
+    quoted = set().union(*(_numbers(c) for c in cells))
+    assert quoted <= rendered, sorted(quoted - rendered)
