@@ -54,10 +54,11 @@ def run_trajectory_stage(cfg, out: str | Path, progress: bool = True) -> dict:
     paths = []
     for seed in cfg.seeds:
         run = out / "runs" / f"rl_seed{seed}"
-        if not (run / "manifest.json").is_file() or not read_json(run / "manifest.json").get("finished"):
+        man = read_json(run / "manifest.json") if (run / "manifest.json").is_file() else {}
+        if not man.get("finished"):
             raise RlvrLinearError(f"{run}: no finished baseline run; run the baseline stage first")
         dest = out / "trajectory" / f"seed{seed}"
-        analyze_trajectory(run, dest, progress=progress, **settings_for(cfg, read_json(run / "manifest.json")))
+        analyze_trajectory(run, dest, progress=progress, **settings_for(cfg, man))
         paths.append(dest / "trajectory.json")
     res = summarize(paths, rel_to=out)
     # the stage's time: the analyses' recorded compute (stable across reruns, which only reuse the cache)
