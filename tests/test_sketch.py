@@ -20,6 +20,7 @@ from rlvr_linear.io.checkpoints import TensorReader
 from rlvr_linear.linearity import PAPER_FRACTION, PAPER_MIN_SAMPLES, Probe, paper_sample_size, write_probes
 from rlvr_linear.linearity.sketch import Sketch, open_run, sketch_bytes
 from rlvr_linear.models.testing import make_pico_dir, make_trajectory
+from rlvr_linear.training.sketch_callback import TRAIN_PROBE_PROMPTS
 
 STEPS = [0, 10, 20, 30]
 #: no spaces: a TRL checkpoint's copy of the pico char tokenizer splits spaces differently (no rlvr-linear marker)
@@ -399,8 +400,8 @@ def test_train_sketch_equals_the_sketch_command(tmp_path, pico_dir, monkeypatch,
     live = Sketch(run / "sketch")
     assert live.steps == [0, 2, 4] and live.has_probes and live.meta["probes"]["origin"]["task"] == task
     capsys.readouterr()
-    assert len(live.probes) <= 16 * 4 and all(len(e[1]) <= 8 for e in live.encoded())  # the run's reply cap
-    same = ["--task", task, "--n-prompts", "16", "--max-new-tokens", "8"]  # the in-run sketch's probe settings
+    assert len(live.probes) <= TRAIN_PROBE_PROMPTS * 4 and all(len(e[1]) <= 8 for e in live.encoded())  # reply cap
+    same = ["--task", task, "--n-prompts", str(TRAIN_PROBE_PROMPTS), "--max-new-tokens", "8"]  # the in-run settings
     assert main(["sketch", str(run), *same]) == 0  # kept, nothing to add
     assert "sketched 0 new checkpoint(s) (weights and log-probs), 3 already there" in capsys.readouterr().out
     assert main(["sketch", str(run), "-o", str(tmp_path / "cmd"), *same]) == 0

@@ -136,7 +136,8 @@ class FsdpShards:
 
     # -- metadata ----------------------------------------------------------------------------------
     def keys(self) -> list[str]:
-        return list(self._keys)
+        """Sorted, as a safetensors checkpoint lists its tensors (so analyses list them in the same order)."""
+        return sorted(self._keys)
 
     def _first(self, name: str):
         sd = self._sd(0)

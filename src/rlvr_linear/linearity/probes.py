@@ -228,7 +228,9 @@ def _score_shared(model, encoded, batch_size: int, pad_id: int) -> list[np.ndarr
         rest = None
         if R > 1:
             # transformers >= 5.2x names the cache ``cache`` (in and out), earlier releases ``past_key_values``
-            name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+            # (an FSDP1 root forwards ``*args, **kwargs``: the wrapped model's signature tells)
+            inner = getattr(model, "_fsdp_wrapped_module", model)
+            name = "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
             cache = getattr(res, name)
             cache.reorder_cache(rows)  # one cache row per reply
             rid = torch.full((len(members), R - 1), pad_id, dtype=torch.long)

@@ -26,10 +26,11 @@ Usage in any TRL / transformers trainer::
     mon.history  # one dict per measurement
 
 Distributed: DDP (and ZeRO-1/2) ranks hold identical full parameters, so they draw and log identical numbers with
-no communication. Sharded parameters (ZeRO-3 ``ds_tensor``, FSDP2 ``to_local()``, FSDP1 views; the local shards of
-:func:`rlvr_linear.training.distributed.local_params`) are sampled per local shard and the samples are all-gathered
-(rank order) at every record, so every rank computes from the same matrix. Which case applies is decided once, by
-comparing a fingerprint of the first sample across ranks. **Tested**: single process and 2-process DDP (gloo, CPU).
+no communication. Under sharding (FSDP2, FSDP1 with ``use_orig_params=True``, ZeRO-3:
+:func:`rlvr_linear.training.distributed.sharding`) every rank gathers each sampled weight in turn
+(:func:`~rlvr_linear.training.distributed.gathered_params`: one full tensor at a time; FSDP1: the whole model) and
+samples it under its unwrapped name, so every rank logs the numbers a single process would log on the same weights.
+**Tested** (2 processes, gloo, CPU): DDP, FSDP2, FSDP1 and ZeRO-3, each equal to the single-process monitor.
 """
 
 from __future__ import annotations
@@ -46,17 +47,9 @@ from ..advisor.advise import weight_stats
 from ..advisor.backtest import EXTRA_PREDICTORS, PREDICTORS, Block, backtest, canonical
 from ..errors import RlvrLinearError
 from ..linearity import PAPER_FRACTION, PAPER_MIN_SAMPLES, PAPER_SEED, paper_sample_size, sample_indices, tensor_seed
-from .distributed import local_params
+from .distributed import clean_name, gathered_params, local_params, sharding
 
 PREFIX = "linearity/"
-
-
-def _dist():
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        return dist
-    return None
 
 
 class LinearityMonitor(TrainerCallback):
@@ -100,33 +93,27 @@ class LinearityMonitor(TrainerCallback):
     # -- sampling ----------------------------------------------------------------------------------------
     @torch.no_grad()
     def _sample(self, model) -> np.ndarray:
+        if self._sharded is None:
+            self._sharded = sharding(model) is not None
+        if self._sharded:  # every rank gathers each full weight in turn and samples it as one process would
+            named = gathered_params(model, keep=lambda n, p: n.endswith(".weight") and p.is_floating_point())
+        else:
+            named = ((clean_name(n), t) for n, t in local_params(model))
         parts, meta = [], []
-        for name, t in local_params(model):
+        for name, t in named:
             if not name.endswith(".weight") or not t.is_floating_point() or t.numel() == 0:
                 continue
             flat = t.reshape(-1)
             idx = self._index.get(name)
-            if idx is None or (idx.numel() and int(idx[-1]) >= flat.numel()):
+            if idx is None:
                 n = flat.numel()
                 k = paper_sample_size(n, self.fraction, self.min_samples)
                 idx = torch.from_numpy(sample_indices(n, k, tensor_seed(name, self.seed))).to(flat.device)
                 self._index[name] = idx
-            parts.append(flat[idx].double().cpu())
+            parts.append(flat[idx.to(flat.device)].double().cpu())
             meta.append((name, idx.numel(), t.dim() >= 2))
-        y = torch.cat(parts).numpy() if parts else np.zeros(0)
-        dist = _dist()
-        if dist is not None:
-            if self._sharded is None:
-                prints: list = [None] * dist.get_world_size()
-                dist.all_gather_object(prints, (y.size, float(y.sum()) if y.size else 0.0))
-                self._sharded = any(p != prints[0] for p in prints)
-            if self._sharded:
-                got: list = [None] * dist.get_world_size()
-                dist.all_gather_object(got, (y, meta))
-                y = np.concatenate([g[0] for g in got])
-                meta = [(f"rank{r}:{m[0]}", m[1], m[2]) for r, g in enumerate(got) for m in g[1]]
         self._meta = meta
-        return y
+        return torch.cat(parts).numpy() if parts else np.zeros(0)
 
     def observe(self, model, state) -> dict | None:
         """Record the current weights (once per global step) and measure; returns the new metrics, if any."""

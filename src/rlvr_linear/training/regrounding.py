@@ -27,17 +27,18 @@ Parameter policy (as in weight extrapolation, paper §5.1, the same rule:
 with ``norms="copy"`` a parameter whose lowercased name contains ``layernorm``/``rmsnorm``/``norm``/``ln_`` keeps
 its trained value (W), with ``norms="extrapolate"`` it is jumped like the others.
 
-Distributed training (the callback):
+Distributed training (the callback; each case tested with gloo processes on CPU against the same run in one process,
+``tests/test_distributed_engines.py``):
 
 * DDP: every rank holds the full parameters and they are identical after each optimizer step, so every rank
   applies the same elementwise jump from its own identical anchor — deterministic, no communication.
-  :func:`~rlvr_linear.training.distributed.ranks_agree` checks it. **Tested** (2 processes, gloo, CPU).
-* DeepSpeed ZeRO-3 / FSDP: each rank jumps only its *local shard*, with anchors stored per local shard
-  (``p.ds_tensor`` for ZeRO-3, ``p.to_local()`` for FSDP2 DTensor parameters, the sharded view ``p.data`` for FSDP1
-  with ``use_orig_params=True``). Since the jump is elementwise, jumping each shard is the same as jumping the whole.
-  Under DeepSpeed the fp32 master weights are refreshed from the jumped bf16/fp16 weights with the optimizer's
-  ``refresh_fp32_params()`` (ZeRO-1/2/3, bf16 and fp16 optimizers), otherwise the next optimizer step would undo
-  the jump. **Written but untested here**: only single-process CPU and 2-process DDP/gloo are tested.
+  :func:`~rlvr_linear.training.distributed.ranks_agree` checks it.
+* FSDP2, FSDP1 (``use_orig_params=True``) and DeepSpeed ZeRO-3: each rank jumps only its *local shard*, with anchors
+  stored per local shard (``p.to_local()`` for FSDP2 DTensor parameters, the sharded view ``p.data`` for FSDP1,
+  ``p.ds_tensor`` for ZeRO-3). Since the jump is elementwise, jumping each shard is the same as jumping the whole.
+  Under DeepSpeed the fp32 master weights are refreshed from the jumped weights with the optimizer's
+  ``refresh_fp32_params()``, otherwise the next optimizer step would undo the jump; ``reset`` zeroes its state
+  tensors in place. FSDP1 with ``use_orig_params=False`` (flattened parameters only) is refused with one line.
 
 vLLM: TRL re-syncs vLLM weights whenever the trainer's ``global_step`` changed since the last sync —
 ``trl/trainer/grpo_trainer.py`` (TRL 1.16.0), ``GRPOTrainer._generate_single_turn`` (``if self.state.global_step

@@ -15,12 +15,17 @@ Usage in any TRL script::
     trainer = GRPOTrainer(..., callbacks=[SketchCallback("out/sketch", probes="probes.jsonl")])
     trainer.train()  # then: rlvr-linear analyze weights out/sketch -o out/w
 
-``rlvr-linear train --sketch`` writes ``RUN/sketch`` this way. Distributed: the process of rank 0 writes; the
-parameters must be whole on it (single process, DDP, ZeRO-1/2); sharded parameters (FSDP, ZeRO-3) are refused.
+``rlvr-linear train --sketch`` writes ``RUN/sketch`` this way. Distributed: the process of rank 0 writes. With
+whole parameters on every rank (single process, DDP, ZeRO-1/2) rank 0 alone records. Under sharding (FSDP2, FSDP1
+with ``use_orig_params=True``, ZeRO-3) every rank takes part: each trainable weight is gathered in turn
+(:func:`~rlvr_linear.training.distributed.gathered_params`) and rank 0 keeps its sample; rank 0 sends the probes to
+the others and every rank runs the scoring forward passes (the sharded model's all-gathers need them all). The
+sketch then equals the one written from the whole model (tested under FSDP2, FSDP1 and ZeRO-3, 2 gloo processes).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -44,18 +49,17 @@ from ..linearity import (
 )
 from ..linearity.sketch import MODEL_FIELDS, Sketch, dtype_name, is_sketch
 from ..linearity.sketch_writer import BATCH_SIZE, probe_origin, sample_task_probes, token_texts
-from .distributed import unwrap_model
+from .distributed import gathered_params, hf_module, sharding, unwrap_model
 
 
 def saved_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The floating ``*.weight`` tensors of ``model`` under the names ``save_pretrained`` writes (tied copies dropped:
     :func:`transformers.modeling_utils.remove_tied_weights_from_state_dict`), sorted by name as in the saved file."""
     model = unwrap_model(model)
+    if sharding(model) is not None:
+        raise RlvrLinearError("saved_weights: the model's parameters are sharded; gather them with "
+                              "rlvr_linear.training.distributed.gathered_params")  # fmt: skip
     sd = model.state_dict()
-    bad = next((k for k, v in sd.items() if type(v).__name__ == "DTensor" or hasattr(v, "ds_tensor")), None)
-    if bad is not None:
-        raise RlvrLinearError(f"SketchCallback: parameter {bad!r} is sharded (FSDP / ZeRO-3); sketch the saved "
-                              "checkpoints with `rlvr-linear sketch` instead")  # fmt: skip
     try:
         from transformers.modeling_utils import remove_tied_weights_from_state_dict
 
@@ -69,10 +73,19 @@ def saved_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def model_config(model: torch.nn.Module) -> dict:
     """The config fields a sketch records, as ``save_pretrained`` writes them (``architectures`` filled in)."""
-    model = unwrap_model(model)
+    model = hf_module(model)
     cfg = model.config.to_dict() if hasattr(model, "config") else {}
-    cfg["architectures"] = cfg.get("architectures") or [type(model).__name__]
+    cfg["architectures"] = cfg.get("architectures") or [_class_name(model)]
     return {k: cfg[k] for k in MODEL_FIELDS if cfg.get(k) is not None}
+
+
+def _class_name(model: torch.nn.Module) -> str:
+    """The model's class name (FSDP2's ``fully_shard`` swaps in a subclass named ``FSDP<name>``)."""
+    return next(c.__name__ for c in type(model).__mro__ if not c.__name__.startswith("FSDP"))
+
+
+def _is_sampled(name: str, p: torch.Tensor) -> bool:
+    return name.endswith(".weight") and p.is_floating_point()
 
 
 class SketchCallback(TrainerCallback):
@@ -108,11 +121,11 @@ class SketchCallback(TrainerCallback):
         self.seconds = 0.0  #: time spent sampling, scoring and writing
         self.record_seconds: dict[int, float] = {}  #: per step recorded: its time (the first: probes sampled too)
 
-    def _open(self, model, tokenizer) -> Sketch:
+    def _open(self, model, tokenizer, tensors: list[tuple[str, tuple, torch.dtype]]) -> Sketch:
+        """The sketch (created with ``tensors``, ``(name, shape, dtype)``, if it does not exist yet)."""
         if self.sketch is not None:
             return self.sketch
         if not is_sketch(self.out):
-            weights = saved_weights(model)
             kw: dict = {}
             if self.probes is not None:
                 self.probes = list(self.probes() if callable(self.probes) else self.probes)
@@ -120,13 +133,13 @@ class SketchCallback(TrainerCallback):
                     raise RlvrLinearError("SketchCallback: scoring probes needs the tokenizer (the trainer's "
                                           "processing_class)")  # fmt: skip
                 enc = encode_probes(tokenizer, self.probes)
-                p = next(unwrap_model(model).parameters())
+                p = next(unwrap_model(model).parameters())  # dtype and device (a DTensor's: the local shard's)
                 scoring = {"batch_size": self.batch_size, "dtype": dtype_name(p.dtype), "device": p.device.type,
                            "pad_id": int(tokenizer.pad_token_id or 0)}  # fmt: skip
                 kw = dict(probes=self.probes, encoded=enc, token_texts=token_texts(tokenizer, enc), scoring=scoring,
                           origin=self.probe_origin)  # fmt: skip
             with atomic_dir(self.out, kind="sketch") as tmp:
-                Sketch.create(tmp, [(k, tuple(v.shape), v.dtype) for k, v in weights.items()],
+                Sketch.create(tmp, tensors,
                               fraction=self.fraction, min_samples=self.min_samples, seed=self.seed,
                               model=model_config(model), **kw)  # fmt: skip
         sk = Sketch(self.out)
@@ -144,34 +157,83 @@ class SketchCallback(TrainerCallback):
 
     @torch.no_grad()
     def record(self, model, step: int, tokenizer=None, source: str = "live model") -> bool:
-        """Add the model's weights (and log-probs) at ``step`` to the sketch; False if the step is there already."""
+        """Add the model's weights (and log-probs) at ``step`` to the sketch; False if the step is there already.
+
+        Under sharding every rank must call it (it gathers the weights and runs the scoring passes on each)."""
         t0 = time.perf_counter()
+        if sharding(model) is not None:
+            done = self._record_sharded(model, step, tokenizer, source)
+        else:
+            done = self._record_whole(model, step, tokenizer, source)
+        if done:
+            dt = time.perf_counter() - t0
+            self.seconds += dt
+            self.record_seconds[int(step)] = dt
+        return done
+
+    def _record_whole(self, model, step: int, tokenizer, source: str) -> bool:
         with locked(self.out, wait=True):
-            sk = self._open(model, tokenizer)
+            weights = saved_weights(model)
+            sk = self._open(model, tokenizer, [(k, tuple(v.shape), v.dtype) for k, v in weights.items()])
             if step in sk.steps:
                 return False
-            weights = saved_weights(model)
-            values = {}
-            for t in sk.tensors:
-                w = weights.get(t.name)
-                if w is None or tuple(w.shape) != t.shape:
-                    got = "missing" if w is None else f"shape {tuple(w.shape)}"
-                    raise RlvrLinearError(f"step {step}: tensor {t.name!r} is {got}, the sketch {self.out} has "
-                                          f"{t.shape}")  # fmt: skip
-                idx = self._index.get(t.name)
-                if idx is None or idx.device != w.device:
-                    idx = self._index[t.name] = torch.from_numpy(sk.indices(t.name)).to(w.device)
-                values[t.name] = w.reshape(-1)[idx].cpu()
-            logp = self._score(model, sk) if sk.has_probes else None
+            values = self._take(sk, step, weights.items())
+            logp = self._score(model, self._probe_ids(sk), sk.scoring) if sk.has_probes else None
             sk.add(step, source, values, logp)
-        dt = time.perf_counter() - t0
-        self.seconds += dt
-        self.record_seconds[int(step)] = dt
         return True
 
-    def _score(self, model, sk: Sketch) -> np.ndarray:
+    def _record_sharded(self, model, step: int, tokenizer, source: str) -> bool:
+        import torch.distributed as dist
+
+        rank0 = dist.get_rank() == 0
+        with locked(self.out, wait=True) if rank0 else contextlib.nullcontext():
+            todo: list = [None]
+            if rank0:
+                new = self.sketch is None and not is_sketch(self.out)
+                todo[0] = "new" if new else "skip" if step in (self.sketch or Sketch(self.out)).steps else "add"
+            dist.broadcast_object_list(todo, src=0)
+            if todo[0] == "skip":
+                return False
+            tensors = None
+            if todo[0] == "new":  # the full shapes first: one more gather, when the sketch is created
+                tensors = sorted((n, tuple(w.shape), w.dtype) for n, w in gathered_params(model, _is_sampled))
+            sk = self._open(model, tokenizer, tensors) if rank0 else None
+            named = gathered_params(model, _is_sampled)
+            values = self._take(sk, step, named) if rank0 else [None for _ in named]
+            probes = [(self._probe_ids(sk), sk.scoring) if rank0 and sk.has_probes else None]
+            dist.broadcast_object_list(probes, src=0)
+            logp = self._score(model, *probes[0]) if probes[0] is not None else None
+            if rank0:
+                sk.add(step, source, values, logp)
+        return True
+
+    def _take(self, sk: Sketch, step: int, named) -> dict[str, torch.Tensor]:
+        """The sketch's sample of each of its tensors in ``named`` (consumed to the end: it may be a collective)."""
+        values, bad, seen, wanted = {}, [], set(), {t.name: t for t in sk.tensors}
+        for name, w in named:
+            t = wanted.get(name)
+            if t is None:
+                continue
+            seen.add(name)
+            if tuple(w.shape) != t.shape:
+                bad.append(f"tensor {name!r} is shape {tuple(w.shape)}, the sketch {self.out} has {t.shape}")
+                continue
+            idx = self._index.get(name)
+            if idx is None or idx.device != w.device:
+                idx = self._index[name] = torch.from_numpy(sk.indices(name)).to(w.device)
+            values[name] = w.reshape(-1)[idx].cpu()
+        bad += [f"tensor {t.name!r} is missing, the sketch {self.out} has {t.shape}" for t in sk.tensors
+                if t.name not in seen]  # fmt: skip
+        if bad:
+            raise RlvrLinearError(f"step {step}: {bad[0]}")
+        return values
+
+    def _probe_ids(self, sk: Sketch) -> list[tuple[list[int], list[int]]]:
         if self._encoded is None:
             self._encoded = sk.encoded()
+        return self._encoded
+
+    def _score(self, model, encoded, scoring: dict) -> np.ndarray:
         model = unwrap_model(model)
         was_training = model.training
         # accelerate's mixed precision wraps forward in autocast: score the weights as saved, as the analysis does
@@ -180,7 +242,7 @@ class SketchCallback(TrainerCallback):
             model.forward = model._original_forward
         model.eval()
         try:
-            lp = score_logprobs(model, self._encoded, batch_size=sk.scoring["batch_size"], pad_id=sk.scoring["pad_id"])
+            lp = score_logprobs(model, encoded, batch_size=scoring["batch_size"], pad_id=scoring["pad_id"])
         finally:
             model.train(was_training)
             if wrapped is not None:
@@ -189,7 +251,7 @@ class SketchCallback(TrainerCallback):
 
     # -- TrainerCallback ---------------------------------------------------------------------------------------
     def _hook(self, args, state, model, processing_class, where: str) -> None:
-        if model is None or not getattr(state, "is_world_process_zero", True):
+        if model is None or (not getattr(state, "is_world_process_zero", True) and sharding(model) is None):
             return
         out_dir = getattr(args, "output_dir", None)
         source = f"{out_dir}/checkpoint-{state.global_step}" if where == "save" and out_dir else "live model"
@@ -202,15 +264,16 @@ class SketchCallback(TrainerCallback):
         self._hook(args, state, model, processing_class, "save")
 
 
-#: prompts of the in-run sketch's probes (x 4 replies): half of ``sketch --task``'s 32, and replies capped at the
-#: run's own length, so that scoring them adds ~2% to a SmolLM2 step (bench/results/sketch_record_smollm2.json)
-TRAIN_PROBE_PROMPTS = 16
+#: prompts of the in-run sketch's probes (x 4 replies, ~750 reply tokens on SmolLM2's arithmetic): fewer than
+#: ``sketch --task``'s 32, and replies capped at the run's own length, so that scoring them stays under 2% of a
+#: SmolLM2 step (bench/results/sketch_record_smollm2.json; 16 prompts measured 2.1%)
+TRAIN_PROBE_PROMPTS = 12
 
 
 def train_sketch(out: str | Path, first_checkpoint: str | Path, task: str,
                  max_new_tokens: int | None = None) -> SketchCallback:  # fmt: skip
     """The callback of ``rlvr-linear train --sketch``: probes sampled on ``task`` from ``first_checkpoint`` (read when
-    the sketch is created, after step 0 is saved) as ``rlvr-linear sketch RUN --task TASK --n-prompts 16
+    the sketch is created, after step 0 is saved) as ``rlvr-linear sketch RUN --task TASK --n-prompts 12
     --max-new-tokens N`` samples them (:data:`TRAIN_PROBE_PROMPTS`; ``N`` the run's reply cap, ``max_new_tokens``,
     else the task's), without touching the training's random state; an existing sketch (a resumed run) keeps its
     own."""
