@@ -322,6 +322,8 @@ def test_thread_policy(monkeypatch):
         assert threads.for_params(10**3) == 1
         assert threads.for_params(10**9) == threads.usable_cores()
         assert threads.configure(2) == 2 and threads.for_params(10**3) == 2  # --threads wins
+        # a config's explicit count (train / study threads=1) holds when a large model is loaded later
+        assert threads.configure(None) == 1 and threads.use(1) == 1 and threads.for_params(10**9) == 1
         monkeypatch.setenv("OMP_NUM_THREADS", "1")
         torch.set_num_threads(1)
         threads.configure(None)

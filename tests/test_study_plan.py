@@ -106,13 +106,16 @@ def test_smollm2_default_plan_is_one_run_and_its_trajectory_analysis():
     assert 3 * 60 <= quick_total <= 10 * 60  # a smoke test: 10 RL steps at ~21 s
 
 
-def test_print_plan_states_thread_count_source_and_total(capsys):
+def test_print_plan_states_thread_count_source_and_total(capsys, monkeypatch):
+    from rlvr_linear.runtime.threads import usable_cores
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # the thread policy: a 135M model gets every core
     cfg = StudyConfig.for_mode("default", model="smollm2-135m")
     total = print_plan(cfg, STAGES, done=set())
     out = capsys.readouterr().out
     assert f"estimated total: {duration(total)} ({total:.0f} s) on a free core" in out
     assert duration(total) == duration(sum(r["estimate_s"] for r in plan(cfg, STAGES) if not r["skipped"]))
-    assert "unit costs (smollm2-arith): measured with 1 thread(s); this study uses 1;" in out
+    assert f"unit costs (smollm2-arith): measured with 1 thread(s); this study uses {usable_cores()};" in out
     assert "eval_units_smollm2-arith.json (greedy, sample)" in out and "study_units_smollm2-135m.json" in out
     assert out.count("not run (budget): ") == 3
     # a finished stage is reused: not counted again
@@ -120,9 +123,11 @@ def test_print_plan_states_thread_count_source_and_total(capsys):
     rows = {r["stage"]: r for r in plan(cfg, STAGES)}
     assert left == pytest.approx(total - rows["baseline"]["estimate_s"])
     assert "done, reused" in capsys.readouterr().out
-    # more threads than the measurements: said so
-    print_plan(StudyConfig.for_mode("default", model="smollm2-135m", threads=2), ["baseline"], set())
-    assert "this study uses 2" in capsys.readouterr().out
+    # --threads wins; the tiny model gets one thread
+    print_plan(StudyConfig.for_mode("default", model="smollm2-135m", threads=3), ["baseline"], set())
+    assert "this study uses 3" in capsys.readouterr().out
+    print_plan(StudyConfig.for_mode("default"), ["baseline"], set())
+    assert "this study uses 1;" in capsys.readouterr().out
 
 
 def test_duration():

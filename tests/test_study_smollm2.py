@@ -31,7 +31,7 @@ def _keep_torch_threads():
 def test_smollm2_protocol_fields():
     c = StudyConfig.for_mode("default", model="smollm2-135m")
     pre = PRESETS["smollm2-arith"]
-    assert (c.preset, c.task, c.seeds, c.threads) == ("smollm2-arith", "arithmetic:system=", [0], 1)
+    assert (c.preset, c.task, c.seeds, c.threads) == ("smollm2-arith", "arithmetic:system=", [0], None)  # the policy
     assert (c.learning_rate, c.optimizer, c.prompts_per_step, c.samples_per_prompt) == (
         pre["learning_rate"], "adamw", pre["prompts_per_step"], pre["samples_per_prompt"])  # fmt: skip
     assert (c.learning_rate, c.prompts_per_step, c.samples_per_prompt) == (1e-6, 8, 4)
@@ -77,13 +77,14 @@ def test_smollm2_runs_are_the_documented_training_command(tmp_path):
     ctx = _Ctx(cfg, tmp_path, progress=False)
     t = ctx.train_config(1)
     assert (t.model, t.task, t.max_new_tokens, t.steps, t.save_every, t.eval_problems, t.threads, t.sketch) == (
-        "smollm2-135m", "arithmetic:system=", 16, 150, 10, 200, 1, True)  # fmt: skip
+        "smollm2-135m", "arithmetic:system=", 16, 150, 10, 200, None, True)  # fmt: skip
     assert (t.learning_rate, t.prompts_per_step, t.samples_per_prompt, t.temperature, t.top_p) == (
         1e-6, 8, 4, 0.7, 0.95)  # fmt: skip
     by_hand = TrainConfig(model="smollm2-135m", task="arithmetic:system=", prompts_per_step=8, samples_per_prompt=4,
                           max_new_tokens=16, temperature=0.7, top_p=0.95, learning_rate=1e-6, optimizer="adamw",
                           steps=150, save_every=10, eval_problems=200, threads=1, seed=1, sketch=True)  # fmt: skip
-    assert same_config(jsonable(asdict(by_hand)), t)
+    assert same_config(jsonable(asdict(by_hand)), t)  # trained with one thread: the same run
+    assert not same_config(jsonable(asdict(by_hand)) | {"seed": 2}, t)
     # the tiny study keeps its preset
     tiny = _Ctx(StudyConfig.for_mode("default"), tmp_path, progress=False)
     tiny._base = tmp_path / "base"

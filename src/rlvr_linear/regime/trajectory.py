@@ -46,6 +46,7 @@ import numpy as np
 from ..errors import RlvrLinearError
 from ..io import copy_file, jsonable, read_json, write_json, write_npz, write_text
 from ..io.checkpoints import step_dir_name
+from ..runtime.threads import use as threads_use
 from .analysis import RunCache, Scorer, _num, _r2, forecast_ratios, forecast_steps, logprob_r2, part_train, part_weights
 from .cases import score_cases, with_ids
 
@@ -370,7 +371,6 @@ def analyze_trajectory(
     :class:`Settings`. ``threads``: torch threads (``torch.set_num_threads``; 1 also keeps the all-parameter weight
     pass in one process). Every part and case is cached in ``out``: a rerun computes only what is missing.
     """
-    import torch
 
     run, out = Path(run), Path(out)
     man, grid = read_run(run)
@@ -379,7 +379,7 @@ def analyze_trajectory(
                  probe_samples=probe_samples, activation_probes=activation_probes, from_start=from_start, k=k,
                  temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)  # fmt: skip
     if threads is not None:
-        torch.set_num_threads(threads)
+        threads_use(threads)
     out.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out / "tmp", ignore_errors=True)
     cache = RunCache(out, versions=VERSIONS)

@@ -59,6 +59,15 @@ def configure(requested: int | None = None) -> int:
     return torch.get_num_threads()
 
 
+def use(n: int) -> int:
+    """An explicit thread count (a config's ``threads``): set now and kept, whatever model is loaded later."""
+    import torch
+
+    _state["mode"] = "explicit"
+    torch.set_num_threads(max(1, int(n)))
+    return torch.get_num_threads()
+
+
 def for_params(n_params: int) -> int:
     """Once the model size is known: all cores for a large model, unless the count was set explicitly.
 

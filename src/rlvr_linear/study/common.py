@@ -56,9 +56,14 @@ def _num(x: Any, nd: int = 4) -> Any:
     return x
 
 
+#: config fields that say how a run ran, not what it computed (up to float rounding): not compared
+HOW_NOT_WHAT = ("threads",)
+
+
 def same_config(saved: dict | None, cfg) -> bool:
     """Whether a run's saved config (a manifest's ``config``) is ``cfg``. Fields added to the dataclass since the run
-    was saved take their defaults, so a new option with a default keeps old runs reusable."""
+    was saved take their defaults, so a new option with a default keeps old runs reusable; the thread count is not
+    compared (:data:`HOW_NOT_WHAT`)."""
     if not isinstance(saved, dict):
         return False
     known = {f.name for f in fields(type(cfg))}
@@ -66,7 +71,10 @@ def same_config(saved: dict | None, cfg) -> bool:
         old = type(cfg)(**{k: v for k, v in saved.items() if k in known})
     except (TypeError, ValueError, RlvrLinearError):
         return False
-    return set(saved) <= known and jsonable(asdict(old)) == jsonable(asdict(cfg))
+    a, b = jsonable(asdict(old)), jsonable(asdict(cfg))
+    for how in HOW_NOT_WHAT:
+        a.pop(how, None), b.pop(how, None)
+    return set(saved) <= known and a == b
 
 
 class _Ctx:

@@ -35,7 +35,8 @@ QUICK_BASE_RECIPE = dict(
 #: and a checkpoint every 10 (15 after step 0) with its trajectory sketch, then the ``trajectory`` stage: weight R²
 #: (paper sample and every parameter), log-prob R² on 16 x 4 probes, the forecast, weight and logit extrapolation
 #: from the window that skips the early phase at alpha 1.25, 1.5 and 2 (greedy on 500 test problems, avg@4 at the
-#: run's sampling where it matters) and advise at the midpoint. One thread, as measured (20.6 CPU s per RL step). The
+#: run's sampling where it matters) and advise at the midpoint. Threads by the policy (every core for a 135M model:
+#: 12.3 s per RL step on 2 cores, 20.6 CPU s on one; 73 min end to end, docs/smollm2.md). The
 #: study's own linearity and extrapolation stages are not in its default list (the trajectory stage measures them on
 #: the same runs); robustness, mechanism and re-grounding are not run (budget). ``--quick`` is a smoke test of the
 #: same path: 10 RL steps, every checkpoint saved, a few problems.
@@ -53,7 +54,6 @@ _REAL_MODEL_DEFAULT: dict[str, Any] = dict(
     reground_specs=[],
     trajectory_problems=500,
     trajectory_k=4,
-    threads=1,
 )
 REAL_MODEL_PROTOCOLS: dict[str, dict[str, Any]] = {
     "default": _REAL_MODEL_DEFAULT,

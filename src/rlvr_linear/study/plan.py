@@ -27,6 +27,7 @@ class UnitCosts:
     weights: float  #: weight R² (the study's sampling) or the forecast's weight pass, per checkpoint
     threads: int  #: torch threads of the measurements
     source: str  #: where the numbers come from
+    n_params: int = 0  #: the model's size (roughly), for the thread policy (:mod:`rlvr_linear.runtime.threads`)
 
 
 #: per-model unit costs, one thread: process CPU seconds (on a free core that is the wall time), but wall seconds for
@@ -45,6 +46,7 @@ UNIT_COSTS = {
         weights=0.0536,
         threads=1,
         source="bench/results/train_step_threads1.json (RL step), bench/results/study_units_tiny.json (the rest)",
+        n_params=800_000,
     ),
     # the quick mode's smaller base (64 wide, 2 layers): not measured; the tiny numbers halved (a CI smoke test)
     "tiny-quick": UnitCosts(
@@ -58,6 +60,7 @@ UNIT_COSTS = {
         weights=0.027,
         threads=1,
         source="rough: the tiny base's costs halved (not measured)",
+        n_params=100_000,
     ),
     # SmolLM2-135M-Instruct on arithmetic-cot-chat (8 x 8, <= 48 new tokens): RL step = mean of TRL's step in
     # bench/results/train_step_smollm2.json (90.4 CPU s) and train_step_smollm2_repeat.json (83.5);
@@ -77,6 +80,7 @@ UNIT_COSTS = {
             "bench/results/train_step_smollm2.json + _repeat.json (RL step), docs/smollm2.md (greedy), "
             "bench/results/study_units_smollm2-135m.json (the rest)"
         ),
+        n_params=134_515_008,
     ),
     # the real-model protocol's setting (preset smollm2-arith, docs/smollm2.md S4: 8 x 4, <= 16 new tokens): RL step =
     # TRL's CPU seconds per step in bench/results/train_step_smollm2_S4.json; greedy and sample (16 new tokens, T 0.7)
@@ -96,6 +100,7 @@ UNIT_COSTS = {
             "bench/results/train_step_smollm2_S4.json (RL step), bench/results/eval_units_smollm2-arith.json (greedy, "
             "sample), bench/results/study_units_smollm2-135m.json (the rest)"
         ),
+        n_params=134_515_008,
     ),
 }
 
@@ -238,7 +243,9 @@ def print_plan(cfg: StudyConfig, stages: list[str], done: set[str]) -> float:
             status = f"~{r['estimate_s']:.0f} s"
             total += r["estimate_s"]
         print(f"  {r['stage']:<21} {r['what']:<70} {status}")
-    threads = cfg.threads or torch.get_num_threads()
+    from ..runtime.threads import choose
+
+    threads = choose(u.n_params or None, cfg.threads) or torch.get_num_threads()  # None: OMP_NUM_THREADS in force
     print(f"  estimated total: {duration(total)} ({total:.0f} s) on a free core")
     print(f"  unit costs ({key}): measured with {u.threads} thread(s); this study uses {threads}; {u.source}")
     if threads != u.threads:

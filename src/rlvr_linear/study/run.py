@@ -11,6 +11,7 @@ from pathlib import Path
 from ..errors import RlvrLinearError
 from ..io import jsonable, read_json, write_json
 from ..reporting.report import SECTIONS
+from ..runtime.threads import use as threads_use
 from .baseline import stage_baseline
 from .common import _Ctx, same_config
 from .config import StudyConfig
@@ -126,7 +127,6 @@ def run_study(cfg: StudyConfig, out: str | Path, stages: list[str] | None = None
     (:func:`rlvr_linear.regime.run_regime`, :func:`rlvr_linear.regime.run_trajectory_stage`) and the report reads
     their results.
     """
-    import torch
 
     out = Path(out)
     stages = list(stages or cfg.default_stages())
@@ -148,7 +148,7 @@ def run_study(cfg: StudyConfig, out: str | Path, stages: list[str] | None = None
         stages = ["baseline", *stages]
     stages = [s for s in STAGES if s in stages]
     if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+        threads_use(cfg.threads)
     try:
         from transformers.utils import logging as hf_logging
 

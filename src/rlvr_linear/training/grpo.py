@@ -38,6 +38,7 @@ from ..io.tokenizer import MARKER, load_tokenizer
 from ..io.validate import Rule, check_fields, choice, flag, integer, mapping, number, read_yaml_mapping, show, text
 from ..models.base_model import ensure_base
 from ..runtime.threads import SMALL_MODEL_PARAMS, for_model
+from ..runtime.threads import use as threads_use
 from ..runtime.trl_cpu import compact_fused_lm_head
 from .optimizers import check_optimizer
 from .resume import read_resume, set_rng_state, write_resume
@@ -446,7 +447,7 @@ def _train_locked(cfg: TrainConfig, run: Path, overwrite: bool, progress: bool) 
     import shutil
 
     if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+        threads_use(cfg.threads)
     manifest = None
     offset = 0
     if (run / "manifest.json").exists() and not overwrite:

@@ -44,6 +44,7 @@ from ..io.checkpoints import step_dir_name
 from ..io.lock import locked
 from ..io.outputs import MARKER, check_overwrite
 from ..io.validate import check_fields, flag, integer, number, text
+from ..runtime.threads import use as threads_use
 from .optimizers import check_optimizer
 
 #: what every SFTConfig field accepts (checked where the config is built)
@@ -164,7 +165,7 @@ def _train_sft(cfg: SFTConfig, run: Path, overwrite: bool, progress: bool) -> di
     from .grpo import BASE_NAMES, resolve_model, save_checkpoint
 
     if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+        threads_use(cfg.threads)
     _prepare_run(run, overwrite, [] if cfg.model in BASE_NAMES else [cfg.model])
     task = get_task(cfg.task)
     base_dir = resolve_model(cfg.model, progress=progress)
