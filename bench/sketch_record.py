@@ -3,13 +3,13 @@ write) with the former probe settings against the current ones, alternated in on
 measured RL step (``bench/results/train_step_smollm2_S4.json``: the 100-minute experiment's setting, one thread).
 
     before: 32 prompts x 4 replies at the task's reply length (48 tokens for a chat model), every probe scored alone
-    after:  16 prompts x 4 replies capped at the run's 16 tokens (``train --sketch`` now), prompts scored once
+    after:  12 prompts x 4 replies capped at the run's 16 tokens (``train --sketch`` now), prompts scored once
 
 Overhead = record CPU seconds / (save_every x step CPU seconds): one thread, so process CPU time is the work a
 free core would spend, whatever else runs (wall seconds are kept beside it). Both settings record the same
 checkpoint (the callback's work does not depend on the weights' values), in turns.
 
-    OMP_NUM_THREADS=1 python bench/sketch_record.py out/smol-seed0/runs/rl_seed0 --rounds 3
+    OMP_NUM_THREADS=1 python bench/sketch_record.py out/smol-timed/runs/rl_seed0 --rounds 3
     # -> bench/results/sketch_record_smollm2.json
 """
 

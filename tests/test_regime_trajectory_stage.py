@@ -103,7 +103,7 @@ def test_settings_follow_the_runs_own_sampling():
     man = {"config": {"temperature": 0.7, "top_p": 0.95, "max_new_tokens": 16}}
     s = settings_for(cfg, man)
     assert (s["problems"], s["k"], s["temperature"], s["top_p"], s["max_new_tokens"]) == (500, 4, 0.7, 0.95, 16)
-    assert s["from_start"] is False and s["alphas"] == s["logit_alphas"] == (1.25, 1.5, 2.0) and s["threads"] == 1
+    assert s["from_start"] is False and s["alphas"] == s["logit_alphas"] == (1.25, 1.5, 2.0) and s["threads"] is None
 
 
 @pytest.mark.slow
@@ -198,5 +198,31 @@ def test_real_model_study_runs_baseline_trajectory_and_report_and_resumes(tmp_pa
     assert result["wall_s"] == row["analysis_s_total"] == pytest.approx(sum(tr["timing_s"].values()), abs=0.11)
     assert summ["verdict"] == result["verdict"]
     assert summ["figures"] == ["seed0/accuracy.png", "seed0/forecast_ratio.png"]
+    # a timed run: the same study collected beside the seeds with its GNU time output, in a column of its own
+    gnu = tmp_path / "study.time"
+    gnu.write_text("RL step 10/150: mean reward 0.037\n\tCommand being timed: \"rlvr-linear study -o x\"\n"
+                   "\tUser time (seconds): 100.50\n\tSystem time (seconds): 20.25\n"
+                   "\tElapsed (wall clock) time (h:mm:ss or m:ss): 1:02:03\n"
+                   "\tMaximum resident set size (kbytes): 2097152\n\tExit status: 0\n")  # fmt: skip
+    assert mod.gnu_time(gnu) == {"command": "rlvr-linear study -o x", "wall_s": 3723.0, "user_s": 100.5,
+                                 "system_s": 20.25, "max_rss_mb": 2048, "exit_status": 0,
+                                 "cpu_per_wall": 0.03}  # fmt: skip
+    assert mod.main(["collect", str(out), "--dest", str(dest), "--timed", str(gnu)]) == 0
+    assert read_json(dest / "timed-seed0" / "end_to_end.json")["wall_s"] == 3723.0
+    assert read_json(dest / "timed-seed0" / "trajectory.json") == tr
+    assert mod.main(["summary", "--dest", str(dest)]) == 0
+    both = read_json(dest / "summary.json")
+    assert both["numbers"]["per_seed"] == summ["numbers"]["per_seed"] and both["verdict"] == summ["verdict"]
+    assert both["numbers"]["timed"][0]["end_to_end_s"] == 3723.0
+    from rlvr_linear.study.tables import smollm2_table
+
+    md = smollm2_table(both)
+    assert md.splitlines()[0] == "| measure | seed 0 | seed 0 (timed: the command alone) |"
+    assert "the command start to end: **62 min** (GNU time; CPU 0.03 cores on average) |" in md
+    bad = tmp_path / "bad.time"
+    bad.write_text("Exit status: 0\n")
+    with pytest.raises(RlvrLinearError, match="bad.time: not the output of /usr/bin/time -v"):
+        mod.gnu_time(bad)
+    shutil.rmtree(dest / "timed-seed0")
     shutil.rmtree(out)  # the summary needs only the copied files
     assert mod.main(["summary", "--dest", str(dest)]) == 0 and read_json(dest / "summary.json") == summ

@@ -357,8 +357,10 @@ def _gain_cell(c: dict | None, vs: str, key: str = "greedy") -> str:
 
 def smollm2_table(summary: dict) -> str:
     """The real-model experiment per seed (``experiments/results/smollm2/summary.json``, from
-    :func:`rlvr_linear.regime.summarize`): every measured number next to its null or baseline, with its CI."""
-    rows = summary["numbers"]["per_seed"]  # (a row without a field, from an older summary, shows "-")
+    :func:`rlvr_linear.regime.summarize`): every measured number next to its null or baseline, with its CI; a timed
+    run (``numbers.timed``: the one command under GNU time) in a column of its own."""
+    # (a row without a field, from an older summary, shows "-")
+    rows = summary["numbers"]["per_seed"] + summary["numbers"].get("timed", [])
 
     def row(label: str, fn) -> list[str]:
         return [label, *[fn(r) for r in rows]]
@@ -379,6 +381,14 @@ def smollm2_table(summary: dict) -> str:
 
     def minutes(v: Any) -> str:
         return "-" if v is None else f"{v / 60:.0f} min"
+
+    def wall(r: dict) -> str:
+        parts = f"{minutes(r['train_wall_s'])} + {minutes(r['analysis_s_total'])}"
+        if "timed" not in r:
+            return f"{parts} = {minutes(r.get('end_to_end_s'))}"
+        t = r["timed"]
+        return (f"{parts}; the command start to end: **{minutes(t['wall_s'])}** (GNU time; CPU {t['cpu_per_wall']:g} "
+                "cores on average)")  # fmt: skip
 
     body = [
         row("validation greedy (200 problems), step 0 → end", lambda r: f"{_f(r['val_accuracy_start'])} → "
@@ -402,7 +412,7 @@ def smollm2_table(summary: dict) -> str:
         row("avg@4 at T 0.7: two-point vs the real target", lambda r: _gain_cell(r["avg_k_case"], "gain_vs_real",
                                                                                 "avg_k")),  # fmt: skip
         row("advise at t1 (the run's midpoint)", advice),
-        row("wall time: training + analysis = end to end", lambda r: f"{minutes(r['train_wall_s'])} + "
-            f"{minutes(r['analysis_s_total'])} = {minutes(r.get('end_to_end_s'))}"),  # fmt: skip
+        row("wall time: training + analysis = end to end", wall),
     ]
-    return table(["measure", *[f"seed {r['seed']}" for r in rows]], body)
+    heads = [f"seed {r['seed']}" + (" (timed: the command alone)" if "timed" in r else "") for r in rows]
+    return table(["measure", *heads], body)
