@@ -371,7 +371,6 @@ def analyze_trajectory(
     :class:`Settings`. ``threads``: torch threads (``torch.set_num_threads``; 1 also keeps the all-parameter weight
     pass in one process). Every part and case is cached in ``out``: a rerun computes only what is missing.
     """
-
     run, out = Path(run), Path(out)
     man, grid = read_run(run)
     s = Settings(task=task or man["task"], problems=problems, alphas=tuple(float(a) for a in alphas),

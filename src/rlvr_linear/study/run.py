@@ -127,7 +127,6 @@ def run_study(cfg: StudyConfig, out: str | Path, stages: list[str] | None = None
     (:func:`rlvr_linear.regime.run_regime`, :func:`rlvr_linear.regime.run_trajectory_stage`) and the report reads
     their results.
     """
-
     out = Path(out)
     stages = list(stages or cfg.default_stages())
     if "regime" in stages:

@@ -54,6 +54,11 @@ def clean_name(name: str) -> str:
     return name
 
 
+def is_sampled_weight(name: str, t: torch.Tensor) -> bool:
+    """The tensors the weight samples draw from (monitor, sketch, ``analyze weights``): floating ``*.weight``."""
+    return name.endswith(".weight") and t.is_floating_point()
+
+
 def sharding(model: torch.nn.Module) -> str | None:
     """``"fsdp2"``, ``"fsdp1"`` or ``"zero3"`` if ``model``'s parameters are sharded across ranks, else None."""
     m = unwrap_model(model)

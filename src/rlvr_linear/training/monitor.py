@@ -47,7 +47,7 @@ from ..advisor.advise import weight_stats
 from ..advisor.backtest import EXTRA_PREDICTORS, PREDICTORS, Block, backtest, canonical
 from ..errors import RlvrLinearError
 from ..linearity import PAPER_FRACTION, PAPER_MIN_SAMPLES, PAPER_SEED, paper_sample_size, sample_indices, tensor_seed
-from .distributed import clean_name, gathered_params, local_params, sharding
+from .distributed import clean_name, gathered_params, is_sampled_weight, local_params, sharding
 
 PREFIX = "linearity/"
 
@@ -96,12 +96,12 @@ class LinearityMonitor(TrainerCallback):
         if self._sharded is None:
             self._sharded = sharding(model) is not None
         if self._sharded:  # every rank gathers each full weight in turn and samples it as one process would
-            named = gathered_params(model, keep=lambda n, p: n.endswith(".weight") and p.is_floating_point())
+            named = gathered_params(model, keep=is_sampled_weight)
         else:
             named = ((clean_name(n), t) for n, t in local_params(model))
         parts, meta = [], []
         for name, t in named:
-            if not name.endswith(".weight") or not t.is_floating_point() or t.numel() == 0:
+            if not is_sampled_weight(name, t) or t.numel() == 0:
                 continue
             flat = t.reshape(-1)
             idx = self._index.get(name)

@@ -49,7 +49,7 @@ from ..linearity import (
 )
 from ..linearity.sketch import MODEL_FIELDS, Sketch, dtype_name, is_sketch
 from ..linearity.sketch_writer import BATCH_SIZE, probe_origin, sample_task_probes, token_texts
-from .distributed import gathered_params, hf_module, sharding, unwrap_model
+from .distributed import gathered_params, hf_module, is_sampled_weight, sharding, unwrap_model
 
 
 def saved_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -68,7 +68,7 @@ def saved_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
         tied = set(getattr(model, "_tied_weights_keys", None) or [])
         shared = Counter(v.untyped_storage().data_ptr() for v in sd.values())
         sd = {k: v for k, v in sd.items() if k not in tied or shared[v.untyped_storage().data_ptr()] < 2}
-    return {k: sd[k] for k in sorted(sd) if k.endswith(".weight") and sd[k].is_floating_point()}
+    return {k: sd[k] for k in sorted(sd) if is_sampled_weight(k, sd[k])}
 
 
 def model_config(model: torch.nn.Module) -> dict:
@@ -82,10 +82,6 @@ def model_config(model: torch.nn.Module) -> dict:
 def _class_name(model: torch.nn.Module) -> str:
     """The model's class name (FSDP2's ``fully_shard`` swaps in a subclass named ``FSDP<name>``)."""
     return next(c.__name__ for c in type(model).__mro__ if not c.__name__.startswith("FSDP"))
-
-
-def _is_sampled(name: str, p: torch.Tensor) -> bool:
-    return name.endswith(".weight") and p.is_floating_point()
 
 
 class SketchCallback(TrainerCallback):
@@ -196,9 +192,9 @@ class SketchCallback(TrainerCallback):
                 return False
             tensors = None
             if todo[0] == "new":  # the full shapes first: one more gather, when the sketch is created
-                tensors = sorted((n, tuple(w.shape), w.dtype) for n, w in gathered_params(model, _is_sampled))
+                tensors = sorted((n, tuple(w.shape), w.dtype) for n, w in gathered_params(model, is_sampled_weight))
             sk = self._open(model, tokenizer, tensors) if rank0 else None
-            named = gathered_params(model, _is_sampled)
+            named = gathered_params(model, is_sampled_weight)
             values = self._take(sk, step, named) if rank0 else [None for _ in named]
             probes = [(self._probe_ids(sk), sk.scoring) if rank0 and sk.has_probes else None]
             dist.broadcast_object_list(probes, src=0)
