@@ -79,8 +79,8 @@ def collect(study: Path, dest: Path = RESULTS, timed: Path | None = None) -> lis
         raise RlvrLinearError(f"{timed}: the timed command exited with {wall['exit_status']}")
     out = []
     for seed in cfg["seeds"]:
-        name = f"{TIMED if wall else ''}seed{seed}"
-        run, ana, d = study / "runs" / f"rl_seed{seed}", study / "trajectory" / f"seed{seed}", dest / name
+        folder = f"{TIMED if wall else ''}seed{seed}"
+        run, ana, d = study / "runs" / f"rl_seed{seed}", study / "trajectory" / f"seed{seed}", dest / folder
         copy_results(ana, d)
         for name in ("manifest.json", "config.yaml", "metrics.jsonl"):
             copy_file(run / name, d / name)
